@@ -1,0 +1,135 @@
+//! Admin protocol types: one JSON object per line each way.
+//!
+//! Request: `{"cmd": "...", ...args}`. Response: `{"ok": true, "data": ...}`
+//! or `{"ok": false, "error": {"code": "...", "message": "..."}}`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Longest request line accepted.
+pub const MAX_REQUEST: usize = 1 << 20;
+
+/// Default and maximum `limit` of list commands.
+pub const DEFAULT_LIMIT: usize = 50;
+pub const MAX_LIMIT: usize = 10_000;
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    // Struct variants (not unit) so that unknown arguments are refused.
+    Health {},
+    Tickets {
+        status: Option<String>,
+        pipeline: Option<String>,
+        limit: Option<usize>,
+    },
+    Ticket {
+        id: u64,
+    },
+    Conversations {
+        limit: Option<usize>,
+    },
+    Reload {},
+}
+
+pub const COMMANDS: &[&str] = &["health", "tickets", "ticket", "conversations", "reload"];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub problems: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub data: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<ErrorBody>,
+}
+
+impl Response {
+    pub fn ok(data: Value) -> Self {
+        Response {
+            ok: true,
+            data: Some(data),
+            error: None,
+        }
+    }
+
+    pub fn err(code: &str, message: impl Into<String>) -> Self {
+        Response {
+            ok: false,
+            data: None,
+            error: Some(ErrorBody {
+                code: code.into(),
+                message: message.into(),
+                problems: None,
+            }),
+        }
+    }
+
+    pub fn to_line(&self) -> String {
+        let mut s = serde_json::to_string(self).unwrap_or_else(|_| {
+            String::from(
+                r#"{"ok":false,"error":{"code":"internal","message":"cannot encode response"}}"#,
+            )
+        });
+        s.push('\n');
+        s
+    }
+}
+
+/// Parses one request line. Errors are ready-made responses: `bad_request`
+/// for anything that is not a JSON object with a string `cmd` or has bad
+/// arguments, `unknown_command` for a `cmd` we do not have.
+pub fn parse_request(line: &[u8]) -> Result<Request, Response> {
+    let value: Value = serde_json::from_slice(line)
+        .map_err(|e| Response::err("bad_request", format!("invalid JSON: {e}")))?;
+    let Some(cmd) = value.get("cmd").and_then(Value::as_str) else {
+        return Err(Response::err(
+            "bad_request",
+            "a request is a JSON object with a string \"cmd\"",
+        ));
+    };
+    if !COMMANDS.contains(&cmd) {
+        return Err(Response::err(
+            "unknown_command",
+            format!("unknown command \"{cmd}\" (known: {})", COMMANDS.join(", ")),
+        ));
+    }
+    serde_json::from_value(value.clone())
+        .map_err(|e| Response::err("bad_request", format!("bad arguments for \"{cmd}\": {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(line: &str) -> String {
+        match parse_request(line.as_bytes()) {
+            Ok(r) => format!("{r:?}"),
+            Err(resp) => resp.error.map(|e| e.code).unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn requests() {
+        assert_eq!(code(r#"{"cmd":"health"}"#), "Health");
+        assert_eq!(code(r#"{"cmd":"tickets","limt":5}"#), "bad_request");
+        assert_eq!(code(r#"{"cmd":"ticket","id":3}"#), "Ticket { id: 3 }");
+        assert_eq!(
+            code(r#"{"cmd":"tickets","status":"new"}"#),
+            r#"Tickets { status: Some("new"), pipeline: None, limit: None }"#
+        );
+        assert_eq!(code("not json"), "bad_request");
+        assert_eq!(code("[1,2]"), "bad_request");
+        assert_eq!(code(r#"{"cmd":"explode"}"#), "unknown_command");
+        assert_eq!(code(r#"{"cmd":"ticket"}"#), "bad_request");
+        assert_eq!(code(r#"{"cmd":"ticket","id":"x"}"#), "bad_request");
+        assert_eq!(code(r#"{"cmd":"health","extra":1}"#), "bad_request");
+    }
+}

@@ -1,0 +1,195 @@
+//! The admin socket server: one task per connection, requests answered in
+//! order, reads on blocking threads through the store's read views.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::proto::{parse_request, Request, Response, DEFAULT_LIMIT, MAX_LIMIT, MAX_REQUEST};
+use crate::daemon::ConfigCell;
+use crate::smtp::reader::{read_line, Read};
+use crate::store::{read, Store};
+
+pub struct AdminCtx {
+    pub store: Store,
+    pub config: Arc<ConfigCell>,
+    pub started: Instant,
+    pub shutdown: CancellationToken,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("another postdesk is already listening on admin socket {0}")]
+    InUse(PathBuf),
+    #[error("cannot bind admin socket {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Binds the socket with mode 0660. A socket file left by a crashed daemon
+/// (nobody answers on it) is replaced; a live one is an error.
+pub async fn bind(path: &Path) -> Result<UnixListener, BindError> {
+    let io = |source| BindError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(BindError::InUse(path.to_path_buf()));
+        }
+        std::fs::remove_file(path).map_err(io)?;
+    }
+    // Create the socket with no world access from the start (no window in
+    // which it is 0777), then set the exact mode.
+    // SAFETY: umask only swaps the process file-mode mask; it cannot fail.
+    let old = unsafe { libc::umask(0o117) };
+    let listener = UnixListener::bind(path);
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(old) };
+    let listener = listener.map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io)?;
+    Ok(listener)
+}
+
+pub async fn serve(listener: UnixListener, ctx: Arc<AdminCtx>, tracker: TaskTracker) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = ctx.shutdown.cancelled() => return,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let ctx = ctx.clone();
+                tracker.spawn(async move { connection(stream, ctx).await });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn connection(stream: UnixStream, ctx: Arc<AdminCtx>) {
+    let (r, mut w) = stream.into_split();
+    let mut reader = BufReader::new(r);
+    loop {
+        let read = tokio::select! {
+            r = read_line(&mut reader, MAX_REQUEST) => r,
+            () = ctx.shutdown.cancelled() => return,
+        };
+        let response = match read {
+            Ok(Read::Line(line)) => {
+                let trimmed = line.trim_ascii();
+                if trimmed.is_empty() {
+                    continue;
+                }
+                match parse_request(trimmed) {
+                    Ok(req) => handle(req, &ctx).await,
+                    Err(resp) => resp,
+                }
+            }
+            Ok(Read::TooLong) => {
+                let resp = Response::err(
+                    "bad_request",
+                    format!("request longer than {MAX_REQUEST} bytes"),
+                );
+                let _ = w.write_all(resp.to_line().as_bytes()).await;
+                return;
+            }
+            Ok(Read::Eof) | Err(_) => return,
+        };
+        if w.write_all(response.to_line().as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn limit(l: Option<usize>) -> usize {
+    l.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT)
+}
+
+async fn handle(req: Request, ctx: &AdminCtx) -> Response {
+    let result = match req {
+        Request::Health {} => {
+            let uptime = ctx.started.elapsed().as_secs();
+            ctx.store
+                .read(move |txn| {
+                    Ok(json!({
+                        "version": env!("CARGO_PKG_VERSION"),
+                        "uptime_secs": uptime,
+                        "tickets": read::ticket_count(txn)?,
+                        "outbox_pending": 0,
+                    }))
+                })
+                .await
+        }
+        Request::Tickets {
+            status,
+            pipeline,
+            limit: l,
+        } => {
+            let filter = read::TicketFilter {
+                status,
+                pipeline,
+                limit: limit(l),
+            };
+            ctx.store
+                .read(move |txn| Ok(to_value(read::tickets(txn, &filter)?)))
+                .await
+        }
+        Request::Ticket { id } => match ctx.store.read(move |txn| read::ticket(txn, id)).await {
+            Ok(Some(t)) => Ok(to_value(t)),
+            Ok(None) => return Response::err("not_found", format!("no ticket {id}")),
+            Err(e) => Err(e),
+        },
+        Request::Conversations { limit: l } => {
+            let n = limit(l);
+            ctx.store
+                .read(move |txn| Ok(to_value(read::conversations(txn, n)?)))
+                .await
+        }
+        Request::Reload {} => return reload(&ctx.config),
+    };
+    match result {
+        Ok(data) => Response::ok(data),
+        Err(e) => {
+            tracing::error!(error = %e, "admin request failed");
+            Response::err("store_error", e.to_string())
+        }
+    }
+}
+
+/// Validates the config file again and swaps it in if clean.
+pub fn reload(cell: &ConfigCell) -> Response {
+    match cell.reload() {
+        Ok(summary) => Response::ok(summary),
+        Err(problems) => {
+            let list: Vec<String> = problems.0.iter().map(ToString::to_string).collect();
+            let mut resp = Response::err(
+                "invalid_config",
+                format!("config has {} problem(s); the old config stays", list.len()),
+            );
+            if let Some(e) = resp.error.as_mut() {
+                e.problems = Some(list);
+            }
+            resp
+        }
+    }
+}
+
+fn to_value<T: serde::Serialize>(v: T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}

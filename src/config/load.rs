@@ -1,0 +1,372 @@
+//! Loading: read the file, parse it with spans, deserialize each section,
+//! validate, compile the templates — and report every problem at once as
+//! `FILE:LINE:COL: message`.
+//!
+//! SHELL: the only place in `config` that reads the config file; `validate`
+//! and `templates` read the template folder. A TOML syntax error stops
+//! everything after it (nothing else can be trusted); every other problem —
+//! unknown keys, wrong types, bad references, broken templates — is
+//! collected, and one broken `[[item]]` does not hide problems in the rest.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+use toml::Spanned;
+
+use super::raw::{self, RawBranding, RawLimits, RawOutbound, RawServer};
+use super::raw::{RawChannel, RawPipeline, RawTeam, RawUser, RawWorkflow};
+use super::{validate, Config};
+
+/// One thing wrong with the configuration, at a position in a file (the
+/// config file, or a template).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The config path as the caller gave it, or a template's path.
+    pub file: PathBuf,
+    /// 1-based.
+    pub line: usize,
+    /// 1-based, in characters.
+    pub col: usize,
+    /// A lowercase phrase, e.g. `unknown pipeline "suport" (known: support)`.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.col,
+            self.message
+        )
+    }
+}
+
+/// Every problem found, config file first (in file order), then templates.
+/// Never empty when returned by [`load`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problems(pub Vec<Problem>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Problems {}
+
+/// Loads and validates the config at `path`, and compiles every template.
+///
+/// Relative paths in the file resolve against the file's directory; the
+/// returned [`Config`] holds only absolute paths. Problems name `path` as
+/// given (so `check` prints what the operator typed).
+pub fn load(path: &Path) -> Result<Config, Problems> {
+    let file_problem = |message: String| {
+        Problems(vec![Problem {
+            file: path.to_path_buf(),
+            line: 1,
+            col: 1,
+            message,
+        }])
+    };
+    let bytes = std::fs::read(path)
+        .map_err(|e| file_problem(format!("cannot read config: {}", io_reason(&e))))?;
+    let text = match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => {
+            let valid = e.utf8_error().valid_up_to();
+            let bytes = e.into_bytes();
+            let prefix = String::from_utf8_lossy(bytes.get(..valid).unwrap_or_default());
+            let (line, col) = line_col(&prefix, prefix.len());
+            return Err(Problems(vec![Problem {
+                file: path.to_path_buf(),
+                line,
+                col,
+                message: "config is not valid UTF-8".to_owned(),
+            }]));
+        }
+    };
+    let absolute = std::path::absolute(path)
+        .map_err(|e| file_problem(format!("cannot resolve config path: {}", io_reason(&e))))?;
+
+    let mut cx = Ctx {
+        file: path.to_path_buf(),
+        text: &text,
+        problems: Vec::new(),
+    };
+    let doc = match DeTable::parse(&text) {
+        Ok(doc) => doc,
+        Err(e) => {
+            cx.at(
+                e.span().unwrap_or(0..0),
+                format!("invalid TOML: {}", e.message()),
+            );
+            return Err(Problems(cx.problems));
+        }
+    };
+    for unknown in raw::check_unknown_keys(doc.get_ref()) {
+        cx.at(unknown.span, unknown.message);
+    }
+    let raw = read_sections(doc.into_inner(), &mut cx);
+    let config = validate::validate(raw, &absolute, path, &mut cx);
+
+    let mut problems = cx.problems;
+    if problems.is_empty() {
+        return Ok(config);
+    }
+    // Config file first, in file order; then templates by path. Stable, so
+    // two problems at one position keep the order they were found in.
+    problems.sort_by(|a, b| {
+        (a.file != path, &a.file, a.line, a.col).cmp(&(b.file != path, &b.file, b.line, b.col))
+    });
+    Err(Problems(problems))
+}
+
+/// An I/O error as a lowercase-friendly phrase, without the "(os error 2)"
+/// suffix: `No such file or directory`.
+pub(super) fn io_reason(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error ") {
+        Some(i) => text[..i].to_owned(),
+        None => text,
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+pub(super) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = before.matches('\n').count() + 1;
+    let col = before[line_start..].chars().count() + 1;
+    (line, col)
+}
+
+/// Where problems are collected while loading.
+pub(super) struct Ctx<'a> {
+    /// The config path as given by the caller.
+    pub file: PathBuf,
+    pub text: &'a str,
+    pub problems: Vec<Problem>,
+}
+
+impl Ctx<'_> {
+    /// A problem in the config file at the start of `span`.
+    pub fn at(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let (line, col) = line_col(self.text, span.start);
+        self.problems.push(Problem {
+            file: self.file.clone(),
+            line,
+            col,
+            message: message.into(),
+        });
+    }
+
+    /// A problem in the config file at `span`, or at 1:1 without one.
+    pub fn at_opt(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
+        self.at(span.unwrap_or(0..0), message);
+    }
+
+    /// A problem in another file (a template).
+    pub fn in_file(&mut self, file: PathBuf, line: usize, col: usize, message: impl Into<String>) {
+        self.problems.push(Problem {
+            file,
+            line,
+            col,
+            message: message.into(),
+        });
+    }
+
+    /// The 1-based line of `span` in the config file.
+    pub fn line(&self, span: &Range<usize>) -> usize {
+        line_col(self.text, span.start).0
+    }
+}
+
+/// A table section (`[server]`): absent, not a table (already reported), or
+/// read, with the span of its header.
+pub(super) enum Section<T> {
+    Absent,
+    Broken,
+    Read(Read<T>),
+}
+
+/// A section read from the file. Keys whose value had the wrong type were
+/// reported, dropped and listed in `broken`, so that validation can skip
+/// what depends on them (a "missing key" for a key that *is* written but
+/// wrong would only be noise).
+pub(super) struct Read<T> {
+    pub value: T,
+    pub span: Range<usize>,
+    pub broken: BTreeSet<String>,
+}
+
+impl<T> Read<T> {
+    pub fn broken(&self, key: &str) -> bool {
+        self.broken.contains(key)
+    }
+}
+
+/// One `[[item]]` of an array of tables. `value` is `None` only when the
+/// item could not be read at all (already reported); `id` is read straight
+/// from the document even then, so references to a broken item do not turn
+/// into "unknown id" noise.
+pub(super) struct Item<T> {
+    pub span: Range<usize>,
+    pub id: Option<String>,
+    pub value: Option<T>,
+    pub broken: BTreeSet<String>,
+}
+
+/// The file's sections, each read on its own.
+pub(super) struct RawConfig {
+    pub server: Section<RawServer>,
+    pub outbound: Section<RawOutbound>,
+    pub branding: Section<RawBranding>,
+    pub limits: Section<RawLimits>,
+    pub users: Vec<Item<RawUser>>,
+    pub teams: Vec<Item<RawTeam>>,
+    pub channels: Vec<Item<RawChannel>>,
+    pub pipelines: Vec<Item<RawPipeline>>,
+    pub workflows: Vec<Item<RawWorkflow>>,
+}
+
+fn read_sections(mut root: DeTable<'_>, cx: &mut Ctx<'_>) -> RawConfig {
+    let mut take = |name: &str| root.remove(name);
+    let server = take("server");
+    let outbound = take("outbound");
+    let branding = take("branding");
+    let limits = take("limits");
+    let users = take("user");
+    let teams = take("team");
+    let channels = take("channel");
+    let pipelines = take("pipeline");
+    let workflows = take("workflow");
+    RawConfig {
+        server: section(server, "server", cx),
+        outbound: section(outbound, "outbound", cx),
+        branding: section(branding, "branding", cx),
+        limits: section(limits, "limits", cx),
+        users: items(users, "user", cx),
+        teams: items(teams, "team", cx),
+        channels: items(channels, "channel", cx),
+        pipelines: items(pipelines, "pipeline", cx),
+        workflows: items(workflows, "workflow", cx),
+    }
+}
+
+fn section<T: DeserializeOwned>(
+    value: Option<Spanned<DeValue<'_>>>,
+    name: &str,
+    cx: &mut Ctx<'_>,
+) -> Section<T> {
+    let Some(value) = value else {
+        return Section::Absent;
+    };
+    let span = value.span();
+    if !value.get_ref().is_table() {
+        cx.at(span, format!("{name} must be a table: write [{name}]"));
+        return Section::Broken;
+    }
+    match deserialize(value, name, cx) {
+        (Some(value), broken) => Section::Read(Read {
+            value,
+            span,
+            broken,
+        }),
+        (None, _) => Section::Broken,
+    }
+}
+
+fn items<T: DeserializeOwned>(
+    value: Option<Spanned<DeValue<'_>>>,
+    name: &str,
+    cx: &mut Ctx<'_>,
+) -> Vec<Item<T>> {
+    let Some(value) = value else {
+        return Vec::new();
+    };
+    let span = value.span();
+    let DeValue::Array(elements) = value.into_inner() else {
+        cx.at(
+            span,
+            format!("{name} must be an array of tables: write [[{name}]] for each one"),
+        );
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for element in elements {
+        let span = element.span();
+        let DeValue::Table(table) = element.get_ref() else {
+            cx.at(span, format!("each {name} must be a table"));
+            continue;
+        };
+        let id = match table.get("id").map(|v| v.get_ref()) {
+            Some(DeValue::String(s)) => Some(s.to_string()),
+            _ => None,
+        };
+        let (value, broken) = deserialize(element, name, cx);
+        out.push(Item {
+            span,
+            id,
+            value,
+            broken,
+        });
+    }
+    out
+}
+
+/// Deserializes one section or item. A serde error becomes a problem at its
+/// span, naming the key it is about; that key is then dropped and the rest
+/// read again, so every wrongly typed key is reported, not just the first.
+/// Returns the value (`None` if even that fails) and the dropped keys.
+fn deserialize<T: DeserializeOwned>(
+    mut value: Spanned<DeValue<'_>>,
+    name: &str,
+    cx: &mut Ctx<'_>,
+) -> (Option<T>, BTreeSet<String>) {
+    let whole = value.span();
+    let mut broken = BTreeSet::new();
+    loop {
+        let error = match T::deserialize(ValueDeserializer::from(value.clone())) {
+            Ok(v) => return (Some(v), broken),
+            Err(e) => e,
+        };
+        let span = error.span().unwrap_or_else(|| whole.clone());
+        let path = raw::path_at(value.get_ref(), &span);
+        let message = match &path {
+            Some(path) => {
+                let sep = if path.starts_with('[') { "" } else { "." };
+                format!("invalid value for {name}{sep}{path}: {}", error.message())
+            }
+            None => format!("invalid {name}: {}", error.message()),
+        };
+        cx.at(span, message);
+        // Each round drops one key, so this ends.
+        let key = path.and_then(|p| p.split(['.', '[']).next().map(str::to_owned));
+        let dropped = match (key, value.get_mut()) {
+            (Some(key), DeValue::Table(table)) if !key.is_empty() => {
+                table.remove(key.as_str()).is_some() && broken.insert(key)
+            }
+            _ => false,
+        };
+        if !dropped {
+            return (None, broken);
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! Configuration: the one TOML file, parsed once into a validated, typed
+//! [`Config`] that the rest of the program trusts.
+//!
+//! SHELL at the edge (reads the file and the template folder), PURE inside:
+//! `load` reads and parses the file (with spans) and reads each section;
+//! `raw` holds the serde structs that mirror the file and finds every
+//! unknown key; `validate` turns them into [`Config`] (defaults, paths,
+//! references) and `templates` checks and compiles the template folder — all
+//! collecting *every* problem as a [`Problem`] (`FILE:LINE:COL: message`).
+//! Nothing outside this module sees a raw struct, an unchecked reference or a
+//! relative path.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+mod load;
+mod raw;
+mod templates;
+mod validate;
+pub use load::{load, Problem, Problems};
+
+/// The validated configuration. Every id referenced anywhere (channel →
+/// pipeline, statuses, team members, workflow templates) is known to exist;
+/// every path is absolute (resolved against the config file's directory).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The config file this was loaded from (absolute).
+    pub path: PathBuf,
+    pub server: Server,
+    pub outbound: Outbound,
+    pub branding: Branding,
+    pub limits: Limits,
+    pub users: Vec<User>,
+    pub teams: Vec<Team>,
+    pub channels: Vec<Channel>,
+    pub pipelines: Vec<Pipeline>,
+    pub workflows: Vec<Workflow>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// HELO name and Message-ID domain.
+    pub hostname: String,
+    pub listen: Vec<SocketAddr>,
+    /// Bytes; "25MiB" in the file.
+    pub max_message_size: u64,
+    pub max_sessions: usize,
+    /// Concurrent sessions allowed from one client IP (extension; default 20).
+    pub max_sessions_per_client: usize,
+    pub data_dir: PathBuf,
+    pub admin_socket: PathBuf,
+    pub templates: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    pub transport: Transport,
+    /// As written, e.g. "Acme Support <support@acme.example>".
+    pub from: String,
+    /// With `{id}` placeholder, e.g. "[#{id}]".
+    pub subject_tag: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum Transport {
+    File {
+        dir: PathBuf,
+    },
+    Smtp {
+        url: String,
+        username: Option<String>,
+        password_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Branding {
+    pub enabled: bool,
+    pub text: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub auto_replies_per_contact_per_hour: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub id: String,
+    pub name: String,
+    /// Lower-cased.
+    pub email: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Team {
+    pub id: String,
+    pub members: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Email,
+    Chat,
+    Messenger,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Email => "email",
+            Source::Chat => "chat",
+            Source::Messenger => "messenger",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Channel {
+    pub id: String,
+    /// Lower-cased, as written (`support@acme.example`).
+    pub addresses: Vec<String>,
+    pub pipeline: String,
+    pub source: Source,
+    pub automation: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub id: String,
+    pub name: String,
+    pub closed: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyToClosed {
+    Reopen,
+    NewTicket,
+}
+
+#[derive(Debug, Clone)]
+pub struct Trigger {
+    pub enabled: bool,
+    /// A status id of the pipeline; `None` only when the trigger is disabled
+    /// and the file gave none.
+    pub set_status: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Triggers {
+    pub email_sent_to_customer: Trigger,
+    pub customer_replied: Trigger,
+}
+
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub id: String,
+    pub name: String,
+    pub statuses: Vec<Status>,
+    pub initial_status: String,
+    pub reply_to_closed: ReplyToClosed,
+    pub triggers: Triggers,
+}
+
+#[derive(Debug, Clone)]
+pub struct Enroll {
+    pub status: Option<String>,
+    pub source: Option<Source>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotifyTarget {
+    User(String),
+    Team(String),
+    Owner,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActionKind {
+    /// A template name (templates/NAME.subject.hbs, NAME.text.hbs).
+    SendEmail(String),
+    Notify(NotifyTarget),
+}
+
+#[derive(Debug, Clone)]
+pub struct Action {
+    pub kind: ActionKind,
+    pub comment: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Workflow {
+    pub id: String,
+    pub pipeline: String,
+    pub enroll: Enroll,
+    pub reenroll: bool,
+    pub actions: Vec<Action>,
+}
+
+/// Where a recipient address points: a channel, and the ticket id of a plus
+/// address (`support+42@acme.example`) if it had one.
+#[derive(Debug, Clone)]
+pub struct Recipient<'a> {
+    pub channel: &'a Channel,
+    pub plus: Option<u64>,
+}
+
+impl Config {
+    pub fn pipeline(&self, id: &str) -> Option<&Pipeline> {
+        self.pipelines.iter().find(|p| p.id == id)
+    }
+
+    pub fn channel(&self, id: &str) -> Option<&Channel> {
+        self.channels.iter().find(|c| c.id == id)
+    }
+
+    pub fn user(&self, id: &str) -> Option<&User> {
+        self.users.iter().find(|u| u.id == id)
+    }
+
+    /// The configured user (agent) whose address this is, if any.
+    pub fn agent_by_email(&self, email: &str) -> Option<&User> {
+        self.users
+            .iter()
+            .find(|u| u.email.eq_ignore_ascii_case(email))
+    }
+
+    /// Whether `addr` is one of our channel addresses (plus forms included).
+    pub fn is_channel_address(&self, addr: &str) -> bool {
+        self.recipient(addr).is_some()
+    }
+
+    /// Resolves an envelope recipient to a channel. Accepts the exact address
+    /// and `local+<anything>@domain`; only a numeric `<anything>` yields
+    /// `plus`. Comparison is case-insensitive.
+    pub fn recipient(&self, addr: &str) -> Option<Recipient<'_>> {
+        let addr = addr.trim().to_ascii_lowercase();
+        let (local, domain) = addr.rsplit_once('@')?;
+        let (base_local, tag) = match local.split_once('+') {
+            Some((base, tag)) => (base, Some(tag)),
+            None => (local, None),
+        };
+        let base = format!("{base_local}@{domain}");
+        let channel = self.channels.iter().find(|c| c.addresses.contains(&base))?;
+        let plus = tag.and_then(|t| t.parse::<u64>().ok()).filter(|id| *id > 0);
+        Some(Recipient { channel, plus })
+    }
+}
+
+impl Pipeline {
+    pub fn status(&self, id: &str) -> Option<&Status> {
+        self.statuses.iter().find(|s| s.id == id)
+    }
+}
+
+#[cfg(test)]
+mod tests;

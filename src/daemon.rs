@@ -1,0 +1,198 @@
+//! SHELL: the daemon's life. [`bind`] takes a validated config and binds
+//! everything (store, SMTP listeners, admin socket) before anything runs, so
+//! a bad port or a locked database fails start-up with a clear error;
+//! [`Bound::run`] then serves until SIGTERM/SIGINT, reloading on SIGHUP.
+//!
+//! Shutdown is one `CancellationToken` every task holds: listeners stop
+//! accepting, idle sessions are told `421`, messages already at the final dot
+//! finish their commit; then the store writer drains and stops.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::server::{self as admin, AdminCtx};
+use crate::config::{self, Config, Problems};
+use crate::smtp::{self, Ctx, PerClient};
+use crate::store::{Store, StoreError, WriterHandle};
+
+/// How long shutdown waits for sessions to finish.
+const GRACE: Duration = Duration::from_secs(10);
+
+/// The current configuration; swapped whole on reload. Sessions take a
+/// snapshot when they start.
+pub struct ConfigCell {
+    current: RwLock<Arc<Config>>,
+}
+
+impl ConfigCell {
+    pub fn new(config: Config) -> Self {
+        ConfigCell {
+            current: RwLock::new(Arc::new(config)),
+        }
+    }
+
+    pub fn get(&self) -> Arc<Config> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Loads the config file again; on success swaps it in and returns a
+    /// summary, on failure keeps the old one and returns every problem.
+    pub fn reload(&self) -> Result<serde_json::Value, Problems> {
+        let path = self.get().path.clone();
+        let new = config::load(&path)?;
+        let summary = summary(&new);
+        let old = self.get();
+        if new.server.listen != old.server.listen
+            || new.server.data_dir != old.server.data_dir
+            || new.server.admin_socket != old.server.admin_socket
+            || new.server.max_sessions != old.server.max_sessions
+        {
+            tracing::warn!(
+                "listen, data_dir, admin_socket and max_sessions changes take effect at restart"
+            );
+        }
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+        tracing::info!(config = %path.display(), "config reloaded");
+        Ok(summary)
+    }
+}
+
+pub fn summary(c: &Config) -> serde_json::Value {
+    json!({
+        "config": c.path.display().to_string(),
+        "channels": c.channels.len(),
+        "pipelines": c.pipelines.len(),
+        "workflows": c.workflows.len(),
+        "users": c.users.len(),
+        "teams": c.teams.len(),
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Admin(#[from] admin::BindError),
+}
+
+pub struct Bound {
+    pub smtp_addrs: Vec<SocketAddr>,
+    pub admin_path: PathBuf,
+    listeners: Vec<TcpListener>,
+    admin: tokio::net::UnixListener,
+    store: Store,
+    writer: WriterHandle,
+    config: Arc<ConfigCell>,
+}
+
+pub async fn bind(config: Config) -> Result<Bound, BindError> {
+    let (store, writer) = Store::open(&config.server.data_dir)?;
+    let mut listeners = Vec::new();
+    let mut smtp_addrs = Vec::new();
+    for addr in &config.server.listen {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|source| BindError::Listen {
+                addr: *addr,
+                source,
+            })?;
+        smtp_addrs.push(l.local_addr().map_err(|source| BindError::Listen {
+            addr: *addr,
+            source,
+        })?);
+        listeners.push(l);
+    }
+    let admin_path = config.server.admin_socket.clone();
+    let admin = admin::bind(&admin_path).await?;
+    Ok(Bound {
+        smtp_addrs,
+        admin_path,
+        listeners,
+        admin,
+        store,
+        writer,
+        config: Arc::new(ConfigCell::new(config)),
+    })
+}
+
+impl Bound {
+    /// Serves until SIGTERM/SIGINT.
+    pub async fn run(self) -> std::io::Result<()> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let cfg = self.config.get();
+        let sessions = Arc::new(Semaphore::new(cfg.server.max_sessions.max(1)));
+        let per_client = Arc::new(PerClient::default());
+        let ctx = Arc::new(Ctx {
+            store: self.store.clone(),
+            config: self.config.clone(),
+            shutdown: shutdown.clone(),
+        });
+        for l in self.listeners {
+            tracker.spawn(smtp::serve(
+                l,
+                ctx.clone(),
+                sessions.clone(),
+                per_client.clone(),
+                tracker.clone(),
+            ));
+        }
+        let admin_ctx = Arc::new(AdminCtx {
+            store: self.store.clone(),
+            config: self.config.clone(),
+            started: Instant::now(),
+            shutdown: shutdown.clone(),
+        });
+        tracker.spawn(admin::serve(self.admin, admin_ctx, tracker.clone()));
+        tracing::info!(smtp = ?self.smtp_addrs, admin = %self.admin_path.display(), "postdesk ready");
+
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => {
+                    if let Err(problems) = self.config.reload() {
+                        for p in &problems.0 {
+                            tracing::error!(problem = %p, "reload refused; the old config stays");
+                        }
+                    }
+                }
+            }
+        }
+        tracing::info!("shutting down");
+        shutdown.cancel();
+        tracker.close();
+        if tokio::time::timeout(GRACE, tracker.wait()).await.is_err() {
+            tracing::warn!("sessions still running after the grace period; stopping anyway");
+        }
+        drop(ctx);
+        self.store.shutdown();
+        let writer = self.writer;
+        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        let _ = std::fs::remove_file(&self.admin_path);
+        tracing::info!("stopped");
+        Ok(())
+    }
+}

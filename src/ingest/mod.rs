@@ -1,0 +1,55 @@
+//! PURE: what a message *is* and where it belongs.
+//!
+//! [`parse`] turns raw bytes into a [`ParsedMail`] (never fails: malformed
+//! mail yields what its headers allow); [`thread`] decides which ticket a
+//! message joins, given a read-only view of what the store knows.
+//!
+//! Never does I/O, never reads the clock, never names tokio or redb.
+
+pub mod parse;
+pub mod thread;
+
+pub use parse::{parse, Mailbox, ParsedMail};
+pub use thread::{ThreadMatch, ThreadView, ThreadedBy};
+
+/// A ticket's number: a positive integer given in order.
+pub type TicketId = u64;
+
+/// Normalises a Message-ID for lookups and storage: surrounding whitespace
+/// and angle brackets removed. The local part stays case-sensitive (RFC 5322
+/// says so), but the domain is lower-cased, as clients vary there.
+pub fn normalize_message_id(raw: &str) -> Option<String> {
+    let id = raw
+        .trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .trim();
+    if id.is_empty() || id.len() > 998 || id.chars().any(|c| c.is_control() || c == ' ') {
+        return None;
+    }
+    Some(match id.rsplit_once('@') {
+        Some((local, domain)) => format!("{local}@{}", domain.to_ascii_lowercase()),
+        None => id.to_string(),
+    })
+}
+
+/// The display form of a normalised Message-ID: `<id>`.
+pub fn bracketed(id: &str) -> String {
+    format!("<{id}>")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_ids_normalise() {
+        assert_eq!(
+            normalize_message_id(" <Abc@EXAMPLE.com> ").as_deref(),
+            Some("Abc@example.com")
+        );
+        assert_eq!(normalize_message_id("abc@x").as_deref(), Some("abc@x"));
+        assert_eq!(normalize_message_id("<>"), None);
+        assert_eq!(normalize_message_id("a b@c"), None);
+    }
+}

@@ -1,0 +1,33 @@
+//! postdesk — an email-to-ticket gateway daemon.
+//!
+//! The major components, in the order a message meets them:
+//!
+//! - [`smtp`]: SHELL. Accepts connections, reads bounded CRLF lines, drives
+//!   the `mailin` SMTP state machine, buffers DATA and hands the finished
+//!   message to the store writer; answers `250` only when the writer says the
+//!   message is durably committed.
+//! - [`ingest`]: PURE. Turns raw bytes into a [`ingest::ParsedMail`] and
+//!   decides which ticket a message threads onto ([`ingest::thread`]).
+//! - [`store`]: SHELL. The redb database. One writer thread owns every write
+//!   transaction, applies everything a message causes in one transaction and
+//!   group-commits; it is the only place where durability is decided.
+//! - [`admin`]: the JSON-lines protocol ([`admin::proto`]) and its Unix
+//!   socket server; [`ctl`] is the command-line client for it.
+//! - [`config`]: the TOML file, validated once into a typed [`config::Config`].
+//! - [`daemon`]: SHELL. Binds everything, runs it, handles signals, reload and
+//!   shutdown.
+//! - [`clock`]: the only caller of the system clock.
+//! - [`telemetry`]: tracing set-up.
+
+pub mod admin;
+pub mod clock;
+pub mod config;
+pub mod ctl;
+pub mod daemon;
+pub mod ingest;
+pub mod smtp;
+pub mod store;
+pub mod telemetry;
+
+/// Exit code for an invalid configuration (sysexits.h EX_CONFIG).
+pub const EX_CONFIG: i32 = 78;

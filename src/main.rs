@@ -1,0 +1,232 @@
+//! The `postdesk` command line: wiring only. Every error reaches the user as
+//! one plain line and an exit code (78 = bad config, as sysexits.h).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::Value;
+
+use postdesk::{config, ctl, daemon, telemetry, EX_CONFIG};
+
+#[derive(Parser)]
+#[command(name = "postdesk", version, about = "Email-to-ticket gateway daemon")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct ConfigArg {
+    /// Config file [default: $POSTDESK_CONFIG, else config/postdesk.toml]
+    #[arg(short = 'c', long = "config", global = true)]
+    config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    fn path(&self) -> PathBuf {
+        self.config
+            .clone()
+            .or_else(|| std::env::var_os("POSTDESK_CONFIG").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("config/postdesk.toml"))
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground
+    Serve(ConfigArg),
+    /// Validate the config and compile every template
+    Check(ConfigArg),
+    /// Talk to a running daemon over its admin socket
+    Ctl(CtlArgs),
+}
+
+#[derive(Args)]
+struct CtlArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Admin socket path (instead of reading it from the config)
+    #[arg(short = 's', long = "socket", global = true)]
+    socket: Option<PathBuf>,
+    /// Print the raw JSON response
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: CtlCommand,
+}
+
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// Version, uptime, counts
+    Health,
+    /// List tickets, newest first
+    Tickets {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        pipeline: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// One ticket with its messages and timeline
+    Ticket { id: u64 },
+    /// Messages kept without a ticket
+    Conversations {
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Validate and load the config file again
+    Reload,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(c) => serve(&c.path()),
+        Command::Check(c) => check(&c.path()),
+        Command::Ctl(args) => match run_ctl(args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("postdesk: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match config::load(path) {
+        Ok(c) => {
+            println!(
+                "{}: ok ({} channels, {} pipelines, {} workflows)",
+                path.display(),
+                c.channels.len(),
+                c.pipelines.len(),
+                c.workflows.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            println!("{problems}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn serve(path: &std::path::Path) -> ExitCode {
+    telemetry::init();
+    let config = match config::load(path) {
+        Ok(c) => c,
+        Err(problems) => {
+            eprintln!("{problems}");
+            eprintln!("postdesk: invalid config, not starting");
+            return ExitCode::from(EX_CONFIG as u8);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("postdesk: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async {
+        let bound = match daemon::bind(config).await {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("postdesk: {e}");
+                // EX_UNAVAILABLE-ish: a port or the database could not be had.
+                return ExitCode::from(69);
+            }
+        };
+        let smtp: Vec<String> = bound.smtp_addrs.iter().map(ToString::to_string).collect();
+        // One machine-readable line for scripts and tests (ports bound as 0).
+        println!(
+            "ready smtp={} admin={}",
+            smtp.join(","),
+            bound.admin_path.display()
+        );
+        match bound.run().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("postdesk: {e}");
+                ExitCode::from(1)
+            }
+        }
+    })
+}
+
+fn run_ctl(args: CtlArgs) -> anyhow::Result<ExitCode> {
+    let socket = match args.socket {
+        Some(s) => s,
+        None => {
+            let path = args.config.path();
+            match config::load(&path) {
+                Ok(c) => c.server.admin_socket,
+                Err(problems) => {
+                    eprintln!("{problems}");
+                    anyhow::bail!(
+                        "cannot read the admin socket path from {} (use -s SOCKET)",
+                        path.display()
+                    );
+                }
+            }
+        }
+    };
+    let num = |n: Option<usize>| n.map(Value::from);
+    let str_ = |s: Option<String>| s.map(Value::from);
+    let (name, req) = match args.cmd {
+        CtlCommand::Health => ("health", ctl::build("health", &[])),
+        CtlCommand::Tickets {
+            status,
+            pipeline,
+            limit,
+        } => (
+            "tickets",
+            ctl::build(
+                "tickets",
+                &[
+                    ("status", str_(status)),
+                    ("pipeline", str_(pipeline)),
+                    ("limit", num(limit)),
+                ],
+            ),
+        ),
+        CtlCommand::Ticket { id } => (
+            "ticket",
+            ctl::build("ticket", &[("id", Some(Value::from(id)))]),
+        ),
+        CtlCommand::Conversations { limit } => (
+            "conversations",
+            ctl::build("conversations", &[("limit", num(limit))]),
+        ),
+        CtlCommand::Reload => ("reload", ctl::build("reload", &[])),
+    };
+    let resp = ctl::request(&socket, &req)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&resp)?);
+        return Ok(if resp.ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    }
+    match (resp.ok, resp.data, resp.error) {
+        (true, Some(data), _) => {
+            print!("{}", ctl::render(name, &data));
+            Ok(ExitCode::SUCCESS)
+        }
+        (_, _, Some(err)) => {
+            eprintln!("postdesk: {} ({})", err.message, err.code);
+            for p in err.problems.unwrap_or_default() {
+                eprintln!("{p}");
+            }
+            Ok(ExitCode::from(1))
+        }
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}

@@ -1,0 +1,191 @@
+//! Read views for the admin socket: the shapes of SPEC §7, built from one
+//! read transaction each.
+
+use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata};
+use serde::Serialize;
+
+use super::schema::*;
+use super::StoreError;
+use crate::clock::rfc3339;
+use crate::ingest::{bracketed, Mailbox, TicketId};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TicketView {
+    pub id: TicketId,
+    pub pipeline: String,
+    pub status: String,
+    pub subject: String,
+    pub contact: Mailbox,
+    pub owner: Option<String>,
+    pub channel: String,
+    pub source: crate::config::Source,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<&TicketRec> for TicketView {
+    fn from(t: &TicketRec) -> Self {
+        TicketView {
+            id: t.id,
+            pipeline: t.pipeline.clone(),
+            status: t.status.clone(),
+            subject: t.subject.clone(),
+            contact: t.contact.clone(),
+            owner: t.owner.clone(),
+            channel: t.channel.clone(),
+            source: t.source,
+            created_at: rfc3339(t.created_at),
+            updated_at: rfc3339(t.updated_at),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MessageView {
+    pub message_id: String,
+    pub direction: Direction,
+    pub kind: String,
+    pub from: Option<String>,
+    pub from_name: Option<String>,
+    pub to: Vec<String>,
+    pub subject: String,
+    pub date: Option<String>,
+    pub received_at: String,
+    pub size: u64,
+    pub text: String,
+}
+
+impl From<MessageRec> for MessageView {
+    fn from(m: MessageRec) -> Self {
+        MessageView {
+            message_id: bracketed(&m.message_id),
+            direction: m.direction,
+            kind: m.kind,
+            from: m.from.as_ref().map(|f| f.email.clone()),
+            from_name: m.from.and_then(|f| f.name),
+            to: m.to,
+            subject: m.subject,
+            date: m.date.map(rfc3339),
+            received_at: rfc3339(m.received_at),
+            size: m.size,
+            text: m.text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EventView {
+    pub at: String,
+    pub kind: String,
+    pub detail: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TicketDetail {
+    #[serde(flatten)]
+    pub ticket: TicketView,
+    pub messages: Vec<MessageView>,
+    pub timeline: Vec<EventView>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TicketFilter {
+    pub status: Option<String>,
+    pub pipeline: Option<String>,
+    pub limit: usize,
+}
+
+pub fn ticket_count(txn: &ReadTransaction) -> Result<u64, StoreError> {
+    Ok(txn.open_table(TICKETS)?.len()?)
+}
+
+/// Newest first.
+pub fn tickets(
+    txn: &ReadTransaction,
+    filter: &TicketFilter,
+) -> Result<Vec<TicketView>, StoreError> {
+    let table = txn.open_table(TICKETS)?;
+    let mut out = Vec::new();
+    for row in table.iter()?.rev() {
+        if out.len() >= filter.limit {
+            break;
+        }
+        let (_, bytes) = row?;
+        let t: TicketRec = decode(bytes.value())?;
+        if filter.status.as_ref().is_some_and(|s| *s != t.status) {
+            continue;
+        }
+        if filter.pipeline.as_ref().is_some_and(|p| *p != t.pipeline) {
+            continue;
+        }
+        out.push(TicketView::from(&t));
+    }
+    Ok(out)
+}
+
+pub fn ticket(txn: &ReadTransaction, id: TicketId) -> Result<Option<TicketDetail>, StoreError> {
+    let tickets = txn.open_table(TICKETS)?;
+    let Some(bytes) = tickets.get(id)? else {
+        return Ok(None);
+    };
+    let t: TicketRec = decode(bytes.value())?;
+    let index = txn.open_table(TICKET_MESSAGES)?;
+    let messages_table = txn.open_table(MESSAGES)?;
+    let mut messages = Vec::new();
+    for row in index.range((id, 0)..=(id, u64::MAX))? {
+        let (key, _) = row?;
+        let (_, seq) = key.value();
+        if let Some(m) = messages_table.get(seq)? {
+            let rec: MessageRec = decode(m.value())?;
+            messages.push(MessageView::from(rec));
+        }
+    }
+    let timeline_table = txn.open_table(TIMELINE)?;
+    let mut timeline = Vec::new();
+    for row in timeline_table.range((id, 0)..=(id, u64::MAX))? {
+        let (_, v) = row?;
+        let e: EventRec = decode(v.value())?;
+        timeline.push(EventView {
+            at: rfc3339(e.at),
+            kind: e.kind,
+            detail: e.detail,
+        });
+    }
+    Ok(Some(TicketDetail {
+        ticket: TicketView::from(&t),
+        messages,
+        timeline,
+    }))
+}
+
+/// Messages kept without a ticket, newest first.
+pub fn conversations(txn: &ReadTransaction, limit: usize) -> Result<Vec<MessageView>, StoreError> {
+    let index = txn.open_table(CONVERSATIONS)?;
+    let messages = txn.open_table(MESSAGES)?;
+    let mut out = Vec::new();
+    for row in index.iter()?.rev().take(limit) {
+        let (seq, _) = row?;
+        if let Some(m) = messages.get(seq.value())? {
+            let rec: MessageRec = decode(m.value())?;
+            out.push(MessageView::from(rec));
+        }
+    }
+    Ok(out)
+}
+
+/// The raw bytes of the message stored under `message_id` (normalised).
+pub fn raw_by_message_id(
+    txn: &ReadTransaction,
+    message_id: &str,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let ids = txn.open_table(MESSAGE_IDS)?;
+    let Some(row) = ids.get(message_id)? else {
+        return Ok(None);
+    };
+    let (_, seq) = row.value();
+    if seq == 0 {
+        return Ok(None);
+    }
+    let raw = txn.open_table(RAW)?;
+    Ok(raw.get(seq)?.map(|v| v.value().to_vec()))
+}

@@ -1,0 +1,101 @@
+//! Every table and every record type of the database, in one place.
+//!
+//! Records are stored as JSON (small, self-describing, easy to migrate by
+//! adding `#[serde(default)]` fields). Raw messages are stored byte-exact in
+//! their own table so that listing tickets never touches them.
+
+use redb::TableDefinition;
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Millis;
+use crate::ingest::{Mailbox, TicketId};
+
+/// Counters: `next_ticket`, `next_message`, `next_event`.
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// ticket id → [`TicketRec`].
+pub const TICKETS: TableDefinition<u64, &[u8]> = TableDefinition::new("tickets");
+/// message seq → [`MessageRec`].
+pub const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
+/// message seq → the raw bytes as received (or as sent).
+pub const RAW: TableDefinition<u64, &[u8]> = TableDefinition::new("raw");
+/// Normalised Message-ID → (ticket id or 0, message seq or 0). A message seq
+/// of 0 means the id was only *named* (In-Reply-To/References of a ticket's
+/// message) and not stored yet; a ticket of 0 means a conversation. One row
+/// per Message-ID is what makes duplicates impossible.
+pub const MESSAGE_IDS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("message_ids");
+/// (ticket id, message seq) → (): a ticket's messages in order.
+pub const TICKET_MESSAGES: TableDefinition<(u64, u64), ()> =
+    TableDefinition::new("ticket_messages");
+/// (ticket id, event seq) → [`EventRec`]: a ticket's timeline in order.
+pub const TIMELINE: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("timeline");
+/// message seq → (): messages kept without a ticket.
+pub const CONVERSATIONS: TableDefinition<u64, ()> = TableDefinition::new("conversations");
+
+pub const NEXT_TICKET: &str = "next_ticket";
+pub const NEXT_MESSAGE: &str = "next_message";
+pub const NEXT_EVENT: &str = "next_event";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    In,
+    Out,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TicketRec {
+    pub id: TicketId,
+    pub pipeline: String,
+    pub status: String,
+    pub subject: String,
+    pub contact: Mailbox,
+    pub owner: Option<String>,
+    pub channel: String,
+    pub source: crate::config::Source,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    /// Lower-cased addresses that wrote on this ticket (the contact first).
+    #[serde(default)]
+    pub participants: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MessageRec {
+    pub seq: u64,
+    /// `None` for a conversation (kept without a ticket).
+    pub ticket: Option<TicketId>,
+    /// Normalised, without brackets.
+    pub message_id: String,
+    pub direction: Direction,
+    /// "email" for now; later also "bounce", "auto_reply", ...
+    pub kind: String,
+    pub from: Option<Mailbox>,
+    pub to: Vec<String>,
+    pub subject: String,
+    /// The Date header, when it had one.
+    pub date: Option<Millis>,
+    pub received_at: Millis,
+    /// Envelope sender ("" for the null sender).
+    pub mail_from: String,
+    pub rcpt: Vec<String>,
+    pub channel: String,
+    pub size: u64,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventRec {
+    pub at: Millis,
+    pub kind: String,
+    pub detail: serde_json::Value,
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serialising these plain structs to JSON cannot fail (no maps with
+    // non-string keys, no custom serialisers).
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, super::StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| super::StoreError::Corrupt(e.to_string()))
+}

@@ -1,0 +1,248 @@
+//! The one thread that owns redb write transactions, and group commit.
+//!
+//! Loop: block for the first job, take whatever else is already queued (up
+//! to [`MAX_BATCH`]), apply them all in one write transaction, commit once
+//! with `Durability::Immediate`, then answer every job of the batch. If the
+//! batch fails, each job is retried alone so one bad message cannot fail its
+//! neighbours; a storage error answers only its own job. After an I/O error
+//! the database is reopened before the next batch.
+
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use redb::{Database, Durability, ReadableTable, WriteTransaction};
+
+use super::apply::{apply_inbound, Tables};
+use super::schema::*;
+use super::{open_db, DbSlot, Job, Outcome, StoreCmd, StoreError, WriterMsg};
+use crate::clock;
+
+pub const MAX_BATCH: usize = 256;
+
+pub struct WriterHandle {
+    thread: Option<JoinHandle<()>>,
+    tx: mpsc::Sender<WriterMsg>,
+}
+
+impl WriterHandle {
+    /// Tells the writer to stop after the queued jobs and waits for it.
+    pub fn join(mut self) {
+        let _ = self.tx.send(WriterMsg::Shutdown);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+pub(super) fn spawn(
+    slot: Arc<DbSlot>,
+    rx: mpsc::Receiver<WriterMsg>,
+    tx: mpsc::Sender<WriterMsg>,
+) -> Result<WriterHandle, StoreError> {
+    let thread = std::thread::Builder::new()
+        .name("store-writer".into())
+        .spawn(move || run(&slot, &rx))
+        .map_err(|e| StoreError::Db(redb::Error::Io(e)))?;
+    Ok(WriterHandle {
+        thread: Some(thread),
+        tx,
+    })
+}
+
+/// Creates every table so that readers never meet a missing one.
+pub(super) fn init_tables(db: &Database) -> Result<(), StoreError> {
+    let txn = begin(db)?;
+    {
+        txn.open_table(META)?;
+        txn.open_table(TICKETS)?;
+        txn.open_table(MESSAGES)?;
+        txn.open_table(RAW)?;
+        txn.open_table(MESSAGE_IDS)?;
+        txn.open_table(TICKET_MESSAGES)?;
+        txn.open_table(TIMELINE)?;
+        txn.open_table(CONVERSATIONS)?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+fn begin(db: &Database) -> Result<WriteTransaction, StoreError> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    // Keep the allocator state in each commit so that opening after a crash
+    // does not need a full repair scan.
+    txn.set_quick_repair(true);
+    Ok(txn)
+}
+
+fn run(slot: &DbSlot, rx: &mpsc::Receiver<WriterMsg>) {
+    let mut stopping = false;
+    while !stopping {
+        let mut batch = Vec::new();
+        match rx.recv() {
+            Ok(WriterMsg::Job(job)) => batch.push(job),
+            Ok(WriterMsg::Shutdown) | Err(_) => break,
+        }
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(WriterMsg::Job(job)) => batch.push(job),
+                Ok(WriterMsg::Shutdown) => {
+                    stopping = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        process(slot, batch);
+    }
+    // Jobs still queued behind the shutdown get a clean refusal (→ 451).
+    while let Ok(msg) = rx.try_recv() {
+        if let WriterMsg::Job(job) = msg {
+            let _ = job.reply.send(Err(StoreError::Unavailable));
+        }
+    }
+    tracing::debug!("store writer stopped");
+}
+
+fn process(slot: &DbSlot, batch: Vec<Job>) {
+    let db = match ensure_open(slot) {
+        Ok(db) => db,
+        Err(e) => {
+            tracing::error!(error = %e, "store unavailable; refusing batch");
+            for job in batch {
+                let _ = job.reply.send(Err(StoreError::Unavailable));
+            }
+            return;
+        }
+    };
+    let started = Instant::now();
+    let size = batch.len();
+    match commit_batch(&db, &batch) {
+        Ok(outcomes) => {
+            tracing::debug!(
+                batch = size,
+                ms = started.elapsed().as_millis() as u64,
+                "committed"
+            );
+            for (job, outcome) in batch.into_iter().zip(outcomes) {
+                let _ = job.reply.send(Ok(outcome));
+            }
+        }
+        Err(e) if size == 1 => {
+            tracing::error!(error = %e, "commit failed");
+            reopen_if_needed(slot, db, &e);
+            for job in batch {
+                let _ = job.reply.send(Err(e_copy(&e)));
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, batch = size, "batch commit failed; retrying one by one");
+            let db = reopen_if_needed(slot, db, &e);
+            for job in batch {
+                let db = match db.clone().map_or_else(|| ensure_open(slot), Ok) {
+                    Ok(db) => db,
+                    Err(err) => {
+                        let _ = job.reply.send(Err(err));
+                        continue;
+                    }
+                };
+                let result = commit_batch(&db, std::slice::from_ref(&job));
+                match result {
+                    Ok(mut outcomes) => {
+                        if let Some(o) = outcomes.pop() {
+                            let _ = job.reply.send(Ok(o));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "commit failed");
+                        reopen_if_needed(slot, db, &e);
+                        let _ = job.reply.send(Err(e_copy(&e)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// StoreError is not Clone (it wraps io::Error); callers only need the kind.
+fn e_copy(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Corrupt(s) => StoreError::Corrupt(s.clone()),
+        _ => StoreError::Unavailable,
+    }
+}
+
+fn commit_batch(db: &Database, batch: &[Job]) -> Result<Vec<Outcome>, StoreError> {
+    let txn = begin(db)?;
+    let now = clock::now_millis();
+    let mut outcomes = Vec::with_capacity(batch.len());
+    {
+        let mut tables = Tables::open(&txn)?;
+        for job in batch {
+            let outcome = match &job.cmd {
+                StoreCmd::Ingest(inbound) => apply_inbound(&mut tables, inbound, now)?,
+            };
+            outcomes.push(outcome);
+        }
+        tables.save_counters()?;
+    }
+    txn.commit()?;
+    Ok(outcomes)
+}
+
+fn ensure_open(slot: &DbSlot) -> Result<Arc<Database>, StoreError> {
+    if let Ok(db) = slot.get() {
+        return Ok(db);
+    }
+    let db = Arc::new(open_db(&slot.path)?);
+    if let Ok(mut guard) = slot.db.write() {
+        *guard = Some(db.clone());
+    }
+    tracing::info!(path = %slot.path.display(), "store reopened");
+    Ok(db)
+}
+
+/// After an I/O error redb answers `PreviousIo` until reopened: drop every
+/// handle (waiting briefly for readers to let go of theirs) and reopen.
+fn reopen_if_needed(slot: &DbSlot, db: Arc<Database>, e: &StoreError) -> Option<Arc<Database>> {
+    if !e.needs_reopen() {
+        return Some(db);
+    }
+    if let Ok(mut guard) = slot.db.write() {
+        *guard = None;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut db = db;
+    loop {
+        match Arc::try_unwrap(db) {
+            Ok(inner) => {
+                drop(inner);
+                break;
+            }
+            Err(shared) if Instant::now() < deadline => {
+                db = shared;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(_) => {
+                tracing::error!("readers still hold the database; reopen deferred");
+                return None;
+            }
+        }
+    }
+    match ensure_open(slot) {
+        Ok(db) => Some(db),
+        Err(err) => {
+            tracing::error!(error = %err, "reopening the store failed; will retry on the next message");
+            None
+        }
+    }
+}
+
+/// Reads a counter inside the write transaction (used by [`Tables::open`]).
+pub(super) fn counter(
+    meta: &redb::Table<'_, &'static str, u64>,
+    key: &str,
+) -> Result<u64, StoreError> {
+    Ok(meta.get(key)?.map(|v| v.value()).unwrap_or(1).max(1))
+}
