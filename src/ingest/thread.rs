@@ -3,7 +3,9 @@
 //!
 //! 1. `In-Reply-To`, then `References` newest first, against every
 //!    Message-ID the store links to a ticket (stored, sent, or named in a
-//!    ticket message's threading headers);
+//!    ticket message's threading headers) — and before them the message's
+//!    own Message-ID, which a ticket's message may have named already: a
+//!    parent that arrives after its reply joins the reply's ticket;
 //! 2. the plus address `local+<id>@domain` of a channel address, when that
 //!    ticket exists;
 //! 3. the subject tag (`[#<id>]`), only when the sender is already a
@@ -18,6 +20,8 @@ use super::TicketId;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ThreadedBy {
+    /// Its own Message-ID was named by a ticket's message (a late parent).
+    MessageId,
     InReplyTo,
     References,
     PlusAddress,
@@ -29,6 +33,7 @@ pub enum ThreadedBy {
 impl ThreadedBy {
     pub fn as_str(self) -> &'static str {
         match self {
+            ThreadedBy::MessageId => "message_id",
             ThreadedBy::InReplyTo => "in_reply_to",
             ThreadedBy::References => "references",
             ThreadedBy::PlusAddress => "plus_address",
@@ -122,6 +127,8 @@ impl SubjectTag {
 /// The facts about one inbound message that threading looks at.
 #[derive(Debug, Clone)]
 pub struct ThreadInput<'a> {
+    /// The message's own (normalised) Message-ID.
+    pub message_id: &'a str,
     pub in_reply_to: &'a [String],
     /// Header order, oldest first (as written).
     pub references: &'a [String],
@@ -138,6 +145,13 @@ pub fn decide<V: ThreadView>(
     tag: &SubjectTag,
     view: &V,
 ) -> Result<ThreadMatch, V::Error> {
+    if let Some(ticket) = view.ticket_for_message_id(input.message_id)? {
+        return Ok(ThreadMatch {
+            ticket: Some(ticket),
+            by: ThreadedBy::MessageId,
+            via: Some(input.message_id.to_string()),
+        });
+    }
     for id in input.in_reply_to {
         if let Some(ticket) = view.ticket_for_message_id(id)? {
             return Ok(ThreadMatch {
@@ -231,6 +245,7 @@ mod tests {
         let irt: Vec<String> = irt.iter().map(|s| s.to_string()).collect();
         let refs: Vec<String> = refs.iter().map(|s| s.to_string()).collect();
         let input = ThreadInput {
+            message_id: "own@x",
             in_reply_to: &irt,
             references: &refs,
             plus,
@@ -303,6 +318,23 @@ mod tests {
             false,
             (Some(3), SubjectTag),
         );
+    }
+
+    #[test]
+    fn a_late_parent_joins_the_ticket_that_named_it() {
+        let mut m = world();
+        m.ids.insert("own@x".into(), 2);
+        let input = ThreadInput {
+            message_id: "own@x",
+            in_reply_to: &[],
+            references: &[],
+            plus: Some(3),
+            subject: "",
+            sender: None,
+            sender_is_agent: false,
+        };
+        let Ok(got) = decide(&input, &SubjectTag::new("[#{id}]"), &m);
+        assert_eq!((got.ticket, got.by), (Some(2), ThreadedBy::MessageId));
     }
 
     #[test]

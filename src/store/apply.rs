@@ -168,6 +168,7 @@ pub(super) fn apply_inbound(
     let sender = p.from.as_ref().map(|m| m.email.as_str());
     let sender_is_agent = sender.is_some_and(|s| config.agent_by_email(s).is_some());
     let input = ThreadInput {
+        message_id: &p.message_id,
         in_reply_to: &p.in_reply_to,
         references: &p.references,
         plus: inb.plus,
@@ -327,6 +328,10 @@ fn create_ticket(
 
 fn message_in_detail(p: &ParsedMail, m: &ThreadMatch, inb: &Inbound) -> serde_json::Value {
     let how = match m.by {
+        ThreadedBy::MessageId => format!(
+            "its Message-ID {} was named by the thread",
+            m.via.as_deref().map(bracketed).unwrap_or_default()
+        ),
         ThreadedBy::InReplyTo => format!(
             "threaded by In-Reply-To {}",
             m.via.as_deref().map(bracketed).unwrap_or_default()

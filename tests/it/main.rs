@@ -1,0 +1,25 @@
+//! Integration tests: the real `postdesk` binary, driven over its real
+//! sockets (SMTP on 127.0.0.1:0, the admin Unix socket) and its command line.
+//!
+//! `support/` holds the harness: [`support::Daemon`] (a daemon in a temp dir,
+//! its logs, restart and kill -9), a small blocking SMTP client and message
+//! builder, and the admin-socket client. Every wait is a poll with a deadline.
+//!
+//! The modules follow the contract in SPEC.md:
+//! - `smtp`: §3/§5 — replies, limits, smuggling, duplicates, conversations;
+//! - `threading`: §4 and the `customer_replied` trigger of §3;
+//! - `admin`: §7 — the socket protocol and `ctl`;
+//! - `lifecycle`: §1/§5 — restart, kill -9, `check`, exit code 78;
+//! - `corpus`: every message of `shared/corpus` delivered over SMTP.
+
+// Tests and their harness may panic on anything unexpected: that is how a
+// test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+mod admin;
+mod corpus;
+mod lifecycle;
+mod smtp;
+mod threading;
