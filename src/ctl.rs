@@ -38,6 +38,9 @@ pub fn render(cmd: &str, data: &Value) -> String {
         "tickets" => tickets_table(data.as_array().map(Vec::as_slice).unwrap_or(&[])),
         "ticket" => ticket_detail(data),
         "conversations" => messages_table(data.as_array().map(Vec::as_slice).unwrap_or(&[])),
+        "outbox" => outbox_table(data.as_array().map(Vec::as_slice).unwrap_or(&[])),
+        "set_status" | "assign" => tickets_table(std::slice::from_ref(data)),
+        "reply" => outbox_table(std::slice::from_ref(data)),
         _ => key_values(data),
     }
 }
@@ -123,6 +126,43 @@ fn messages_table(rows: &[Value]) -> String {
         })
         .collect();
     table(&["RECEIVED", "DIR", "FROM", "SUBJECT"], rows)
+}
+
+fn outbox_table(rows: &[Value]) -> String {
+    if rows.is_empty() {
+        return "outbox is empty\n".into();
+    }
+    let rows = rows
+        .iter()
+        .map(|o| {
+            vec![
+                s(&o["id"]),
+                s(&o["ticket"]),
+                s(&o["state"]),
+                s(&o["kind"]),
+                s(&o["attempts"]),
+                o["to"]
+                    .as_array()
+                    .map(|a| a.iter().map(s).collect::<Vec<_>>().join(","))
+                    .unwrap_or_default(),
+                s(&o["created_at"]),
+                truncate(&s(&o["last_error"]), 40),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "TICKET",
+            "STATE",
+            "KIND",
+            "TRIES",
+            "TO",
+            "CREATED",
+            "LAST ERROR",
+        ],
+        rows,
+    )
 }
 
 fn ticket_detail(t: &Value) -> String {

@@ -20,11 +20,13 @@
 //! - [`telemetry`]: tracing set-up.
 
 pub mod admin;
+pub mod automation;
 pub mod clock;
 pub mod config;
 pub mod ctl;
 pub mod daemon;
 pub mod ingest;
+pub mod outbound;
 pub mod smtp;
 pub mod store;
 pub mod telemetry;

@@ -78,6 +78,31 @@ enum CtlCommand {
     },
     /// Validate and load the config file again
     Reload,
+    /// Move a ticket to a status (runs workflows)
+    SetStatus { id: u64, status: String },
+    /// Email the ticket's contact as an agent (fires email_sent_to_customer)
+    Reply {
+        id: u64,
+        /// The reply text
+        #[arg(long, conflicts_with = "body_file")]
+        body: Option<String>,
+        /// Read the reply text from a file (- for stdin)
+        #[arg(long)]
+        body_file: Option<PathBuf>,
+        /// The agent (user id) replying; default: the owner, else the first user
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Set a ticket's owner (a user id)
+    Assign { id: u64, owner: String },
+    /// Queued, sent and failed emails, newest first
+    Outbox {
+        /// queued | sent | failed
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -116,6 +141,9 @@ fn check(path: &std::path::Path) -> ExitCode {
 
 fn serve(path: &std::path::Path) -> ExitCode {
     telemetry::init();
+    // Two rustls crypto providers are in the tree; without a process default
+    // rustls panics on the first TLS connection.
+    postdesk::outbound::transport::install_crypto_provider();
     let config = match config::load(path) {
         Ok(c) => c,
         Err(problems) => {
@@ -205,6 +233,59 @@ fn run_ctl(args: CtlArgs) -> anyhow::Result<ExitCode> {
             ctl::build("conversations", &[("limit", num(limit))]),
         ),
         CtlCommand::Reload => ("reload", ctl::build("reload", &[])),
+        CtlCommand::SetStatus { id, status } => (
+            "set_status",
+            ctl::build(
+                "set_status",
+                &[
+                    ("id", Some(Value::from(id))),
+                    ("status", Some(Value::from(status))),
+                ],
+            ),
+        ),
+        CtlCommand::Reply {
+            id,
+            body,
+            body_file,
+            user,
+        } => {
+            let body = match (body, body_file) {
+                (Some(b), _) => b,
+                (None, Some(path)) if path.as_os_str() == "-" => {
+                    std::io::read_to_string(std::io::stdin())?
+                }
+                (None, Some(path)) => std::fs::read_to_string(&path)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?,
+                (None, None) => {
+                    anyhow::bail!("give the reply text with --body TEXT or --body-file FILE")
+                }
+            };
+            (
+                "reply",
+                ctl::build(
+                    "reply",
+                    &[
+                        ("id", Some(Value::from(id))),
+                        ("body", Some(Value::from(body))),
+                        ("user", str_(user)),
+                    ],
+                ),
+            )
+        }
+        CtlCommand::Assign { id, owner } => (
+            "assign",
+            ctl::build(
+                "assign",
+                &[
+                    ("id", Some(Value::from(id))),
+                    ("owner", Some(Value::from(owner))),
+                ],
+            ),
+        ),
+        CtlCommand::Outbox { state, limit } => (
+            "outbox",
+            ctl::build("outbox", &[("state", str_(state)), ("limit", num(limit))]),
+        ),
     };
     let resp = ctl::request(&socket, &req)?;
     if args.json {

@@ -30,9 +30,36 @@ pub enum Request {
         limit: Option<usize>,
     },
     Reload {},
+    SetStatus {
+        id: u64,
+        status: String,
+    },
+    Reply {
+        id: u64,
+        body: String,
+        user: Option<String>,
+    },
+    Assign {
+        id: u64,
+        owner: String,
+    },
+    Outbox {
+        state: Option<String>,
+        limit: Option<usize>,
+    },
 }
 
-pub const COMMANDS: &[&str] = &["health", "tickets", "ticket", "conversations", "reload"];
+pub const COMMANDS: &[&str] = &[
+    "health",
+    "tickets",
+    "ticket",
+    "conversations",
+    "reload",
+    "set_status",
+    "reply",
+    "assign",
+    "outbox",
+];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {

@@ -15,7 +15,8 @@ use tokio_util::task::TaskTracker;
 use super::proto::{parse_request, Request, Response, DEFAULT_LIMIT, MAX_LIMIT, MAX_REQUEST};
 use crate::daemon::ConfigCell;
 use crate::smtp::reader::{read_line, Read};
-use crate::store::{read, Store};
+use crate::store::schema::OutState;
+use crate::store::{read, Done, Store, StoreCmd, StoreError};
 
 pub struct AdminCtx {
     pub store: Store,
@@ -131,7 +132,7 @@ async fn handle(req: Request, ctx: &AdminCtx) -> Response {
                         "version": env!("CARGO_PKG_VERSION"),
                         "uptime_secs": uptime,
                         "tickets": read::ticket_count(txn)?,
-                        "outbox_pending": 0,
+                        "outbox_pending": read::outbox_pending(txn)?,
                     }))
                 })
                 .await
@@ -162,13 +163,91 @@ async fn handle(req: Request, ctx: &AdminCtx) -> Response {
                 .await
         }
         Request::Reload {} => return reload(&ctx.config),
+        Request::SetStatus { id, status } => {
+            let cmd = StoreCmd::SetStatus {
+                config: ctx.config.get(),
+                id,
+                status,
+            };
+            return ticket_after(ctx, cmd, id).await;
+        }
+        Request::Assign { id, owner } => {
+            let cmd = StoreCmd::Assign {
+                config: ctx.config.get(),
+                id,
+                owner,
+            };
+            return ticket_after(ctx, cmd, id).await;
+        }
+        Request::Reply { id, body, user } => {
+            if body.trim().is_empty() {
+                return Response::err("bad_request", "the reply body is empty");
+            }
+            let cmd = StoreCmd::Reply {
+                config: ctx.config.get(),
+                id,
+                body,
+                user,
+            };
+            match ctx.store.command(cmd).await {
+                Ok(Done::Queued(out)) => {
+                    ctx.store
+                        .read(move |txn| {
+                            Ok(read::outbox_one(txn, out)?
+                                .map(to_value)
+                                .unwrap_or(Value::Null))
+                        })
+                        .await
+                }
+                Ok(_) => Ok(Value::Null),
+                Err(e) => return store_error(e),
+            }
+        }
+        Request::Outbox { state, limit: l } => {
+            let state = match state.as_deref() {
+                None => None,
+                Some("queued") => Some(OutState::Queued),
+                Some("sent") => Some(OutState::Sent),
+                Some("failed") => Some(OutState::Failed),
+                Some(other) => {
+                    return Response::err(
+                        "bad_request",
+                        format!("unknown state \"{other}\" (known: queued, sent, failed)"),
+                    )
+                }
+            };
+            let n = limit(l);
+            ctx.store
+                .read(move |txn| Ok(to_value(read::outbox(txn, state, n)?)))
+                .await
+        }
     };
     match result {
         Ok(data) => Response::ok(data),
-        Err(e) => {
+        Err(e) => store_error(e),
+    }
+}
+
+fn store_error(e: StoreError) -> Response {
+    match e {
+        StoreError::NotFound(m) => Response::err("not_found", m),
+        StoreError::Invalid(m) => Response::err("bad_request", m),
+        e => {
             tracing::error!(error = %e, "admin request failed");
             Response::err("store_error", e.to_string())
         }
+    }
+}
+
+/// Runs a command, then answers with the ticket as it is after the commit.
+async fn ticket_after(ctx: &AdminCtx, cmd: StoreCmd, id: u64) -> Response {
+    if let Err(e) = ctx.store.command(cmd).await {
+        return store_error(e);
+    }
+    match ctx.store.read(move |txn| read::ticket(txn, id)).await {
+        Ok(Some(t)) => Response::ok(to_value(t.ticket)),
+        Ok(None) => Response::err("not_found", format!("no ticket {id}")),
+        Err(e) => store_error(e),
     }
 }
 

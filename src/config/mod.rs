@@ -35,6 +35,9 @@ pub struct Config {
     pub channels: Vec<Channel>,
     pub pipelines: Vec<Pipeline>,
     pub workflows: Vec<Workflow>,
+    /// The template folder (`server.templates`), compiled and checked: every
+    /// template a workflow names renders, and names no unknown variable.
+    pub templates: std::sync::Arc<crate::outbound::render::Templates>,
 }
 
 #[derive(Debug, Clone)]

@@ -1,13 +1,16 @@
 //! The template folder, checked at load: it exists, every template the
-//! workflows name is there, and every `*.hbs` in it compiles.
+//! workflows name is there, every `*.hbs` in it compiles, and no template
+//! names a variable that does not exist (`outbound::render`'s strict check).
 //!
-//! SHELL: reads the folder. Rendering is `outbound`'s business; this only
-//! makes sure rendering can never fail for a missing or broken file.
+//! SHELL: reads the folder. Rendering is `outbound`'s business; this makes
+//! sure rendering can never fail for a missing or broken file, and hands the
+//! compiled [`Templates`] to the `Config`.
 
 use std::ops::Range;
 use std::path::Path;
 
 use super::load::{io_reason, Ctx};
+use crate::outbound::render::{TemplateProblem, Templates};
 
 /// The templates the workflows need, with the config positions that need
 /// them (where a missing file is reported).
@@ -27,14 +30,15 @@ pub(super) const NOTIFICATION: &str = "notification";
 
 /// `dir` is absolute; `shown` is the same folder as problems name it (on
 /// the path the caller gave for the config). `dir_span` is the position of
-/// `server.templates`, if written.
+/// `server.templates`, if written. Returns the templates that compiled (all
+/// of them when no problem was reported).
 pub(super) fn check(
     cx: &mut Ctx<'_>,
     dir: &Path,
     shown: &Path,
     dir_span: Option<Range<usize>>,
     uses: &TemplateUses,
-) {
+) -> Templates {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) => {
@@ -50,7 +54,7 @@ pub(super) fn check(
                     shown.display()
                 ),
             );
-            return;
+            return Templates::default();
         }
     };
 
@@ -61,6 +65,7 @@ pub(super) fn check(
         .filter(|name| name.ends_with(".hbs"))
         .collect();
     names.sort();
+    let mut compiled = Vec::new();
     for name in &names {
         let file = shown.join(name);
         let source = match std::fs::read_to_string(dir.join(name)) {
@@ -71,10 +76,33 @@ pub(super) fn check(
                 continue;
             }
         };
-        if let Err(e) = handlebars::Template::compile(&source) {
-            let (line, col) = e.pos().unwrap_or((1, 1));
-            cx.in_file(file, line, col, format!("invalid template: {}", e.reason()));
+        match handlebars::Template::compile(&source) {
+            Ok(_) => compiled.push((name.clone(), source)),
+            Err(e) => {
+                let (line, col) = e.pos().unwrap_or((1, 1));
+                cx.in_file(file, line, col, format!("invalid template: {}", e.reason()));
+            }
         }
+    }
+
+    // Register what compiled (so this cannot fail in practice), then render
+    // every template with sample values in strict mode: an unknown variable
+    // is a problem now, not a failed email later.
+    let in_shown = |cx: &mut Ctx<'_>, p: TemplateProblem| {
+        let file = p.file.strip_prefix(dir).unwrap_or(&p.file);
+        cx.in_file(shown.join(file), p.line, p.col, p.message);
+    };
+    let templates = match Templates::from_sources(dir, compiled) {
+        Ok(templates) => templates,
+        Err(problems) => {
+            for p in problems {
+                in_shown(cx, p);
+            }
+            Templates::default()
+        }
+    };
+    for p in templates.check() {
+        in_shown(cx, p);
     }
 
     let present = |name: &str, part: &str| names.iter().any(|n| *n == format!("{name}.{part}.hbs"));
@@ -114,4 +142,5 @@ pub(super) fn check(
             );
         }
     }
+    templates
 }

@@ -1172,6 +1172,61 @@ fn template_compile_error_names_the_template_file() {
 }
 
 #[test]
+fn template_naming_an_unknown_variable_fails_load() {
+    let s = Setup::new();
+    s.write(
+        "templates/ticket_received.text.hbs",
+        "Hello {{contact.name}},\n\nabout {{ticket.nope}}\n",
+    );
+    let problems = s.problems(MINIMAL);
+    assert_eq!(
+        problems,
+        [
+            "templates/ticket_received.text.hbs:3:7: unknown variable \"ticket.nope\" (known: \
+             ticket.id, ticket.owner, ticket.pipeline, ticket.status, ticket.status_name, \
+             ticket.subject)"
+        ]
+    );
+}
+
+#[test]
+fn unknown_variables_are_found_in_every_branch_and_every_template() {
+    let s = Setup::new();
+    // Not used by any workflow, and the typo sits in a branch that the
+    // sample values never enter: still a problem.
+    s.write("templates/spare.subject.hbs", "{{ticket.subject}}\n");
+    s.write(
+        "templates/spare.text.hbs",
+        "{{#if (eq ticket.status \"closed\")}}\n  {{contact.emial}}\n{{/if}}\n",
+    );
+    s.write("templates/spare.html.hbs", "<p>{{message.text}}</p>\n");
+    let problems = s.problems(MINIMAL);
+    assert_eq!(
+        problems,
+        [
+            "templates/spare.html.hbs:1:4: \"message.text\" is not set when the ticket has no \
+             inbound message: put it inside {{#if message}}...{{/if}}",
+            "templates/spare.text.hbs:2:3: unknown variable \"contact.emial\" (known: \
+             contact.email, contact.name)",
+        ]
+    );
+}
+
+#[test]
+fn loaded_config_holds_the_compiled_templates() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let config = load(&root.join("config/postdesk.toml")).unwrap();
+    let names: Vec<&str> = config.templates.names().collect();
+    assert_eq!(names, ["notification", "ticket_closed", "ticket_received"]);
+    let vars = crate::outbound::render::Vars::sample();
+    let rendered = config.templates.render("ticket_closed", &vars).unwrap();
+    assert_eq!(
+        rendered.subject,
+        "Your request has been closed: Printer on fire"
+    );
+}
+
+#[test]
 fn templates_folder_must_exist() {
     let s = Setup::new();
     let problems = s.problems(

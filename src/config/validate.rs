@@ -12,11 +12,13 @@
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::load::{io_reason, Ctx, Item, RawConfig, Read, Section};
 use super::raw::Str;
 use super::templates::{self, TemplateUses};
 use super::Config;
+use crate::outbound::render::Templates;
 
 mod items;
 mod sections;
@@ -67,7 +69,7 @@ pub(super) fn validate(
         &mut uses,
     );
 
-    if check_templates {
+    let compiled = if check_templates {
         let shown_templates = shown_dir.join(
             templates_span
                 .as_ref()
@@ -79,8 +81,10 @@ pub(super) fn validate(
             &shown_templates,
             templates_span.map(|t| t.span()),
             &uses,
-        );
-    }
+        )
+    } else {
+        Templates::default()
+    };
 
     Config {
         path: config_path.to_path_buf(),
@@ -93,6 +97,7 @@ pub(super) fn validate(
         channels,
         pipelines: pipelines.list,
         workflows,
+        templates: Arc::new(compiled),
     }
 }
 

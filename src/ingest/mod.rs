@@ -6,9 +6,11 @@
 //!
 //! Never does I/O, never reads the clock, never names tokio or redb.
 
+pub mod classify;
 pub mod parse;
 pub mod thread;
 
+pub use classify::{classify, AutoReason};
 pub use parse::{parse, Mailbox, ParsedMail};
 pub use thread::{ThreadMatch, ThreadView, ThreadedBy};
 

@@ -37,7 +37,22 @@ pub struct ParsedMail {
     pub text: String,
     /// Whether mail-parser understood the message at all.
     pub well_formed: bool,
+    /// Headers that mark automatic or bulk mail, lower-cased name and
+    /// trimmed value (see [`super::classify`]).
+    pub markers: Vec<(String, String)>,
 }
+
+/// The headers [`super::classify`] looks at.
+pub const MARKER_HEADERS: &[&str] = &[
+    "auto-submitted",
+    "precedence",
+    "list-id",
+    "list-unsubscribe",
+    "x-autoreply",
+    "x-autorespond",
+    "x-auto-response-suppress",
+    "x-postdesk-ticket",
+];
 
 pub fn parse(raw: &[u8]) -> ParsedMail {
     let parsed = MessageParser::default().parse(raw);
@@ -53,6 +68,7 @@ pub fn parse(raw: &[u8]) -> ParsedMail {
             date: None,
             text: cap(String::from_utf8_lossy(raw).into_owned()),
             well_formed: false,
+            markers: Vec::new(),
         };
     };
     let own_id = msg.message_id().and_then(normalize_message_id);
@@ -91,6 +107,15 @@ pub fn parse(raw: &[u8]) -> ParsedMail {
         date: msg.date().map(|d| d.to_timestamp().saturating_mul(1000)),
         text: cap(text),
         well_formed: true,
+        markers: msg
+            .headers_raw()
+            .filter_map(|(name, value)| {
+                let name = name.trim().to_ascii_lowercase();
+                MARKER_HEADERS
+                    .contains(&name.as_str())
+                    .then(|| (name, value.trim().to_string()))
+            })
+            .collect(),
     }
 }
 

@@ -8,13 +8,17 @@ use std::sync::Arc;
 use redb::{ReadableTable, Table, WriteTransaction};
 use serde_json::json;
 
+use super::effects::{apply_effects, relay_agent_email, Cause};
 use super::schema::*;
 use super::writer::counter;
 use super::StoreError;
+use crate::automation::{self, route_reply, Event, ReplyRoute};
 use crate::clock::Millis;
 use crate::config::{Config, Source};
 use crate::ingest::thread::{decide, SubjectTag, ThreadInput};
-use crate::ingest::{bracketed, ParsedMail, ThreadMatch, ThreadView, ThreadedBy, TicketId};
+use crate::ingest::{
+    bracketed, classify, AutoReason, ParsedMail, ThreadMatch, ThreadView, ThreadedBy, TicketId,
+};
 
 /// One message as the SMTP layer (or an import) hands it over.
 #[derive(Debug, Clone)]
@@ -55,9 +59,16 @@ pub(super) struct Tables<'txn> {
     ticket_messages: Table<'txn, (u64, u64), ()>,
     timeline: Table<'txn, (u64, u64), &'static [u8]>,
     conversations: Table<'txn, u64, ()>,
+    pub(super) outbox: Table<'txn, u64, &'static [u8]>,
+    pub(super) outbox_due: Table<'txn, (u64, u64), ()>,
+    pub(super) auto_sent: Table<'txn, (&'static str, u64), ()>,
     next_ticket: u64,
     next_message: u64,
     next_event: u64,
+    pub(super) next_outbox: u64,
+    /// Set when this batch queued an email: the outbox worker is woken
+    /// after the commit.
+    pub(super) queued_mail: bool,
 }
 
 impl<'txn> Tables<'txn> {
@@ -66,6 +77,7 @@ impl<'txn> Tables<'txn> {
         let next_ticket = counter(&meta, NEXT_TICKET)?;
         let next_message = counter(&meta, NEXT_MESSAGE)?;
         let next_event = counter(&meta, NEXT_EVENT)?;
+        let next_outbox = counter(&meta, NEXT_OUTBOX)?;
         Ok(Tables {
             meta,
             tickets: txn.open_table(TICKETS)?,
@@ -75,9 +87,14 @@ impl<'txn> Tables<'txn> {
             ticket_messages: txn.open_table(TICKET_MESSAGES)?,
             timeline: txn.open_table(TIMELINE)?,
             conversations: txn.open_table(CONVERSATIONS)?,
+            outbox: txn.open_table(OUTBOX)?,
+            outbox_due: txn.open_table(OUTBOX_DUE)?,
+            auto_sent: txn.open_table(AUTO_SENT)?,
             next_ticket,
             next_message,
             next_event,
+            next_outbox,
+            queued_mail: false,
         })
     }
 
@@ -85,22 +102,50 @@ impl<'txn> Tables<'txn> {
         self.meta.insert(NEXT_TICKET, self.next_ticket)?;
         self.meta.insert(NEXT_MESSAGE, self.next_message)?;
         self.meta.insert(NEXT_EVENT, self.next_event)?;
+        self.meta.insert(NEXT_OUTBOX, self.next_outbox)?;
         Ok(())
     }
 
-    fn ticket(&self, id: TicketId) -> Result<Option<TicketRec>, StoreError> {
+    pub(super) fn ticket(&self, id: TicketId) -> Result<Option<TicketRec>, StoreError> {
         match self.tickets.get(id)? {
             Some(bytes) => Ok(Some(decode(bytes.value())?)),
             None => Ok(None),
         }
     }
 
-    fn put_ticket(&mut self, t: &TicketRec) -> Result<(), StoreError> {
+    pub(super) fn message(&self, seq: u64) -> Result<Option<MessageRec>, StoreError> {
+        match self.messages.get(seq)? {
+            Some(bytes) => Ok(Some(decode(bytes.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores a message row, its raw bytes and its Message-ID row; adds it
+    /// to its ticket's messages or to the conversations.
+    pub(super) fn put_message(&mut self, rec: &MessageRec, raw: &[u8]) -> Result<(), StoreError> {
+        self.messages.insert(rec.seq, encode(rec).as_slice())?;
+        self.raw.insert(rec.seq, raw)?;
+        self.message_ids
+            .insert(rec.message_id.as_str(), (rec.ticket.unwrap_or(0), rec.seq))?;
+        match rec.ticket {
+            Some(t) => self.ticket_messages.insert((t, rec.seq), ())?,
+            None => self.conversations.insert(rec.seq, ())?,
+        };
+        Ok(())
+    }
+
+    pub(super) fn next_message_seq(&mut self) -> u64 {
+        let seq = self.next_message;
+        self.next_message += 1;
+        seq
+    }
+
+    pub(super) fn put_ticket(&mut self, t: &TicketRec) -> Result<(), StoreError> {
         self.tickets.insert(t.id, encode(t).as_slice())?;
         Ok(())
     }
 
-    fn event(
+    pub(super) fn event(
         &mut self,
         ticket: TicketId,
         at: Millis,
@@ -165,8 +210,9 @@ pub(super) fn apply_inbound(
     }
 
     let config = &inb.config;
+    let auto = classify(p, &inb.mail_from, |a| config.is_channel_address(a));
     let sender = p.from.as_ref().map(|m| m.email.as_str());
-    let sender_is_agent = sender.is_some_and(|s| config.agent_by_email(s).is_some());
+    let agent = sender.and_then(|s| config.agent_by_email(s));
     let input = ThreadInput {
         message_id: &p.message_id,
         in_reply_to: &p.in_reply_to,
@@ -174,28 +220,53 @@ pub(super) fn apply_inbound(
         plus: inb.plus,
         subject: &p.subject,
         sender,
-        sender_is_agent,
+        sender_is_agent: agent.is_some(),
     };
     let tag = SubjectTag::new(&config.outbound.subject_tag);
     let matched = decide(&input, &tag, &*tables)?;
 
+    // Where the message goes: the matched ticket, a new ticket linked to a
+    // closed one (reply_to_closed = new_ticket), a new ticket, or nowhere.
     let channel = config.channel(&inb.channel);
-    let ticket_id = match matched.ticket {
-        Some(id) => Some(id),
+    let mut linked_from = None;
+    let mut target = match matched.ticket {
+        Some(id) => tables.ticket(id)?,
+        None => None,
+    };
+    if let Some(t) = &target {
+        let facts = facts(t);
+        if route_reply(config, &facts, agent.is_some(), auto.is_some())
+            == ReplyRoute::NewLinkedTicket
+        {
+            linked_from = Some(t.id);
+            target = None;
+        }
+    }
+    let created = target.is_none();
+    let mut ticket = match target {
+        Some(t) => Some(t),
         None => match channel {
-            Some(ch) if opens_tickets(config, ch) => Some(create_ticket(tables, inb, ch, now)?),
+            Some(ch) if linked_from.is_some() || opens_tickets(config, ch) => {
+                Some(create_ticket(tables, inb, ch, now)?)
+            }
             _ => None,
         },
     };
 
-    let seq = tables.next_message;
-    tables.next_message += 1;
+    let seq = tables.next_message_seq();
+    let kind = if agent.is_some() {
+        "agent_email"
+    } else if auto.is_some() {
+        "automatic"
+    } else {
+        "email"
+    };
     let rec = MessageRec {
         seq,
-        ticket: ticket_id,
+        ticket: ticket.as_ref().map(|t| t.id),
         message_id: p.message_id.clone(),
         direction: Direction::In,
-        kind: "email".into(),
+        kind: kind.into(),
         from: p.from.clone(),
         to: p.to.clone(),
         subject: p.subject.clone(),
@@ -207,48 +278,109 @@ pub(super) fn apply_inbound(
         size: inb.raw.len() as u64,
         text: p.text.clone(),
     };
-    tables.messages.insert(seq, encode(&rec).as_slice())?;
-    tables.raw.insert(seq, inb.raw.as_slice())?;
-    tables
-        .message_ids
-        .insert(p.message_id.as_str(), (ticket_id.unwrap_or(0), seq))?;
+    tables.put_message(&rec, &inb.raw)?;
 
-    let Some(ticket_id) = ticket_id else {
-        tables.conversations.insert(seq, ())?;
+    let Some(ticket) = ticket.as_mut() else {
         return Ok(Outcome::Kept { duplicate: false });
     };
+    let id = ticket.id;
 
     // Ids this message names join its ticket, so a parent that arrives
     // after its reply still finds the thread.
-    for id in p.in_reply_to.iter().chain(&p.references) {
-        if tables.message_ids.get(id.as_str())?.is_none() {
-            tables.message_ids.insert(id.as_str(), (ticket_id, 0))?;
+    for named in p.in_reply_to.iter().chain(&p.references) {
+        if tables.message_ids.get(named.as_str())?.is_none() {
+            tables.message_ids.insert(named.as_str(), (id, 0))?;
         }
     }
-    tables.ticket_messages.insert((ticket_id, seq), ())?;
-
-    let created = matched.ticket.is_none();
-    if let Some(mut t) = tables.ticket(ticket_id)? {
-        t.updated_at = now;
-        if let Some(s) = sender {
-            if !t.participants.iter().any(|x| x == s) {
-                t.participants.push(s.to_string());
-            }
+    ticket.updated_at = now;
+    if let Some(s) = sender {
+        if !ticket.participants.iter().any(|x| x == s) {
+            ticket.participants.push(s.to_string());
         }
-        tables.put_ticket(&t)?;
+    }
+    // The customer's view of the thread: an agent's email is relayed under
+    // a new Message-ID, which joins the thread instead.
+    if auto.is_none() && agent.is_none() {
+        ticket.push_thread(&p.message_id);
+    }
+    if agent.is_none() {
+        ticket.last_inbound = Some(seq);
     }
     tables.event(
-        ticket_id,
+        id,
         now,
         "message_in",
-        message_in_detail(p, &matched, inb),
+        message_in_detail(p, &matched, inb, kind, auto.as_ref()),
     )?;
+    if let Some(old) = linked_from {
+        link(tables, old, id, now)?;
+    }
+
+    let cause = Cause {
+        auto: auto.as_ref(),
+    };
+    let event = if created {
+        Event::Created
+    } else if let Some(agent) = agent {
+        if auto.is_none() {
+            relay_agent_email(tables, config, ticket, agent, &rec, now)?;
+            Event::AgentEmailed
+        } else {
+            // An agent's out-of-office is never relayed to the customer.
+            Event::CustomerReplied { automatic: true }
+        }
+    } else {
+        Event::CustomerReplied {
+            automatic: auto.is_some(),
+        }
+    };
+    let effects = automation::decide(config, &facts(ticket), &event);
+    apply_effects(tables, config, ticket, effects, &cause, now)?;
+    tables.put_ticket(ticket)?;
     Ok(Outcome::Ticket {
-        id: ticket_id,
+        id,
         created,
         duplicate: false,
         by: matched.by,
     })
+}
+
+pub(super) fn facts(t: &TicketRec) -> automation::TicketFacts<'_> {
+    automation::TicketFacts {
+        pipeline: &t.pipeline,
+        status: &t.status,
+        source: t.source,
+        owner: t.owner.as_deref(),
+        workflows_ran: &t.workflows_ran,
+    }
+}
+
+fn link(
+    tables: &mut Tables<'_>,
+    old: TicketId,
+    new: TicketId,
+    now: Millis,
+) -> Result<(), StoreError> {
+    tables.event(
+        old,
+        now,
+        "linked",
+        json!({
+            "summary": format!("a reply to this closed ticket started ticket {new}"),
+            "ticket": new,
+            "relation": "continued_in",
+        }),
+    )?;
+    tables.event(
+        new,
+        now,
+        "linked",
+        json!({
+            "summary": format!("continues closed ticket {old}"),
+            "ticket": old,
+            "relation": "continues",
+        }),
+    )
 }
 
 /// Whether mail that threads nowhere opens a ticket on this channel: email
@@ -272,7 +404,7 @@ fn create_ticket(
     inb: &Inbound,
     ch: &crate::config::Channel,
     now: Millis,
-) -> Result<TicketId, StoreError> {
+) -> Result<TicketRec, StoreError> {
     let Some(pipeline) = inb.config.pipeline(&ch.pipeline) else {
         // Config validation guarantees the pipeline; be explicit anyway.
         return Err(StoreError::Corrupt(format!(
@@ -308,8 +440,10 @@ fn create_ticket(
         created_at: now,
         updated_at: now,
         participants,
+        workflows_ran: Vec::new(),
+        thread: Vec::new(),
+        last_inbound: None,
     };
-    tables.put_ticket(&ticket)?;
     tables.event(
         id,
         now,
@@ -323,39 +457,44 @@ fn create_ticket(
             "message_id": bracketed(&p.message_id),
         }),
     )?;
-    Ok(id)
+    Ok(ticket)
 }
 
-fn message_in_detail(p: &ParsedMail, m: &ThreadMatch, inb: &Inbound) -> serde_json::Value {
+fn message_in_detail(
+    p: &ParsedMail,
+    m: &ThreadMatch,
+    inb: &Inbound,
+    kind: &str,
+    auto: Option<&AutoReason>,
+) -> serde_json::Value {
+    let via = m.via.as_deref().unwrap_or_default();
     let how = match m.by {
-        ThreadedBy::MessageId => format!(
-            "its Message-ID {} was named by the thread",
-            m.via.as_deref().map(bracketed).unwrap_or_default()
-        ),
-        ThreadedBy::InReplyTo => format!(
-            "threaded by In-Reply-To {}",
-            m.via.as_deref().map(bracketed).unwrap_or_default()
-        ),
-        ThreadedBy::References => format!(
-            "threaded by References {}",
-            m.via.as_deref().map(bracketed).unwrap_or_default()
-        ),
-        ThreadedBy::PlusAddress => format!(
-            "threaded by plus address +{}",
-            m.via.as_deref().unwrap_or_default()
-        ),
-        ThreadedBy::SubjectTag => format!(
-            "threaded by subject tag {}",
-            m.via.as_deref().unwrap_or_default()
-        ),
+        ThreadedBy::MessageId => {
+            format!("its Message-ID {} was named by the thread", bracketed(via))
+        }
+        ThreadedBy::InReplyTo => format!("threaded by In-Reply-To {}", bracketed(via)),
+        ThreadedBy::References => format!("threaded by References {}", bracketed(via)),
+        ThreadedBy::PlusAddress => format!("threaded by plus address +{via}"),
+        ThreadedBy::SubjectTag => format!("threaded by subject tag {via}"),
         ThreadedBy::New => "new thread".to_string(),
     };
+    let from = p
+        .from
+        .as_ref()
+        .map_or("(unknown sender)", |f| f.email.as_str());
+    let what = match kind {
+        "agent_email" => "agent email",
+        "automatic" => "automatic message",
+        _ => "message",
+    };
     json!({
-        "summary": format!("message from {}: {how}", p.from.as_ref().map_or("(unknown sender)", |f| f.email.as_str())),
+        "summary": format!("{what} from {from}: {how}"),
         "message_id": bracketed(&p.message_id),
         "from": p.from.as_ref().map(|f| f.email.clone()),
+        "kind": kind,
         "threaded_by": m.by.as_str(),
         "matched": m.via,
+        "automatic": auto.map(|a| a.code()),
         "channel": inb.channel,
         "size": inb.raw.len(),
     })

@@ -18,6 +18,8 @@
 //!   caller meanwhile gets an error (→ `451`), never a false success.
 
 mod apply;
+mod effects;
+mod ops;
 pub mod read;
 pub mod schema;
 mod writer;
@@ -26,9 +28,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, RwLock};
 
 use redb::Database;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
+
+use crate::config::Config;
+use crate::ingest::TicketId;
 
 pub use apply::{Inbound, Outcome};
+pub use ops::Delivery;
 pub use writer::WriterHandle;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +45,11 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the store is not available (reopening after an error, or shutting down)")]
     Unavailable,
+    /// A command named a ticket, status or user that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
     #[error("cannot create data directory {path}: {source}")]
     DataDir {
         path: PathBuf,
@@ -98,13 +109,43 @@ fn open_db(path: &Path) -> Result<Database, StoreError> {
     Ok(db)
 }
 
-pub(crate) enum StoreCmd {
+pub enum StoreCmd {
     Ingest(Box<Inbound>),
+    SetStatus {
+        config: Arc<Config>,
+        id: TicketId,
+        status: String,
+    },
+    Reply {
+        config: Arc<Config>,
+        id: TicketId,
+        body: String,
+        user: Option<String>,
+    },
+    Assign {
+        config: Arc<Config>,
+        id: TicketId,
+        owner: String,
+    },
+    Delivered {
+        id: u64,
+        result: Delivery,
+    },
+}
+
+/// What a command returns once committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Done {
+    Ingested(Outcome),
+    Ticket(TicketId),
+    /// The outbox id of a queued email.
+    Queued(u64),
+    Ok,
 }
 
 pub(crate) struct Job {
     cmd: StoreCmd,
-    reply: oneshot::Sender<Result<Outcome, StoreError>>,
+    reply: oneshot::Sender<Result<Done, StoreError>>,
 }
 
 pub(crate) enum WriterMsg {
@@ -117,6 +158,8 @@ pub(crate) enum WriterMsg {
 pub struct Store {
     slot: Arc<DbSlot>,
     tx: mpsc::Sender<WriterMsg>,
+    /// Woken after a commit that queued an email.
+    outbox: Arc<Notify>,
 }
 
 impl Store {
@@ -134,22 +177,46 @@ impl Store {
             db: RwLock::new(Some(Arc::new(db))),
         });
         let (tx, rx) = mpsc::channel();
-        let handle = writer::spawn(slot.clone(), rx, tx.clone())?;
-        Ok((Store { slot, tx }, handle))
+        let outbox = Arc::new(Notify::new());
+        let handle = writer::spawn(slot.clone(), rx, tx.clone(), outbox.clone())?;
+        Ok((Store { slot, tx, outbox }, handle))
     }
 
-    /// Threads and durably commits one inbound message. `Ok` means the
-    /// message is on disk.
-    pub async fn ingest(&self, inbound: Inbound) -> Result<Outcome, StoreError> {
+    async fn run(&self, cmd: StoreCmd) -> Result<Done, StoreError> {
         let (reply, rx) = oneshot::channel();
-        let job = Job {
-            cmd: StoreCmd::Ingest(Box::new(inbound)),
-            reply,
-        };
         self.tx
-            .send(WriterMsg::Job(job))
+            .send(WriterMsg::Job(Job { cmd, reply }))
             .map_err(|_| StoreError::Unavailable)?;
         rx.await.map_err(|_| StoreError::Unavailable)?
+    }
+
+    /// Threads and durably commits one inbound message, with everything it
+    /// causes (status changes, workflows, queued emails). `Ok` means the
+    /// message is on disk.
+    pub async fn ingest(&self, inbound: Inbound) -> Result<Outcome, StoreError> {
+        match self.run(StoreCmd::Ingest(Box::new(inbound))).await? {
+            Done::Ingested(o) => Ok(o),
+            other => Err(StoreError::Corrupt(format!(
+                "unexpected writer answer {other:?}"
+            ))),
+        }
+    }
+
+    /// Runs an operator command; see [`StoreCmd`].
+    pub async fn command(&self, cmd: StoreCmd) -> Result<Done, StoreError> {
+        self.run(cmd).await
+    }
+
+    /// Records the result of one delivery attempt.
+    pub async fn delivered(&self, id: u64, result: Delivery) -> Result<(), StoreError> {
+        self.run(StoreCmd::Delivered { id, result })
+            .await
+            .map(|_| ())
+    }
+
+    /// Resolves when a commit queued an email (or was already signalled).
+    pub async fn outbox_notified(&self) {
+        self.outbox.notified().await;
     }
 
     /// Runs `f` on a read transaction, on a blocking thread.

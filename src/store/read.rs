@@ -189,3 +189,123 @@ pub fn raw_by_message_id(
     let raw = txn.open_table(RAW)?;
     Ok(raw.get(seq)?.map(|v| v.value().to_vec()))
 }
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OutboxView {
+    pub id: u64,
+    pub ticket: TicketId,
+    pub message_id: String,
+    pub kind: String,
+    pub to: Vec<String>,
+    pub subject: String,
+    pub state: OutState,
+    pub attempts: u32,
+    pub created_at: String,
+    pub next_attempt_at: Option<String>,
+    pub sent_at: Option<String>,
+    pub last_error: Option<String>,
+}
+
+impl From<OutboxRec> for OutboxView {
+    fn from(r: OutboxRec) -> Self {
+        OutboxView {
+            id: r.id,
+            ticket: r.ticket,
+            message_id: bracketed(&r.message_id),
+            kind: r.kind,
+            to: r.rcpt,
+            subject: r.subject,
+            state: r.state,
+            attempts: r.attempts,
+            created_at: rfc3339(r.created_at),
+            next_attempt_at: r.next_attempt_at.map(rfc3339),
+            sent_at: r.sent_at.map(rfc3339),
+            last_error: r.last_error,
+        }
+    }
+}
+
+/// Emails waiting for a (first or next) delivery attempt.
+pub fn outbox_pending(txn: &ReadTransaction) -> Result<u64, StoreError> {
+    Ok(txn.open_table(OUTBOX_DUE)?.len()?)
+}
+
+/// The outbox, newest first, optionally only one state.
+pub fn outbox(
+    txn: &ReadTransaction,
+    state: Option<OutState>,
+    limit: usize,
+) -> Result<Vec<OutboxView>, StoreError> {
+    let table = txn.open_table(OUTBOX)?;
+    let mut out = Vec::new();
+    for row in table.iter()?.rev() {
+        if out.len() >= limit {
+            break;
+        }
+        let (_, v) = row?;
+        let rec: OutboxRec = decode(v.value())?;
+        if state.is_some_and(|s| s != rec.state) {
+            continue;
+        }
+        out.push(OutboxView::from(rec));
+    }
+    Ok(out)
+}
+
+/// One email due for delivery, with its raw bytes.
+#[derive(Debug, Clone)]
+pub struct DueMail {
+    pub id: u64,
+    pub ticket: TicketId,
+    pub message_id: String,
+    pub kind: String,
+    pub mail_from: String,
+    pub rcpt: Vec<String>,
+    pub raw: Vec<u8>,
+}
+
+/// Up to `limit` emails due at `now`, and when the next one after them is
+/// due (if any).
+pub fn due(
+    txn: &ReadTransaction,
+    now: i64,
+    limit: usize,
+) -> Result<(Vec<DueMail>, Option<i64>), StoreError> {
+    let due = txn.open_table(OUTBOX_DUE)?;
+    let outbox = txn.open_table(OUTBOX)?;
+    let raw = txn.open_table(RAW)?;
+    let mut out = Vec::new();
+    let mut next = None;
+    for row in due.iter()? {
+        let (key, _) = row?;
+        let (at, id) = key.value();
+        if at as i64 > now || out.len() >= limit {
+            next = Some(at as i64);
+            break;
+        }
+        let Some(v) = outbox.get(id)? else { continue };
+        let rec: OutboxRec = decode(v.value())?;
+        let bytes = raw
+            .get(rec.message_seq)?
+            .map(|v| v.value().to_vec())
+            .unwrap_or_default();
+        out.push(DueMail {
+            id,
+            ticket: rec.ticket,
+            message_id: rec.message_id,
+            kind: rec.kind,
+            mail_from: rec.mail_from,
+            rcpt: rec.rcpt,
+            raw: bytes,
+        });
+    }
+    Ok((out, next))
+}
+
+pub fn outbox_one(txn: &ReadTransaction, id: u64) -> Result<Option<OutboxView>, StoreError> {
+    let table = txn.open_table(OUTBOX)?;
+    match table.get(id)? {
+        Some(v) => Ok(Some(OutboxView::from(decode::<OutboxRec>(v.value())?))),
+        None => Ok(None),
+    }
+}

@@ -30,10 +30,19 @@ pub const TICKET_MESSAGES: TableDefinition<(u64, u64), ()> =
 pub const TIMELINE: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("timeline");
 /// message seq → (): messages kept without a ticket.
 pub const CONVERSATIONS: TableDefinition<u64, ()> = TableDefinition::new("conversations");
+/// outbox id → [`OutboxRec`]: every email postdesk sends, whatever its state.
+pub const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+/// (due at, outbox id) → (): the queued emails, soonest first. A row exists
+/// exactly while the email is `queued`.
+pub const OUTBOX_DUE: TableDefinition<(u64, u64), ()> = TableDefinition::new("outbox_due");
+/// (address, sent at) → (): automatic emails to contacts, for the
+/// per-contact hourly limit. Rows older than an hour are pruned.
+pub const AUTO_SENT: TableDefinition<(&str, u64), ()> = TableDefinition::new("auto_sent");
 
 pub const NEXT_TICKET: &str = "next_ticket";
 pub const NEXT_MESSAGE: &str = "next_message";
 pub const NEXT_EVENT: &str = "next_event";
+pub const NEXT_OUTBOX: &str = "next_outbox";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -57,6 +66,33 @@ pub struct TicketRec {
     /// Lower-cased addresses that wrote on this ticket (the contact first).
     #[serde(default)]
     pub participants: Vec<String>,
+    /// Workflows that have run on this ticket (for `reenroll = false`).
+    #[serde(default)]
+    pub workflows_ran: Vec<String>,
+    /// The customer-facing thread's Message-IDs (normalised), oldest first:
+    /// the root and the latest [`THREAD_IDS`] - 1, for In-Reply-To (the
+    /// last) and References (all) of what we send.
+    #[serde(default)]
+    pub thread: Vec<String>,
+    /// The latest inbound message from the contact (seq), for templates.
+    #[serde(default)]
+    pub last_inbound: Option<u64>,
+}
+
+/// How many Message-IDs [`TicketRec::thread`] keeps.
+pub const THREAD_IDS: usize = 20;
+
+impl TicketRec {
+    /// Appends a message to the thread, keeping the root and the newest.
+    pub fn push_thread(&mut self, id: &str) {
+        if self.thread.last().is_some_and(|last| last == id) {
+            return;
+        }
+        self.thread.push(id.to_string());
+        if self.thread.len() > THREAD_IDS {
+            self.thread.remove(1);
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -81,6 +117,35 @@ pub struct MessageRec {
     pub channel: String,
     pub size: u64,
     pub text: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutState {
+    Queued,
+    Sent,
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutboxRec {
+    pub id: u64,
+    pub ticket: TicketId,
+    /// The outbound message's row (its raw bytes are in [`RAW`]).
+    pub message_seq: u64,
+    /// Normalised, without brackets.
+    pub message_id: String,
+    /// "auto_reply" | "notification" | "agent_reply".
+    pub kind: String,
+    pub mail_from: String,
+    pub rcpt: Vec<String>,
+    pub subject: String,
+    pub state: OutState,
+    pub attempts: u32,
+    pub created_at: Millis,
+    pub next_attempt_at: Option<Millis>,
+    pub sent_at: Option<Millis>,
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -15,7 +15,7 @@ use redb::{Database, Durability, ReadableTable, WriteTransaction};
 
 use super::apply::{apply_inbound, Tables};
 use super::schema::*;
-use super::{open_db, DbSlot, Job, Outcome, StoreCmd, StoreError, WriterMsg};
+use super::{open_db, ops, DbSlot, Done, Job, StoreCmd, StoreError, WriterMsg};
 use crate::clock;
 
 pub const MAX_BATCH: usize = 256;
@@ -39,10 +39,11 @@ pub(super) fn spawn(
     slot: Arc<DbSlot>,
     rx: mpsc::Receiver<WriterMsg>,
     tx: mpsc::Sender<WriterMsg>,
+    outbox: Arc<tokio::sync::Notify>,
 ) -> Result<WriterHandle, StoreError> {
     let thread = std::thread::Builder::new()
         .name("store-writer".into())
-        .spawn(move || run(&slot, &rx))
+        .spawn(move || run(&slot, &rx, &outbox))
         .map_err(|e| StoreError::Db(redb::Error::Io(e)))?;
     Ok(WriterHandle {
         thread: Some(thread),
@@ -62,6 +63,9 @@ pub(super) fn init_tables(db: &Database) -> Result<(), StoreError> {
         txn.open_table(TICKET_MESSAGES)?;
         txn.open_table(TIMELINE)?;
         txn.open_table(CONVERSATIONS)?;
+        txn.open_table(OUTBOX)?;
+        txn.open_table(OUTBOX_DUE)?;
+        txn.open_table(AUTO_SENT)?;
     }
     txn.commit()?;
     Ok(())
@@ -76,7 +80,7 @@ fn begin(db: &Database) -> Result<WriteTransaction, StoreError> {
     Ok(txn)
 }
 
-fn run(slot: &DbSlot, rx: &mpsc::Receiver<WriterMsg>) {
+fn run(slot: &DbSlot, rx: &mpsc::Receiver<WriterMsg>, outbox: &tokio::sync::Notify) {
     let mut stopping = false;
     while !stopping {
         let mut batch = Vec::new();
@@ -94,7 +98,9 @@ fn run(slot: &DbSlot, rx: &mpsc::Receiver<WriterMsg>) {
                 Err(_) => break,
             }
         }
-        process(slot, batch);
+        if process(slot, batch) {
+            outbox.notify_one();
+        }
     }
     // Jobs still queued behind the shutdown get a clean refusal (→ 451).
     while let Ok(msg) = rx.try_recv() {
@@ -105,7 +111,9 @@ fn run(slot: &DbSlot, rx: &mpsc::Receiver<WriterMsg>) {
     tracing::debug!("store writer stopped");
 }
 
-fn process(slot: &DbSlot, batch: Vec<Job>) {
+/// Commits one batch and answers its jobs; returns whether an email was
+/// queued (so the outbox worker is woken).
+fn process(slot: &DbSlot, batch: Vec<Job>) -> bool {
     let db = match ensure_open(slot) {
         Ok(db) => db,
         Err(e) => {
@@ -113,13 +121,13 @@ fn process(slot: &DbSlot, batch: Vec<Job>) {
             for job in batch {
                 let _ = job.reply.send(Err(StoreError::Unavailable));
             }
-            return;
+            return false;
         }
     };
     let started = Instant::now();
     let size = batch.len();
     match commit_batch(&db, &batch) {
-        Ok(outcomes) => {
+        Ok((outcomes, queued)) => {
             tracing::debug!(
                 batch = size,
                 ms = started.elapsed().as_millis() as u64,
@@ -128,67 +136,86 @@ fn process(slot: &DbSlot, batch: Vec<Job>) {
             for (job, outcome) in batch.into_iter().zip(outcomes) {
                 let _ = job.reply.send(Ok(outcome));
             }
-        }
-        Err(e) if size == 1 => {
-            tracing::error!(error = %e, "commit failed");
-            reopen_if_needed(slot, db, &e);
-            for job in batch {
-                let _ = job.reply.send(Err(e_copy(&e)));
-            }
+            queued
         }
         Err(e) => {
-            tracing::warn!(error = %e, batch = size, "batch commit failed; retrying one by one");
-            let db = reopen_if_needed(slot, db, &e);
+            if size > 1 {
+                tracing::debug!(error = %e, batch = size, "batch commit failed; retrying one by one");
+            }
+            let mut db = reopen_if_needed(slot, db, &e);
+            let mut queued = false;
             for job in batch {
-                let db = match db.clone().map_or_else(|| ensure_open(slot), Ok) {
-                    Ok(db) => db,
+                let current = match db.clone().map_or_else(|| ensure_open(slot), Ok) {
+                    Ok(d) => d,
                     Err(err) => {
                         let _ = job.reply.send(Err(err));
                         continue;
                     }
                 };
-                let result = commit_batch(&db, std::slice::from_ref(&job));
-                match result {
-                    Ok(mut outcomes) => {
+                match commit_batch(&current, std::slice::from_ref(&job)) {
+                    Ok((mut outcomes, q)) => {
+                        queued |= q;
                         if let Some(o) = outcomes.pop() {
                             let _ = job.reply.send(Ok(o));
                         }
                     }
                     Err(e) => {
-                        tracing::error!(error = %e, "commit failed");
-                        reopen_if_needed(slot, db, &e);
-                        let _ = job.reply.send(Err(e_copy(&e)));
+                        if !matches!(e, StoreError::NotFound(_) | StoreError::Invalid(_)) {
+                            tracing::error!(error = %e, "commit failed");
+                        }
+                        db = reopen_if_needed(slot, current, &e);
+                        let _ = job.reply.send(Err(e));
                     }
                 }
             }
+            queued
         }
     }
 }
 
-/// StoreError is not Clone (it wraps io::Error); callers only need the kind.
-fn e_copy(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Corrupt(s) => StoreError::Corrupt(s.clone()),
-        _ => StoreError::Unavailable,
-    }
-}
-
-fn commit_batch(db: &Database, batch: &[Job]) -> Result<Vec<Outcome>, StoreError> {
+fn commit_batch(db: &Database, batch: &[Job]) -> Result<(Vec<Done>, bool), StoreError> {
     let txn = begin(db)?;
     let now = clock::now_millis();
     let mut outcomes = Vec::with_capacity(batch.len());
+    let queued;
     {
         let mut tables = Tables::open(&txn)?;
         for job in batch {
-            let outcome = match &job.cmd {
-                StoreCmd::Ingest(inbound) => apply_inbound(&mut tables, inbound, now)?,
+            let done = match &job.cmd {
+                StoreCmd::Ingest(inbound) => {
+                    Done::Ingested(apply_inbound(&mut tables, inbound, now)?)
+                }
+                StoreCmd::SetStatus { config, id, status } => {
+                    Done::Ticket(ops::set_status(&mut tables, config, *id, status, now)?)
+                }
+                StoreCmd::Reply {
+                    config,
+                    id,
+                    body,
+                    user,
+                } => Done::Queued(ops::reply(
+                    &mut tables,
+                    config,
+                    *id,
+                    body,
+                    user.as_deref(),
+                    now,
+                )?),
+                StoreCmd::Assign { config, id, owner } => {
+                    Done::Ticket(ops::assign(&mut tables, config, *id, owner, now)?)
+                }
+                StoreCmd::Delivered { id, result } => {
+                    ops::delivered(&mut tables, *id, result, now)?;
+                    Done::Ok
+                }
             };
-            outcomes.push(outcome);
+            outcomes.push(done);
         }
         tables.save_counters()?;
+        queued = tables.queued_mail;
     }
     txn.commit()?;
-    Ok(outcomes)
+    Ok((outcomes, queued))
 }
 
 fn ensure_open(slot: &DbSlot) -> Result<Arc<Database>, StoreError> {

@@ -10,7 +10,11 @@
 //! - `threading`: §4 and the `customer_replied` trigger of §3;
 //! - `admin`: §7 — the socket protocol and `ctl`;
 //! - `lifecycle`: §1/§5 — restart, kill -9, `check`, exit code 78;
-//! - `corpus`: every message of `shared/corpus` delivered over SMTP.
+//! - `corpus`: every message of `shared/corpus` delivered over SMTP;
+//! - `outbound`: §6 — the headers and footer of what we send, HTML
+//!   templates, the outbox through an SMTP relay (451, down, 550, restart);
+//! - `automation`: §3/§6 — status triggers, workflows, chat channels, loop
+//!   protection, reload.
 
 // Tests and their harness may panic on anything unexpected: that is how a
 // test fails.
@@ -19,7 +23,9 @@
 mod support;
 
 mod admin;
+mod automation;
 mod corpus;
 mod lifecycle;
+mod outbound;
 mod smtp;
 mod threading;

@@ -1,7 +1,7 @@
 //! SPEC §4 (threading, first match wins) and the `customer_replied`
 //! trigger of §3. Each test opens ticket 1 with Carol's first message.
 
-use crate::support::{message_ids, msg, threaded_by, Daemon, Msg};
+use crate::support::{message_ids, msg, threaded_by, timeline_kinds, Daemon, Msg};
 
 /// A daemon with one ticket (Carol's "Login broken"); the ticket id and the
 /// first message.
@@ -161,4 +161,23 @@ fn a_new_thread_from_the_same_contact_is_a_new_ticket() {
     assert_eq!(message_ids(&old), vec![first.mid()], "{old:#}");
     assert_eq!(old["status"], "new", "{old:#}");
     assert_eq!(d.tickets().len(), 2);
+}
+
+#[test]
+fn a_customer_reply_moves_the_ticket_to_waiting_on_us() {
+    let (d, id, first) = with_one_ticket();
+    assert_eq!(d.ticket(id)["status"], "new");
+    let reply = msg()
+        .subject("Re: Login broken")
+        .in_reply_to(&first.mid())
+        .references(&first.mid());
+    assert_threaded(&d, &reply, id, "in_reply_to");
+
+    let t = d.ticket(id);
+    assert_eq!(t["status"], "waiting_on_us", "{t:#}");
+    let kinds = timeline_kinds(&t);
+    assert!(
+        kinds.iter().any(|k| k == "status_changed"),
+        "timeline: {kinds:?}"
+    );
 }

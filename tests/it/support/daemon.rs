@@ -96,6 +96,29 @@ pub fn default_config(server: &str, extra: &str) -> String {
         .replace("{extra}", extra)
 }
 
+/// The default config with `extra` appended and each `(from, to)` edit
+/// applied once, in order — e.g. `("reply_to_closed = \"reopen\"",
+/// "reply_to_closed = \"new_ticket\"")`. Panics if an edit's `from` is not
+/// in the text, so a config a test meant to change is never silently kept.
+/// The result is a whole config (it has `[server]`) for [`Daemon::start`].
+pub fn config_with(extra: &str, edits: &[(&str, &str)]) -> String {
+    edit_config(&default_config("", extra), edits)
+}
+
+/// Applies each `(from, to)` edit once, in order; panics if a `from` is
+/// missing.
+pub fn edit_config(text: &str, edits: &[(&str, &str)]) -> String {
+    let mut text = text.to_string();
+    for (from, to) in edits {
+        assert!(
+            text.contains(from),
+            "config edit: {from:?} is not in the config:\n{text}"
+        );
+        text = text.replacen(from, to, 1);
+    }
+    text
+}
+
 /// Fills `{dir}` (the test's temp dir) and `{templates}` (the repository's
 /// templates) in a config text.
 pub fn render_config(text: &str, dir: &Path) -> String {
@@ -290,6 +313,26 @@ impl Daemon {
         &self.config
     }
 
+    /// Where the file transport of the default config writes (`{dir}/sent`).
+    pub fn sent_dir(&self) -> PathBuf {
+        self.dir().join("sent")
+    }
+
+    /// Replaces the config file with `text` (`{dir}` and `{templates}`
+    /// filled in); the daemon sees it on its next reload.
+    pub fn rewrite_config(&self, text: &str) {
+        std::fs::write(&self.config, render_config(text, self.dir()))
+            .unwrap_or_else(|e| self.fail(format!("rewrite the config: {e}")));
+    }
+
+    /// Sends SIGHUP (reload config and templates).
+    pub fn sighup(&self) {
+        let pid = self.pid();
+        // SAFETY: kill(2) with a pid we spawned and have not reaped yet.
+        let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) };
+        assert_eq!(rc, 0, "kill -HUP {pid}");
+    }
+
     /// Everything the daemon wrote to stderr so far (all runs).
     pub fn logs(&self) -> String {
         self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -350,6 +393,31 @@ impl Daemon {
 
     pub fn health(&self) -> Value {
         self.cmd(json!({"cmd": "health"}))
+    }
+
+    /// `outbox` in one state (`"queued"`, `"sent"`, `"failed"`).
+    pub fn outbox(&self, state: &str) -> Vec<Value> {
+        self.array(json!({"cmd": "outbox", "state": state}))
+    }
+
+    /// Every outbox entry, whatever its state (`outbox` without `state`:
+    /// one consistent read, so an email moving from queued to sent is seen
+    /// once).
+    pub fn outbox_all(&self) -> Vec<Value> {
+        self.array(json!({"cmd": "outbox"}))
+    }
+
+    /// Waits until nothing is pending in the outbox (`health.outbox_pending`
+    /// is 0).
+    pub fn wait_outbox_idle(&self) {
+        super::wait_until(DEADLINE, "an empty outbox queue", || {
+            let h = self.health();
+            if h["outbox_pending"] == 0 {
+                Ok(())
+            } else {
+                Err(format!("health: {h}; queued: {:?}", self.outbox("queued")))
+            }
+        });
     }
 
     fn array(&self, req: Value) -> Vec<Value> {

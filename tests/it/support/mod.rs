@@ -7,19 +7,25 @@
 //!   message builder (`msg()`);
 //! - [`admin`]: the admin-socket client (`Admin`) and helpers that read the
 //!   `ticket` object;
+//! - [`sink`]: an in-test SMTP relay that records what postdesk sends, with
+//!   answers switchable at run time (250 / 451 / 550), stoppable;
+//! - [`eml`]: reading sent emails (`.eml` files, or the sink's data);
 //! - [`wait_until`]: the one way a test waits.
 
 #![allow(dead_code)] // each test module uses a different part of the harness
 
 pub mod admin;
 pub mod daemon;
+pub mod eml;
+pub mod sink;
 pub mod smtp;
 
 use std::time::{Duration, Instant};
 
 #[allow(unused_imports)] // the whole harness API, whichever tests use it
 pub use admin::{message_ids, message_in, threaded_by, timeline_kinds, Admin};
-pub use daemon::{default_config, render_config, Daemon};
+#[allow(unused_imports)]
+pub use daemon::{config_with, default_config, edit_config, render_config, Daemon};
 #[allow(unused_imports)]
 pub use smtp::{msg, send_mail, to_smtp_data, unique_id, Client, Msg, Reply};
 
@@ -48,4 +54,15 @@ pub fn wait_until<T>(
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(100));
     }
+}
+
+/// The timeline entries of `ticket` of kind `kind`, in order.
+pub fn timeline_events(ticket: &serde_json::Value, kind: &str) -> Vec<serde_json::Value> {
+    ticket["timeline"]
+        .as_array()
+        .unwrap_or_else(|| panic!("ticket without a timeline array: {ticket}"))
+        .iter()
+        .filter(|t| t["kind"] == kind)
+        .cloned()
+        .collect()
 }

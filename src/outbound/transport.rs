@@ -1,0 +1,732 @@
+//! Transports: where finished bytes go.
+//!
+//! SHELL. [`Transport::File`] writes one `.eml` per email into a folder
+//! (the default: nothing leaves the machine); [`Transport::Smtp`] hands the
+//! email to a relay with lettre's async SMTP client. Both take the bytes
+//! exactly as `compose` made them and an explicit envelope; neither retries
+//! — the outbox worker does, guided by [`SendError::is_transient`].
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use lettre::address::Envelope;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::extension::ClientId;
+use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use sha2::{Digest, Sha256};
+
+use crate::config;
+
+use super::{io_reason, lowercase_first};
+
+/// How long connecting to the relay may take, and the base of the deadline
+/// for a whole SMTP transaction (see [`SmtpRelay`]). Past it the attempt
+/// counts as failed — and is retried.
+pub const SMTP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The transaction deadline grows by one second per this many bytes, so that
+/// a large message on a slow link is not cut off (25 MiB: about 7 minutes).
+const BYTES_PER_SECOND: u64 = 64 * 1024;
+
+/// Whether a failed send is worth retrying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendErrorKind {
+    /// Connection refused or lost, a timeout, a TLS failure, a 4xx reply,
+    /// a full disk: retry with backoff.
+    Transient,
+    /// A 5xx reply, or an email or configuration that can never be sent:
+    /// mark it failed.
+    Permanent,
+}
+
+/// A send that did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct SendError {
+    pub kind: SendErrorKind,
+    /// A lowercase phrase, e.g. `sending through relay.acme.example:587:
+    /// permanent error (550): 5.1.1 no such user`.
+    pub message: String,
+}
+
+impl SendError {
+    pub fn is_transient(&self) -> bool {
+        self.kind == SendErrorKind::Transient
+    }
+
+    fn transient(message: String) -> SendError {
+        SendError {
+            kind: SendErrorKind::Transient,
+            message,
+        }
+    }
+
+    fn permanent(message: String) -> SendError {
+        SendError {
+            kind: SendErrorKind::Permanent,
+            message,
+        }
+    }
+}
+
+/// Installs rustls's *ring* crypto provider as the process default, unless
+/// one is installed already. Call it once at start-up, before any TLS: rustls
+/// panics when it must pick a default itself and more than one provider is
+/// compiled in.
+pub fn install_crypto_provider() {
+    // An error only means a provider is installed already, which is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A built transport, ready to send; cheap to share (`Arc`) between tasks.
+#[derive(Debug)]
+pub enum Transport {
+    /// One `<Message-ID>.eml` per email in `dir`, written atomically.
+    File {
+        dir: PathBuf,
+    },
+    Smtp(SmtpRelay),
+}
+
+/// An SMTP relay (lettre's async transport, one connection per send).
+///
+/// lettre applies its timeout to connecting only; a relay that accepts and
+/// then goes silent would hold a send forever. So each send also runs under
+/// a deadline: the timeout plus one second per 64 KiB of message.
+#[derive(Debug)]
+pub struct SmtpRelay {
+    inner: AsyncSmtpTransport<Tokio1Executor>,
+    /// `host:port` from the URL, for messages (never credentials).
+    server: String,
+    timeout: Duration,
+}
+
+impl Transport {
+    /// Builds the transport `outbound` describes, greeting an SMTP relay
+    /// with lettre's default name (this machine's hostname) unless the URL
+    /// names one. See [`Transport::from_config_with_hello`].
+    pub fn from_config(outbound: &config::Transport) -> Result<Transport, SendError> {
+        Transport::from_config_with_hello(outbound, None)
+    }
+
+    /// Builds the transport `outbound` describes. `hello_name` (e.g.
+    /// `server.hostname`) is the EHLO name for an SMTP relay. Reads the
+    /// `password_file` now: a later change to it needs a reload. Errors are
+    /// [`SendErrorKind::Permanent`]: they are configuration problems.
+    pub fn from_config_with_hello(
+        outbound: &config::Transport,
+        hello_name: Option<&str>,
+    ) -> Result<Transport, SendError> {
+        match outbound {
+            config::Transport::File { dir } => Ok(Transport::File { dir: dir.clone() }),
+            config::Transport::Smtp {
+                url,
+                username,
+                password_file,
+            } => {
+                let credentials = match (username, password_file) {
+                    (Some(user), Some(file)) => {
+                        let password = std::fs::read_to_string(file).map_err(|e| {
+                            SendError::permanent(format!(
+                                "cannot read password_file \"{}\": {}",
+                                file.display(),
+                                io_reason(&e)
+                            ))
+                        })?;
+                        Some(Credentials::new(user.clone(), password.trim().to_owned()))
+                    }
+                    _ => None,
+                };
+                SmtpRelay::new(url, credentials, hello_name, SMTP_TIMEOUT).map(Transport::Smtp)
+            }
+        }
+    }
+
+    /// Sends `raw` (a complete RFC 5322 message) from `mail_from` (empty:
+    /// the null sender `<>`) to every address in `rcpt`.
+    ///
+    /// `Ok` means the relay accepted the message (`250` after the data), or
+    /// the file is durably in place.
+    pub async fn send(
+        &self,
+        mail_from: &str,
+        rcpt: &[String],
+        raw: &[u8],
+    ) -> Result<(), SendError> {
+        match self {
+            Transport::File { dir } => {
+                let dir = dir.clone();
+                let raw = raw.to_vec();
+                tokio::task::spawn_blocking(move || write_eml(&dir, &raw))
+                    .await
+                    .map_err(|e| SendError::transient(format!("writing the email file: {e}")))?
+                    .map(drop)
+            }
+            Transport::Smtp(relay) => relay.send(mail_from, rcpt, raw).await,
+        }
+    }
+}
+
+impl SmtpRelay {
+    fn new(
+        url: &str,
+        credentials: Option<Credentials>,
+        hello_name: Option<&str>,
+        timeout: Duration,
+    ) -> Result<SmtpRelay, SendError> {
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url).map_err(|e| {
+            SendError::permanent(format!(
+                "invalid smtp url \"{url}\": {}",
+                lowercase_first(&e.to_string())
+            ))
+        })?;
+        if let Some(credentials) = credentials {
+            builder = builder.credentials(credentials);
+        }
+        // A name in the URL's path (lettre's convention) wins.
+        if let Some(name) = hello_name.filter(|_| !url_has_hello_name(url)) {
+            builder = builder.hello_name(ClientId::Domain(name.to_owned()));
+        }
+        let inner = builder.timeout(Some(timeout)).build();
+        Ok(SmtpRelay {
+            inner,
+            server: server_of(url),
+            timeout,
+        })
+    }
+
+    async fn send(&self, mail_from: &str, rcpt: &[String], raw: &[u8]) -> Result<(), SendError> {
+        let parse = |addr: &str| {
+            addr.trim().parse::<Address>().map_err(|e| {
+                SendError::permanent(format!("invalid envelope address \"{addr}\": {e}"))
+            })
+        };
+        let from = match mail_from.trim() {
+            "" => None,
+            addr => Some(parse(addr)?),
+        };
+        let to = rcpt
+            .iter()
+            .map(|addr| parse(addr))
+            .collect::<Result<Vec<_>, _>>()?;
+        let envelope = Envelope::new(from, to)
+            .map_err(|e| SendError::permanent(format!("invalid envelope: {e}")))?;
+        // lettre ends the data with CRLF . CRLF itself: without this, a
+        // message that ends in CRLF (as every composed one does) would gain
+        // an empty line.
+        let data = raw.strip_suffix(b"\r\n").unwrap_or(raw);
+        let deadline = self.timeout + Duration::from_secs(raw.len() as u64 / BYTES_PER_SECOND);
+        match tokio::time::timeout(deadline, self.inner.send_raw(&envelope, data)).await {
+            Ok(Ok(_response)) => Ok(()),
+            Ok(Err(e)) => {
+                let message = format!(
+                    "sending through {}: {}",
+                    self.server,
+                    lowercase_first(&e.to_string())
+                );
+                if e.is_permanent() {
+                    Err(SendError::permanent(message))
+                } else {
+                    Err(SendError::transient(message))
+                }
+            }
+            Err(_elapsed) => Err(SendError::transient(format!(
+                "sending through {}: no answer within {} s",
+                self.server,
+                deadline.as_secs_f32()
+            ))),
+        }
+    }
+}
+
+/// `host:port` (or `host`) of an smtp URL, without scheme, query or path.
+fn server_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    // Credentials are refused by config validation; never print them anyway.
+    authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host)
+        .to_owned()
+}
+
+fn url_has_hello_name(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.split('?').next().unwrap_or_default();
+    rest.split_once('/')
+        .is_some_and(|(_, path)| !path.trim_matches('/').is_empty())
+}
+
+/// Writes `raw` to `dir/<Message-ID>.eml` so that a reader never sees half
+/// a file: a hidden temporary file in the same folder, fsynced, renamed over
+/// the final name, and the folder fsynced so that the rename survives a
+/// crash. Sending the same email again replaces the file. Returns its path.
+fn write_eml(dir: &Path, raw: &[u8]) -> Result<PathBuf, SendError> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let failed = |what: &str, path: &Path, e: std::io::Error| {
+        SendError::transient(format!("{what} \"{}\": {}", path.display(), io_reason(&e)))
+    };
+    std::fs::create_dir_all(dir).map_err(|e| failed("cannot create folder", dir, e))?;
+    let name = format!("{}.eml", file_stem(raw));
+    let path = dir.join(&name);
+    let tmp = dir.join(format!(
+        ".{name}.{}.{}.tmp",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let written = std::fs::File::create(&tmp).and_then(|mut file| {
+        file.write_all(raw)?;
+        file.sync_all()
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(failed("cannot write", &tmp, e));
+    }
+    if let Err(e) = std::fs::rename(&tmp, &path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(failed("cannot rename to", &path, e));
+    }
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| failed("cannot sync folder", dir, e))?;
+    Ok(path)
+}
+
+/// A file-name-safe form of the message's Message-ID (`t42.u1.ab@host`),
+/// or `sha256-<hex>` of the bytes when it has none.
+fn file_stem(raw: &[u8]) -> String {
+    let safe: String = header_message_id(raw)
+        .unwrap_or_default()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+' | '=' | '@') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(200)
+        .collect();
+    let safe = safe.trim_start_matches('.');
+    if safe.is_empty() {
+        let digest = Sha256::digest(raw);
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        format!("sha256-{hex}")
+    } else {
+        safe.to_owned()
+    }
+}
+
+/// The value of the first `Message-ID` header (unfolded, brackets removed).
+fn header_message_id(raw: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(raw);
+    let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
+    while let Some(line) = lines.next() {
+        if line.is_empty() {
+            return None; // end of the header section
+        }
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        if !name.trim().eq_ignore_ascii_case("message-id") {
+            continue;
+        }
+        let mut value = value.trim().to_owned();
+        // A folded value continues on lines that start with a blank.
+        for next in lines.by_ref() {
+            if next.starts_with([' ', '\t']) {
+                value.push_str(next.trim());
+            } else {
+                break;
+            }
+        }
+        let value = value.trim();
+        let value = value.strip_prefix('<').unwrap_or(value);
+        let value = value.split('>').next().unwrap_or_default();
+        return Some(value.to_owned());
+    }
+    None
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    const RAW: &[u8] = b"From: support@acme.example\r\nTo: jane@example.com\r\n\
+        Message-ID: <t42.u7.0123456789abcdef@desk.acme.example>\r\nSubject: hi\r\n\r\n\
+        Hello,\r\n.leading dot\r\n..two\r\n.\r\nbye\r\n";
+
+    // ---- file ----------------------------------------------------------
+
+    fn eml_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn file_transport_writes_exactly_the_bytes_under_the_message_id() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data/sent");
+        let t = Transport::from_config(&config::Transport::File { dir: dir.clone() }).unwrap();
+        t.send("support@acme.example", &["jane@example.com".into()], RAW)
+            .await
+            .unwrap();
+        // Again: the same email replaces its file, nothing else is left.
+        t.send("support@acme.example", &["jane@example.com".into()], RAW)
+            .await
+            .unwrap();
+        let name = "t42.u7.0123456789abcdef@desk.acme.example.eml";
+        assert_eq!(eml_files(&dir), [name]);
+        assert_eq!(std::fs::read(dir.join(name)).unwrap(), RAW);
+    }
+
+    #[test]
+    fn file_names_are_safe() {
+        let stem = |raw: &[u8]| file_stem(raw);
+        assert_eq!(
+            stem(b"Subject: x\r\nmessage-id:\r\n  <../a/b\\c d@x>\r\n\r\nbody"),
+            "_a_b_c_d@x"
+        );
+        assert_eq!(stem(b"MESSAGE-ID: <x@y>\n\nbody"), "x@y");
+        let derived = stem(b"Subject: none\r\n\r\nMessage-ID: <in@body>\r\n");
+        assert!(derived.starts_with("sha256-"), "{derived}");
+        assert_eq!(derived.len(), "sha256-".len() + 64);
+        assert_eq!(stem(&[b'M'; 10]), derived_for(&[b'M'; 10]));
+    }
+
+    fn derived_for(raw: &[u8]) -> String {
+        let hex: String = Sha256::digest(raw)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("sha256-{hex}")
+    }
+
+    #[tokio::test]
+    async fn file_transport_failure_is_transient() {
+        let tmp = tempfile::tempdir().unwrap();
+        let blocker = tmp.path().join("sent");
+        std::fs::write(&blocker, "a file, not a folder").unwrap();
+        let t = Transport::File { dir: blocker };
+        let e = t.send("", &[], RAW).await.unwrap_err();
+        assert!(e.is_transient(), "{e}");
+        assert!(e.message.starts_with("cannot create folder"), "{e}");
+    }
+
+    // ---- from_config ---------------------------------------------------
+
+    #[test]
+    fn smtp_config_reads_the_password_file_now() {
+        let tmp = tempfile::tempdir().unwrap();
+        let smtp = |url: &str, file: &str| config::Transport::Smtp {
+            url: url.into(),
+            username: Some("postdesk".into()),
+            password_file: Some(tmp.path().join(file)),
+        };
+        std::fs::write(tmp.path().join("pw"), "s3cret\n").unwrap();
+        let t = Transport::from_config(&smtp("smtp://relay.acme.example:2525", "pw")).unwrap();
+        let Transport::Smtp(relay) = &t else {
+            panic!("expected smtp, got {t:?}")
+        };
+        assert_eq!(relay.server, "relay.acme.example:2525");
+        assert!(!format!("{t:?}").contains("s3cret"), "{t:?}");
+
+        let e = Transport::from_config(&smtp("smtp://relay.acme.example", "nope")).unwrap_err();
+        assert_eq!(e.kind, SendErrorKind::Permanent);
+        assert!(e.message.starts_with("cannot read password_file"), "{e}");
+
+        let e = Transport::from_config(&smtp("smtpx://relay", "pw")).unwrap_err();
+        assert_eq!(e.kind, SendErrorKind::Permanent);
+        assert!(e.message.starts_with("invalid smtp url"), "{e}");
+    }
+
+    #[test]
+    fn url_helpers() {
+        assert_eq!(server_of("smtps://relay.example:465"), "relay.example:465");
+        assert_eq!(
+            server_of("smtp://u:p@relay.example?tls=required"),
+            "relay.example"
+        );
+        assert!(url_has_hello_name(
+            "smtp://relay:25/desk.example?tls=required"
+        ));
+        assert!(!url_has_hello_name("smtp://relay:25/?tls=required"));
+        assert!(!url_has_hello_name("smtp://relay:25"));
+    }
+
+    // ---- smtp against an in-test sink ----------------------------------
+
+    /// Where the sink answers with something other than success.
+    #[derive(Clone, Copy)]
+    enum Fail {
+        Never,
+        Rcpt(u16),
+        Data(u16),
+        DataEnd(u16),
+    }
+
+    #[derive(Debug, Default)]
+    struct Received {
+        ehlo: String,
+        mail_from: String,
+        rcpt: Vec<String>,
+        data: Vec<u8>,
+    }
+
+    /// A tiny SMTP server on 127.0.0.1:0 that records what it is sent.
+    /// Serves connections until the test ends.
+    async fn sink(fail: Fail) -> (SocketAddr, Arc<Mutex<Vec<Received>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&received);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let log = Arc::clone(&log);
+                tokio::spawn(async move {
+                    let _ = session(stream, fail, &log).await;
+                });
+            }
+        });
+        (addr, received)
+    }
+
+    async fn session(
+        stream: TcpStream,
+        fail: Fail,
+        log: &Mutex<Vec<Received>>,
+    ) -> std::io::Result<()> {
+        let (read, mut write) = stream.into_split();
+        let mut read = BufReader::new(read);
+        let mut got = Received::default();
+        write.write_all(b"220 sink ESMTP\r\n").await?;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if read.read_line(&mut line).await? == 0 {
+                return Ok(());
+            }
+            let command = line.trim_end().to_owned();
+            let verb = command.get(..4).unwrap_or(&command).to_ascii_uppercase();
+            let reply: String = match verb.as_str() {
+                "EHLO" | "HELO" => {
+                    got.ehlo = command[4..].trim().to_owned();
+                    "250-sink\r\n250 8BITMIME\r\n".into()
+                }
+                "MAIL" => {
+                    got.mail_from = command.clone();
+                    "250 2.1.0 ok\r\n".into()
+                }
+                "RCPT" => match fail {
+                    Fail::Rcpt(code) => format!("{code} 5.1.1 no such user\r\n"),
+                    _ => {
+                        got.rcpt.push(command.clone());
+                        "250 2.1.5 ok\r\n".into()
+                    }
+                },
+                "DATA" => {
+                    if let Fail::Data(code) = fail {
+                        format!("{code} 4.3.0 not now\r\n")
+                    } else {
+                        write.write_all(b"354 go ahead\r\n").await?;
+                        let mut data = Vec::new();
+                        loop {
+                            let mut text = Vec::new();
+                            if read.read_until(b'\n', &mut text).await? == 0 {
+                                return Ok(());
+                            }
+                            if text == b".\r\n" {
+                                break;
+                            }
+                            let text = text.strip_prefix(b".").unwrap_or(&text);
+                            data.extend_from_slice(text);
+                        }
+                        got.data = std::mem::take(&mut data);
+                        match fail {
+                            Fail::DataEnd(code) => format!("{code} 4.3.0 try later\r\n"),
+                            _ => {
+                                log.lock().unwrap().push(std::mem::take(&mut got));
+                                "250 2.0.0 queued\r\n".into()
+                            }
+                        }
+                    }
+                }
+                "RSET" | "NOOP" => "250 ok\r\n".into(),
+                "QUIT" => {
+                    write.write_all(b"221 bye\r\n").await?;
+                    return Ok(());
+                }
+                _ => "500 5.5.2 what?\r\n".into(),
+            };
+            write.write_all(reply.as_bytes()).await?;
+        }
+    }
+
+    fn relay(addr: SocketAddr, timeout: Duration) -> Transport {
+        let url = format!("smtp://{addr}");
+        Transport::Smtp(SmtpRelay::new(&url, None, Some("desk.acme.example"), timeout).unwrap())
+    }
+
+    async fn send(t: &Transport) -> Result<(), SendError> {
+        t.send(
+            "support@acme.example",
+            &["jane@example.com".into(), "bob@example.com".into()],
+            RAW,
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn smtp_delivers_exactly_the_bytes() {
+        let (addr, received) = sink(Fail::Never).await;
+        send(&relay(addr, SMTP_TIMEOUT)).await.unwrap();
+        let received = received.lock().unwrap();
+        assert_eq!(received.len(), 1);
+        let got = &received[0];
+        assert_eq!(got.ehlo, "desk.acme.example");
+        assert!(
+            got.mail_from
+                .starts_with("MAIL FROM:<support@acme.example>"),
+            "{got:?}"
+        );
+        assert_eq!(
+            got.rcpt,
+            ["RCPT TO:<jane@example.com>", "RCPT TO:<bob@example.com>"]
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&got.data),
+            String::from_utf8_lossy(RAW)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_composed_email_arrives_byte_for_byte() {
+        use crate::outbound::compose::{compose, OutMail};
+        let raw = compose(&OutMail {
+            from: "Acme Support <support@acme.example>".into(),
+            to: vec![(Some("Zoë".into()), "zoe@example.com".into())],
+            reply_to: "support+7@acme.example".into(),
+            subject: "Größe [#7]".into(),
+            message_id: "t7.u1.00ff00ff00ff00ff@desk.acme.example".into(),
+            in_reply_to: None,
+            references: Vec::new(),
+            auto_submitted: Some("auto-replied"),
+            ticket: 7,
+            text: "Hi,\n.\n..\n.dot first\n".into(),
+            html: Some("<p>.</p>\n.\n".into()),
+            footer: Some("—".into()),
+            date_millis: 0,
+        })
+        .unwrap();
+        let (addr, received) = sink(Fail::Never).await;
+        relay(addr, SMTP_TIMEOUT)
+            .send("support@acme.example", &["zoe@example.com".into()], &raw)
+            .await
+            .unwrap();
+        assert_eq!(received.lock().unwrap()[0].data, raw);
+    }
+
+    #[tokio::test]
+    async fn smtp_null_sender() {
+        let (addr, received) = sink(Fail::Never).await;
+        relay(addr, SMTP_TIMEOUT)
+            .send("", &["jane@example.com".into()], RAW)
+            .await
+            .unwrap();
+        assert!(received.lock().unwrap()[0]
+            .mail_from
+            .starts_with("MAIL FROM:<>"));
+    }
+
+    #[tokio::test]
+    async fn smtp_4xx_after_data_is_transient() {
+        let (addr, received) = sink(Fail::DataEnd(451)).await;
+        let e = send(&relay(addr, SMTP_TIMEOUT)).await.unwrap_err();
+        assert!(e.is_transient(), "{e}");
+        assert!(e.message.contains("451"), "{e}");
+        assert!(
+            e.message.starts_with(&format!("sending through {addr}: ")),
+            "{e}"
+        );
+        assert!(received.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn smtp_4xx_at_data_is_transient() {
+        let (addr, _) = sink(Fail::Data(451)).await;
+        let e = send(&relay(addr, SMTP_TIMEOUT)).await.unwrap_err();
+        assert!(e.is_transient(), "{e}");
+    }
+
+    #[tokio::test]
+    async fn smtp_5xx_is_permanent() {
+        let (addr, _) = sink(Fail::Rcpt(550)).await;
+        let e = send(&relay(addr, SMTP_TIMEOUT)).await.unwrap_err();
+        assert_eq!(e.kind, SendErrorKind::Permanent, "{e}");
+        assert!(!e.is_transient());
+        assert!(e.message.contains("550"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_is_transient() {
+        let addr = {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            listener.local_addr().unwrap()
+        };
+        let e = send(&relay(addr, SMTP_TIMEOUT)).await.unwrap_err();
+        assert!(e.is_transient(), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_silent_server_times_out_as_transient() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Accept, then say nothing.
+        let _hold = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        let started = std::time::Instant::now();
+        let e = send(&relay(addr, Duration::from_millis(300)))
+            .await
+            .unwrap_err();
+        assert!(e.is_transient(), "{e}");
+        assert!(e.message.ends_with("no answer within 0.3 s"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[tokio::test]
+    async fn bad_envelope_is_permanent() {
+        let (addr, _) = sink(Fail::Never).await;
+        let t = relay(addr, SMTP_TIMEOUT);
+        let e = t
+            .send("not an address", &["a@b".into()], RAW)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, SendErrorKind::Permanent, "{e}");
+        let e = t.send("a@b", &[], RAW).await.unwrap_err();
+        assert_eq!(e.kind, SendErrorKind::Permanent, "{e}");
+    }
+
+    #[test]
+    fn crypto_provider_installs_once_and_again_quietly() {
+        install_crypto_provider();
+        install_crypto_provider();
+        assert!(rustls::crypto::CryptoProvider::get_default().is_some());
+    }
+}

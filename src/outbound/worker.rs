@@ -1,0 +1,110 @@
+//! SHELL: the outbox worker. Delivers queued emails through the configured
+//! transport and reports each attempt back to the store writer, which moves
+//! the email to `sent`, schedules a retry (30 s, doubling up to 15 min), or
+//! marks it `failed` (a 5xx, or 5 days of retries) on the timeline.
+//!
+//! Delivery is at-least-once: an email is marked sent only after the relay
+//! accepted it; a crash between the two sends it again after restart. It is
+//! never lost: the outbox row was committed with the decision that queued it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::transport::Transport;
+use crate::clock;
+use crate::daemon::ConfigCell;
+use crate::store::{read, Delivery, Store};
+
+/// Emails taken per pass.
+const BATCH: usize = 32;
+/// Longest sleep between passes when nothing is due (a safety net; commits
+/// that queue mail wake the worker at once).
+const IDLE: Duration = Duration::from_secs(60);
+
+pub async fn run(store: Store, config: Arc<ConfigCell>, shutdown: CancellationToken) {
+    let mut current: Option<(String, Transport)> = None;
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let now = clock::now_millis();
+        let (due, next) = match store.read(move |txn| read::due(txn, now, BATCH)).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "outbox: cannot read the queue; retrying");
+                (Vec::new(), Some(now + 5_000))
+            }
+        };
+        if !due.is_empty() {
+            let cfg = config.get();
+            let key = format!("{:?}", cfg.outbound.transport);
+            if current.as_ref().is_none_or(|(k, _)| *k != key) {
+                match Transport::from_config_with_hello(
+                    &cfg.outbound.transport,
+                    Some(&cfg.server.hostname),
+                ) {
+                    Ok(t) => current = Some((key, t)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "outbox: cannot set up the transport; retrying in 30 s");
+                        current = None;
+                    }
+                }
+            }
+            let Some((_, transport)) = current.as_ref() else {
+                if wait(&store, &shutdown, Duration::from_secs(30)).await {
+                    return;
+                }
+                continue;
+            };
+            for mail in due {
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                let result = transport.send(&mail.mail_from, &mail.rcpt, &mail.raw).await;
+                let delivery = match result {
+                    Ok(()) => {
+                        tracing::info!(ticket = mail.ticket, message_id = %mail.message_id, kind = %mail.kind, to = %mail.rcpt.join(","), "mail sent");
+                        Delivery::Sent
+                    }
+                    Err(e) if e.is_transient() => {
+                        tracing::warn!(ticket = mail.ticket, message_id = %mail.message_id, error = %e, "mail deferred; will retry");
+                        Delivery::Transient(e.to_string())
+                    }
+                    Err(e) => {
+                        tracing::error!(ticket = mail.ticket, message_id = %mail.message_id, error = %e, "mail failed permanently");
+                        Delivery::Permanent(e.to_string())
+                    }
+                };
+                if let Err(e) = store.delivered(mail.id, delivery).await {
+                    // The email stays queued and is tried again: at-least-once.
+                    tracing::error!(outbox = mail.id, error = %e, "outbox: cannot record the delivery result");
+                }
+            }
+            // Read the queue again: more may be due, and a deferred email's
+            // retry time must count in the next sleep.
+            continue;
+        }
+        let sleep = next
+            .map(|at| {
+                Duration::from_millis(
+                    (at - clock::now_millis()).clamp(0, IDLE.as_millis() as i64) as u64
+                )
+            })
+            .unwrap_or(IDLE);
+        if !sleep.is_zero() && wait(&store, &shutdown, sleep).await {
+            return;
+        }
+    }
+}
+
+/// Sleeps up to `d`, waking early when a commit queues mail. Returns true on
+/// shutdown.
+async fn wait(store: &Store, shutdown: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        () = store.outbox_notified() => false,
+        () = tokio::time::sleep(d) => false,
+        () = shutdown.cancelled() => true,
+    }
+}

@@ -1,0 +1,529 @@
+//! Applying what [`crate::automation::decide`] returned, and queueing
+//! outbound email — inside the writer's transaction, so an email is queued
+//! if and only if the change that caused it is committed.
+//!
+//! Loop protection is enforced here, in one place, before anything is
+//! queued to a contact: automatic/bulk inbound mail (see
+//! [`crate::ingest::classify`]), a contact address that is ours or a mailer
+//! daemon, and the per-contact hourly limit. A suppressed email leaves a
+//! `suppressed` timeline event saying why.
+
+use redb::ReadableTable;
+use serde_json::json;
+
+use super::apply::Tables;
+use super::schema::*;
+use super::StoreError;
+use crate::automation::{Agent, Effect};
+use crate::clock::Millis;
+use crate::config::{Config, User};
+use crate::ingest::{bracketed, AutoReason};
+use crate::outbound::compose::{self, OutMail};
+use crate::outbound::render::{ChannelVars, ContactVars, MessageVars, TicketVars, Vars};
+
+const HOUR_MS: u64 = 3_600_000;
+
+/// What caused the effects: the inbound message's automatic-mail verdict,
+/// if the cause was an inbound message.
+pub(super) struct Cause<'a> {
+    pub auto: Option<&'a AutoReason>,
+}
+
+impl Cause<'_> {
+    pub(super) const NONE: Cause<'static> = Cause { auto: None };
+}
+
+pub(super) fn apply_effects(
+    tables: &mut Tables<'_>,
+    config: &Config,
+    ticket: &mut TicketRec,
+    effects: Vec<Effect>,
+    cause: &Cause<'_>,
+    now: Millis,
+) -> Result<(), StoreError> {
+    for effect in effects {
+        match effect {
+            Effect::StatusChanged { from, to, why } => {
+                let name = |id: &str| {
+                    config
+                        .pipeline(&ticket.pipeline)
+                        .and_then(|p| p.status(id))
+                        .map_or_else(|| id.to_string(), |s| s.name.clone())
+                };
+                let summary = match &from {
+                    Some(f) => format!(
+                        "status {} → {} ({})",
+                        name(f),
+                        name(&to),
+                        why_words(why.as_str())
+                    ),
+                    None => format!("status {} ({})", name(&to), why_words(why.as_str())),
+                };
+                ticket.status = to.clone();
+                ticket.updated_at = now;
+                let kind = if why == crate::automation::Why::Reopened {
+                    "reopened"
+                } else {
+                    "status_changed"
+                };
+                if from.is_some() {
+                    tables.event(
+                        ticket.id,
+                        now,
+                        kind,
+                        json!({"summary": summary, "from": from, "to": to, "why": why}),
+                    )?;
+                }
+            }
+            Effect::WorkflowRan { workflow } => {
+                if !ticket.workflows_ran.contains(&workflow) {
+                    ticket.workflows_ran.push(workflow.clone());
+                }
+                tables.event(
+                    ticket.id,
+                    now,
+                    "workflow_ran",
+                    json!({"summary": format!("workflow {workflow} ran (status {})", ticket.status), "workflow": workflow, "status": ticket.status}),
+                )?;
+            }
+            Effect::SendEmail {
+                workflow,
+                action,
+                template,
+            } => {
+                send_template(
+                    tables, config, ticket, &workflow, action, &template, cause, now,
+                )?;
+            }
+            Effect::Notify {
+                workflow,
+                action,
+                to,
+            } => {
+                for agent in to {
+                    notify(tables, config, ticket, &workflow, action, &agent, now)?;
+                }
+            }
+            Effect::NotifySkipped {
+                workflow,
+                action,
+                reason,
+            } => {
+                tables.event(
+                    ticket.id,
+                    now,
+                    "notify_skipped",
+                    json!({"summary": format!("notification skipped: {reason}"), "workflow": workflow, "action": action, "reason": reason}),
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn why_words(why: &str) -> String {
+    match why {
+        "customer_replied" => "the customer replied".into(),
+        "email_sent_to_customer" => "an agent emailed the customer".into(),
+        "reopened" => "a reply reopened the closed ticket".into(),
+        "admin" => "set by an operator".into(),
+        other => other.replace('_', " "),
+    }
+}
+
+/// Why no automatic email may go to `addr`, if any.
+fn unsafe_recipient(config: &Config, addr: &str) -> Option<String> {
+    if addr.is_empty() || !addr.contains('@') {
+        return Some("the contact has no usable address".into());
+    }
+    let local = addr.split('@').next().unwrap_or_default();
+    if local.eq_ignore_ascii_case("mailer-daemon") || local.eq_ignore_ascii_case("postmaster") {
+        return Some("the contact is a mailer daemon or postmaster".into());
+    }
+    if config.is_channel_address(addr) {
+        return Some("the contact is one of our own channel addresses".into());
+    }
+    None
+}
+
+#[allow(clippy::too_many_arguments)]
+fn send_template(
+    tables: &mut Tables<'_>,
+    config: &Config,
+    ticket: &mut TicketRec,
+    workflow: &str,
+    action: usize,
+    template: &str,
+    cause: &Cause<'_>,
+    now: Millis,
+) -> Result<(), StoreError> {
+    let to = ticket.contact.email.clone();
+    let why = match cause.auto {
+        Some(reason) => Some((reason.code().to_string(), reason.describe())),
+        None => unsafe_recipient(config, &to).map(|w| ("unsafe_recipient".to_string(), w)),
+    };
+    let why = match why {
+        Some(w) => Some(w),
+        None => {
+            let limit = u64::from(config.limits.auto_replies_per_contact_per_hour);
+            let sent = recent_auto_sent(tables, &to, now)?;
+            (sent >= limit).then(|| {
+                (
+                    "rate_limit".to_string(),
+                    format!(
+                        "{to} already got {sent} automatic emails in the last hour (limit {limit})"
+                    ),
+                )
+            })
+        }
+    };
+    if let Some((code, words)) = why {
+        return tables.event(
+            ticket.id,
+            now,
+            "suppressed",
+            json!({
+                "summary": format!("{template} email to {to} suppressed: {words}"),
+                "workflow": workflow, "action": action, "template": template, "to": to, "reason": code,
+            }),
+        );
+    }
+    let vars = vars(tables, config, ticket)?;
+    let rendered = match config.templates.render(template, &vars) {
+        Ok(r) => r,
+        Err(e) => return render_failed(tables, ticket.id, workflow, template, &e.to_string(), now),
+    };
+    let mail = Draft {
+        kind: "auto_reply",
+        to: vec![(ticket.contact.name.clone(), to.clone())],
+        subject: rendered.subject,
+        text: rendered.text,
+        html: rendered.html,
+        auto_submitted: Some("auto-replied"),
+        footer: crate::outbound::render::footer(&config.branding),
+    };
+    queue(
+        tables,
+        config,
+        ticket,
+        mail,
+        json!({"workflow": workflow, "action": action, "template": template}),
+        now,
+    )?;
+    tables
+        .auto_sent
+        .insert((to.as_str(), now.max(0) as u64), ())?;
+    Ok(())
+}
+
+fn notify(
+    tables: &mut Tables<'_>,
+    config: &Config,
+    ticket: &mut TicketRec,
+    workflow: &str,
+    action: usize,
+    agent: &Agent,
+    now: Millis,
+) -> Result<(), StoreError> {
+    let vars = vars(tables, config, ticket)?;
+    let rendered = match config.templates.render("notification", &vars) {
+        Ok(r) => r,
+        Err(e) => {
+            return render_failed(
+                tables,
+                ticket.id,
+                workflow,
+                "notification",
+                &e.to_string(),
+                now,
+            )
+        }
+    };
+    let mail = Draft {
+        kind: "notification",
+        to: vec![(Some(agent.name.clone()), agent.email.clone())],
+        subject: rendered.subject,
+        text: rendered.text,
+        html: rendered.html,
+        auto_submitted: Some("auto-generated"),
+        footer: crate::outbound::render::footer(&config.branding),
+    };
+    queue(tables, config, ticket, mail, json!({"workflow": workflow, "action": action, "template": "notification", "user": agent.id}), now)
+        .map(|_| ())
+}
+
+fn render_failed(
+    tables: &mut Tables<'_>,
+    ticket: u64,
+    workflow: &str,
+    template: &str,
+    error: &str,
+    now: Millis,
+) -> Result<(), StoreError> {
+    tracing::error!(ticket, template, error, "template rendering failed");
+    tables.event(
+        ticket,
+        now,
+        "email_failed",
+        json!({"summary": format!("{template} email not sent: template error: {error}"), "workflow": workflow, "template": template, "error": error}),
+    )
+}
+
+/// Automatic emails to `addr` in the last hour; prunes older rows.
+fn recent_auto_sent(tables: &mut Tables<'_>, addr: &str, now: Millis) -> Result<u64, StoreError> {
+    let now = now.max(0) as u64;
+    let since = now.saturating_sub(HOUR_MS);
+    let stale: Vec<u64> = tables
+        .auto_sent
+        .range((addr, 0)..(addr, since))?
+        .filter_map(|r| r.ok().map(|(k, _)| k.value().1))
+        .collect();
+    for at in stale {
+        tables.auto_sent.remove((addr, at))?;
+    }
+    let mut n = 0;
+    for row in tables.auto_sent.range((addr, since)..=(addr, u64::MAX))? {
+        row?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+fn vars(tables: &Tables<'_>, config: &Config, t: &TicketRec) -> Result<Vars, StoreError> {
+    let pipeline = config.pipeline(&t.pipeline);
+    let status_name = pipeline
+        .and_then(|p| p.status(&t.status))
+        .map_or_else(|| t.status.clone(), |s| s.name.clone());
+    let message = match t.last_inbound {
+        Some(seq) => tables.message(seq)?.map(|m| MessageVars {
+            from: m.from.map(|f| f.email).unwrap_or_default(),
+            subject: m.subject,
+            text: m.text,
+        }),
+        None => None,
+    };
+    let channel = config.channel(&t.channel);
+    Ok(Vars {
+        ticket: TicketVars {
+            id: t.id,
+            subject: t.subject.clone(),
+            status: t.status.clone(),
+            status_name,
+            pipeline: pipeline.map_or_else(|| t.pipeline.clone(), |p| p.name.clone()),
+            owner: t.owner.clone(),
+        },
+        contact: ContactVars {
+            email: t.contact.email.clone(),
+            name: t.contact.name.clone(),
+        },
+        message,
+        channel: ChannelVars {
+            id: t.channel.clone(),
+            address: channel
+                .and_then(|c| c.addresses.first().cloned())
+                .unwrap_or_default(),
+            pipeline: t.pipeline.clone(),
+            source: t.source,
+        },
+    })
+}
+
+/// An email about to be queued.
+pub(super) struct Draft {
+    pub kind: &'static str,
+    pub to: Vec<(Option<String>, String)>,
+    pub subject: String,
+    pub text: String,
+    pub html: Option<String>,
+    pub auto_submitted: Option<&'static str>,
+    pub footer: Option<String>,
+}
+
+/// The channel address of a ticket, and its plus form for Reply-To.
+fn channel_addresses(config: &Config, t: &TicketRec) -> (String, String) {
+    let base = config
+        .channel(&t.channel)
+        .and_then(|c| c.addresses.first().cloned())
+        .or_else(|| {
+            config
+                .channels
+                .first()
+                .and_then(|c| c.addresses.first().cloned())
+        })
+        .unwrap_or_else(|| format!("postmaster@{}", config.server.hostname));
+    let plus = match base.split_once('@') {
+        Some((local, domain)) => format!("{local}+{}@{domain}", t.id),
+        None => base.clone(),
+    };
+    (base, plus)
+}
+
+/// Composes `draft` with the ticket's thread headers and queues it: the
+/// outbound message row and raw bytes, its Message-ID row (so replies to it
+/// thread), the outbox row and its due row, and an `email_queued` event.
+pub(super) fn queue(
+    tables: &mut Tables<'_>,
+    config: &Config,
+    ticket: &mut TicketRec,
+    draft: Draft,
+    detail: serde_json::Value,
+    now: Millis,
+) -> Result<u64, StoreError> {
+    let out_id = tables.next_outbox;
+    tables.next_outbox += 1;
+    let message_id = compose::message_id(&config.server.hostname, ticket.id, out_id);
+    let tag =
+        crate::ingest::thread::SubjectTag::new(&config.outbound.subject_tag).render(ticket.id);
+    let subject = compose::with_subject_tag(&draft.subject, &tag);
+    let (channel_addr, reply_to) = channel_addresses(config, ticket);
+    let references = ticket.thread.clone();
+    let mail = OutMail {
+        from: config.outbound.from.clone(),
+        to: draft.to.clone(),
+        reply_to,
+        subject: subject.clone(),
+        message_id: message_id.clone(),
+        in_reply_to: ticket.thread.last().cloned(),
+        references,
+        auto_submitted: draft.auto_submitted,
+        ticket: ticket.id,
+        text: draft.text,
+        html: draft.html,
+        footer: draft.footer,
+        date_millis: now,
+    };
+    let raw = match compose::compose(&mail) {
+        Ok(raw) => raw,
+        Err(e) => {
+            tables.event(
+                ticket.id,
+                now,
+                "email_failed",
+                json!({"summary": format!("{} email not sent: {e}", draft.kind), "kind": draft.kind, "error": e.to_string(), "detail": detail}),
+            )?;
+            return Ok(out_id);
+        }
+    };
+    let rcpt: Vec<String> = draft.to.iter().map(|(_, a)| a.clone()).collect();
+    let seq = tables.next_message_seq();
+    let rec = MessageRec {
+        seq,
+        ticket: Some(ticket.id),
+        message_id: message_id.clone(),
+        direction: Direction::Out,
+        kind: draft.kind.into(),
+        from: Some(sender_mailbox(config, &channel_addr)),
+        to: rcpt.clone(),
+        subject: subject.clone(),
+        date: Some(now),
+        received_at: now,
+        mail_from: channel_addr.clone(),
+        rcpt: rcpt.clone(),
+        channel: ticket.channel.clone(),
+        size: raw.len() as u64,
+        text: mail.text.clone(),
+    };
+    tables.put_message(&rec, &raw)?;
+    let out = OutboxRec {
+        id: out_id,
+        ticket: ticket.id,
+        message_seq: seq,
+        message_id: message_id.clone(),
+        kind: draft.kind.into(),
+        mail_from: channel_addr,
+        rcpt: rcpt.clone(),
+        subject,
+        state: OutState::Queued,
+        attempts: 0,
+        created_at: now,
+        next_attempt_at: Some(now),
+        sent_at: None,
+        last_error: None,
+    };
+    tables.outbox.insert(out_id, encode(&out).as_slice())?;
+    tables.outbox_due.insert((now.max(0) as u64, out_id), ())?;
+    tables.queued_mail = true;
+    if draft.kind != "notification" {
+        // The customer's view of the thread; agents' notifications stay out.
+        ticket.push_thread(&message_id);
+    }
+    let mut detail = detail;
+    detail["summary"] = json!(format!(
+        "{} email to {} queued",
+        draft.kind.replace('_', " "),
+        rcpt.join(", ")
+    ));
+    detail["message_id"] = json!(bracketed(&message_id));
+    detail["to"] = json!(rcpt);
+    detail["kind"] = json!(draft.kind);
+    detail["outbox"] = json!(out_id);
+    tables.event(ticket.id, now, "email_queued", detail)?;
+    Ok(out_id)
+}
+
+/// `outbound.from` as a mailbox (validated at config load).
+fn sender_mailbox(config: &Config, fallback: &str) -> crate::ingest::Mailbox {
+    match config.outbound.from.parse::<lettre::message::Mailbox>() {
+        Ok(m) => crate::ingest::Mailbox {
+            email: m.email.to_string().to_ascii_lowercase(),
+            name: m.name,
+        },
+        Err(_) => crate::ingest::Mailbox {
+            email: fallback.to_string(),
+            name: None,
+        },
+    }
+}
+
+/// An agent's email on the ticket's thread goes to the contact, from the
+/// channel address, keeping the thread.
+pub(super) fn relay_agent_email(
+    tables: &mut Tables<'_>,
+    config: &Config,
+    ticket: &mut TicketRec,
+    agent: &User,
+    message: &MessageRec,
+    now: Millis,
+) -> Result<(), StoreError> {
+    agent_reply(
+        tables,
+        config,
+        ticket,
+        agent,
+        &message.text,
+        now,
+        json!({"relayed": bracketed(&message.message_id), "user": agent.id}),
+    )
+    .map(|_| ())
+}
+
+/// An agent's reply to the contact (admin `reply`, or a relayed email).
+pub(super) fn agent_reply(
+    tables: &mut Tables<'_>,
+    config: &Config,
+    ticket: &mut TicketRec,
+    agent: &User,
+    body: &str,
+    now: Millis,
+    detail: serde_json::Value,
+) -> Result<u64, StoreError> {
+    let contact = ticket.contact.email.clone();
+    if contact.eq_ignore_ascii_case(&agent.email) {
+        return Ok(0);
+    }
+    let subject = if ticket.subject.to_ascii_lowercase().starts_with("re:") {
+        ticket.subject.clone()
+    } else {
+        format!("Re: {}", ticket.subject)
+    };
+    let draft = Draft {
+        kind: "agent_reply",
+        to: vec![(ticket.contact.name.clone(), contact)],
+        subject,
+        text: body.to_string(),
+        html: None,
+        auto_submitted: None,
+        footer: None,
+    };
+    queue(tables, config, ticket, draft, detail, now)
+}

@@ -1,0 +1,204 @@
+//! Operator commands (admin socket) and outbox delivery results, applied in
+//! the writer's transaction like inbound mail.
+
+use redb::ReadableTable;
+use serde_json::json;
+
+use super::apply::{facts, Tables};
+use super::effects::{agent_reply, apply_effects, Cause};
+use super::schema::*;
+use super::StoreError;
+use crate::automation::{self, Event};
+use crate::clock::Millis;
+use crate::config::Config;
+use crate::ingest::{bracketed, TicketId};
+
+/// First retry within 30 s, doubling up to 15 minutes, given up after 5 days.
+pub const RETRY_FIRST_MS: i64 = 30_000;
+pub const RETRY_MAX_MS: i64 = 15 * 60_000;
+pub const GIVE_UP_MS: i64 = 5 * 24 * 3_600_000;
+
+pub fn retry_delay(attempts: u32) -> i64 {
+    let shift = attempts.saturating_sub(1).min(16);
+    (RETRY_FIRST_MS << shift).min(RETRY_MAX_MS)
+}
+
+fn ticket_or_not_found(tables: &Tables<'_>, id: TicketId) -> Result<TicketRec, StoreError> {
+    tables
+        .ticket(id)?
+        .ok_or_else(|| StoreError::NotFound(format!("no ticket {id}")))
+}
+
+pub(super) fn set_status(
+    tables: &mut Tables<'_>,
+    config: &Config,
+    id: TicketId,
+    status: &str,
+    now: Millis,
+) -> Result<TicketId, StoreError> {
+    let mut t = ticket_or_not_found(tables, id)?;
+    let Some(pipeline) = config.pipeline(&t.pipeline) else {
+        return Err(StoreError::NotFound(format!(
+            "ticket {id}'s pipeline {} is no longer configured",
+            t.pipeline
+        )));
+    };
+    if pipeline.status(status).is_none() {
+        let known: Vec<&str> = pipeline.statuses.iter().map(|s| s.id.as_str()).collect();
+        return Err(StoreError::NotFound(format!(
+            "no status \"{status}\" in pipeline {} (known: {})",
+            pipeline.id,
+            known.join(", ")
+        )));
+    }
+    let effects = automation::decide(config, &facts(&t), &Event::SetStatus { to: status });
+    apply_effects(tables, config, &mut t, effects, &Cause::NONE, now)?;
+    t.updated_at = now;
+    tables.put_ticket(&t)?;
+    Ok(id)
+}
+
+pub(super) fn reply(
+    tables: &mut Tables<'_>,
+    config: &Config,
+    id: TicketId,
+    body: &str,
+    user: Option<&str>,
+    now: Millis,
+) -> Result<u64, StoreError> {
+    let mut t = ticket_or_not_found(tables, id)?;
+    let agent = match user.or(t.owner.as_deref()) {
+        Some(u) => config
+            .user(u)
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound(format!("no user \"{u}\"")))?,
+        None => match config.users.first() {
+            Some(u) => u.clone(),
+            None => {
+                return Err(StoreError::Invalid(
+                    "no users are configured; give --user".into(),
+                ))
+            }
+        },
+    };
+    let out = agent_reply(
+        tables,
+        config,
+        &mut t,
+        &agent,
+        body,
+        now,
+        json!({"user": agent.id, "via": "admin"}),
+    )?;
+    let effects = automation::decide(config, &facts(&t), &Event::AgentEmailed);
+    apply_effects(tables, config, &mut t, effects, &Cause::NONE, now)?;
+    t.updated_at = now;
+    tables.put_ticket(&t)?;
+    Ok(out)
+}
+
+pub(super) fn assign(
+    tables: &mut Tables<'_>,
+    config: &Config,
+    id: TicketId,
+    owner: &str,
+    now: Millis,
+) -> Result<TicketId, StoreError> {
+    let mut t = ticket_or_not_found(tables, id)?;
+    if config.user(owner).is_none() {
+        let known: Vec<&str> = config.users.iter().map(|u| u.id.as_str()).collect();
+        return Err(StoreError::NotFound(format!(
+            "no user \"{owner}\" (known: {})",
+            known.join(", ")
+        )));
+    }
+    let from = t.owner.replace(owner.to_string());
+    t.updated_at = now;
+    tables.event(
+        id,
+        now,
+        "assigned",
+        json!({"summary": format!("owner {} → {owner}", from.as_deref().unwrap_or("none")), "from": from, "to": owner}),
+    )?;
+    tables.put_ticket(&t)?;
+    Ok(id)
+}
+
+/// What the outbox worker reports for one delivery attempt.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    Sent,
+    Transient(String),
+    Permanent(String),
+}
+
+pub(super) fn delivered(
+    tables: &mut Tables<'_>,
+    id: u64,
+    result: &Delivery,
+    now: Millis,
+) -> Result<(), StoreError> {
+    let Some(bytes) = tables.outbox.get(id)?.map(|v| v.value().to_vec()) else {
+        return Ok(());
+    };
+    let mut rec: OutboxRec = decode(&bytes)?;
+    if rec.state != OutState::Queued {
+        return Ok(());
+    }
+    if let Some(due) = rec.next_attempt_at {
+        tables.outbox_due.remove((due.max(0) as u64, id))?;
+    }
+    rec.attempts += 1;
+    let to = rec.rcpt.join(", ");
+    let mid = bracketed(&rec.message_id);
+    match result {
+        Delivery::Sent => {
+            rec.state = OutState::Sent;
+            rec.sent_at = Some(now);
+            rec.next_attempt_at = None;
+            tables.event(
+                rec.ticket,
+                now,
+                "email_sent",
+                json!({"summary": format!("{} email to {to} sent", rec.kind.replace('_', " ")), "message_id": mid, "to": rec.rcpt, "outbox": id, "attempts": rec.attempts}),
+            )?;
+        }
+        Delivery::Transient(err) if now - rec.created_at < GIVE_UP_MS => {
+            let next = now + retry_delay(rec.attempts);
+            rec.next_attempt_at = Some(next);
+            rec.last_error = Some(err.clone());
+            tables.outbox_due.insert((next.max(0) as u64, id), ())?;
+        }
+        Delivery::Transient(err) | Delivery::Permanent(err) => {
+            let gave_up = matches!(result, Delivery::Transient(_));
+            rec.state = OutState::Failed;
+            rec.next_attempt_at = None;
+            rec.last_error = Some(err.clone());
+            let why = if gave_up {
+                format!("gave up after 5 days: {err}")
+            } else {
+                err.clone()
+            };
+            tables.event(
+                rec.ticket,
+                now,
+                "email_failed",
+                json!({"summary": format!("{} email to {to} failed: {why}", rec.kind.replace('_', " ")), "message_id": mid, "to": rec.rcpt, "outbox": id, "error": err, "attempts": rec.attempts}),
+            )?;
+        }
+    }
+    tables.outbox.insert(id, encode(&rec).as_slice())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn backoff_doubles_from_30s_to_15min() {
+        let delays: Vec<i64> = (1..=8).map(super::retry_delay).collect();
+        assert_eq!(
+            delays,
+            vec![30_000, 60_000, 120_000, 240_000, 480_000, 900_000, 900_000, 900_000]
+        );
+    }
+}
