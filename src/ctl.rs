@@ -37,6 +37,7 @@ pub fn render(cmd: &str, data: &Value) -> String {
     match cmd {
         "tickets" => tickets_table(data.as_array().map(Vec::as_slice).unwrap_or(&[])),
         "ticket" => ticket_detail(data),
+        "message" => message_detail(data),
         "conversations" => messages_table(data.as_array().map(Vec::as_slice).unwrap_or(&[])),
         "outbox" => outbox_table(data.as_array().map(Vec::as_slice).unwrap_or(&[])),
         "set_status" | "assign" => tickets_table(std::slice::from_ref(data)),
@@ -206,6 +207,22 @@ fn ticket_detail(t: &Value) -> String {
         ));
     }
     out
+}
+
+fn message_detail(m: &Value) -> String {
+    format!(
+        "Message-ID: {}\nTicket:     {}\nDirection:  {} ({})\nFrom:       {}\nTo:         {}\nSubject:    {}\nDate:       {}\nSize:       {} bytes\n\n{}\n",
+        s(&m["message_id"]),
+        s(&m["ticket"]),
+        s(&m["direction"]),
+        s(&m["kind"]),
+        s(&m["from"]),
+        m["to"].as_array().map(|a| a.iter().map(s).collect::<Vec<_>>().join(", ")).unwrap_or_default(),
+        s(&m["subject"]),
+        s(&m["date"]),
+        s(&m["size"]),
+        s(&m["text"]),
+    )
 }
 
 fn key_values(v: &Value) -> String {

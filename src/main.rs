@@ -95,6 +95,8 @@ enum CtlCommand {
     },
     /// Set a ticket's owner (a user id)
     Assign { id: u64, owner: String },
+    /// One stored message by Message-ID (--json includes the raw bytes, base64)
+    Message { message_id: String },
     /// Queued, sent and failed emails, newest first
     Outbox {
         /// queued | sent | failed
@@ -281,6 +283,10 @@ fn run_ctl(args: CtlArgs) -> anyhow::Result<ExitCode> {
                     ("owner", Some(Value::from(owner))),
                 ],
             ),
+        ),
+        CtlCommand::Message { message_id } => (
+            "message",
+            ctl::build("message", &[("message_id", Some(Value::from(message_id)))]),
         ),
         CtlCommand::Outbox { state, limit } => (
             "outbox",

@@ -47,6 +47,10 @@ pub enum Request {
         state: Option<String>,
         limit: Option<usize>,
     },
+    /// One stored message by Message-ID, with its raw bytes (base64).
+    Message {
+        message_id: String,
+    },
 }
 
 pub const COMMANDS: &[&str] = &[
@@ -59,6 +63,7 @@ pub const COMMANDS: &[&str] = &[
     "reply",
     "assign",
     "outbox",
+    "message",
 ];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -203,6 +203,24 @@ async fn handle(req: Request, ctx: &AdminCtx) -> Response {
                 Err(e) => return store_error(e),
             }
         }
+        Request::Message { message_id } => {
+            let Some(id) = crate::ingest::normalize_message_id(&message_id) else {
+                return Response::err("bad_request", format!("not a Message-ID: \"{message_id}\""));
+            };
+            match ctx.store.read(move |txn| read::message(txn, &id)).await {
+                Ok(Some(read::StoredMessage { ticket, view, raw })) => {
+                    use base64::Engine as _;
+                    let mut v = to_value(view);
+                    v["ticket"] = json!(ticket);
+                    v["raw_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(&raw));
+                    Ok(v)
+                }
+                Ok(None) => {
+                    return Response::err("not_found", format!("no stored message {message_id}"))
+                }
+                Err(e) => Err(e),
+            }
+        }
         Request::Outbox { state, limit: l } => {
             let state = match state.as_deref() {
                 None => None,

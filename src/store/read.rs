@@ -173,11 +173,19 @@ pub fn conversations(txn: &ReadTransaction, limit: usize) -> Result<Vec<MessageV
     Ok(out)
 }
 
-/// The raw bytes of the message stored under `message_id` (normalised).
-pub fn raw_by_message_id(
+/// A stored message with its ticket and its raw bytes exactly as received
+/// or sent.
+pub struct StoredMessage {
+    pub ticket: Option<TicketId>,
+    pub view: MessageView,
+    pub raw: Vec<u8>,
+}
+
+/// One stored message (inbound or outbound) by its normalised Message-ID.
+pub fn message(
     txn: &ReadTransaction,
     message_id: &str,
-) -> Result<Option<Vec<u8>>, StoreError> {
+) -> Result<Option<StoredMessage>, StoreError> {
     let ids = txn.open_table(MESSAGE_IDS)?;
     let Some(row) = ids.get(message_id)? else {
         return Ok(None);
@@ -186,8 +194,21 @@ pub fn raw_by_message_id(
     if seq == 0 {
         return Ok(None);
     }
+    let messages = txn.open_table(MESSAGES)?;
+    let Some(m) = messages.get(seq)? else {
+        return Ok(None);
+    };
+    let rec: MessageRec = decode(m.value())?;
     let raw = txn.open_table(RAW)?;
-    Ok(raw.get(seq)?.map(|v| v.value().to_vec()))
+    let bytes = raw
+        .get(seq)?
+        .map(|v| v.value().to_vec())
+        .unwrap_or_default();
+    Ok(Some(StoredMessage {
+        ticket: rec.ticket,
+        view: MessageView::from(rec),
+        raw: bytes,
+    }))
 }
 
 #[derive(Debug, Clone, Serialize)]
