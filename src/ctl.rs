@@ -40,7 +40,10 @@ pub fn render(cmd: &str, data: &Value) -> String {
         "message" => message_detail(data),
         "conversations" => messages_table(data.as_array().map(Vec::as_slice).unwrap_or(&[])),
         "outbox" => outbox_table(data.as_array().map(Vec::as_slice).unwrap_or(&[])),
-        "set_status" | "assign" => tickets_table(std::slice::from_ref(data)),
+        "set_status" | "assign" | "merge" => tickets_table(std::slice::from_ref(data)),
+        "stats" => serde_json::to_string_pretty(data)
+            .map(|s| s + "\n")
+            .unwrap_or_default(),
         "reply" => outbox_table(std::slice::from_ref(data)),
         _ => key_values(data),
     }

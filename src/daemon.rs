@@ -172,13 +172,17 @@ impl Bound {
             shutdown.clone(),
         ));
         tracing::info!(smtp = ?self.smtp_addrs, admin = %self.admin_path.display(), "postdesk ready");
+        crate::sdnotify::notify("READY=1\nSTATUS=accepting mail");
 
         loop {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => {
-                    if let Err(problems) = self.config.reload() {
+                    crate::sdnotify::notify("RELOADING=1");
+                    let result = self.config.reload();
+                    crate::sdnotify::notify("READY=1");
+                    if let Err(problems) = result {
                         for p in &problems.0 {
                             tracing::error!(problem = %p, "reload refused; the old config stays");
                         }
@@ -187,6 +191,7 @@ impl Bound {
             }
         }
         tracing::info!("shutting down");
+        crate::sdnotify::notify("STOPPING=1");
         shutdown.cancel();
         tracker.close();
         if tokio::time::timeout(GRACE, tracker.wait()).await.is_err() {

@@ -32,10 +32,19 @@ impl ConfigArg {
     }
 }
 
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Log format on stderr: text (default; journald-friendly) or json
+    #[arg(long, value_parser = ["text", "json"], env = "POSTDESK_LOG_FORMAT")]
+    log_format: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon in the foreground
-    Serve(ConfigArg),
+    Serve(ServeArgs),
     /// Validate the config and compile every template
     Check(ConfigArg),
     /// Talk to a running daemon over its admin socket
@@ -95,6 +104,10 @@ enum CtlCommand {
     },
     /// Set a ticket's owner (a user id)
     Assign { id: u64, owner: String },
+    /// Counters and latency histograms
+    Stats,
+    /// Merge SOURCE into TARGET: messages and thread move, SOURCE is closed
+    Merge { source: u64, target: u64 },
     /// One stored message by Message-ID (--json includes the raw bytes, base64)
     Message { message_id: String },
     /// Queued, sent and failed emails, newest first
@@ -110,7 +123,7 @@ enum CtlCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(c) => serve(&c.path()),
+        Command::Serve(s) => serve(&s.config.path(), s.log_format.as_deref() == Some("json")),
         Command::Check(c) => check(&c.path()),
         Command::Ctl(args) => match run_ctl(args) {
             Ok(code) => code,
@@ -141,8 +154,8 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn serve(path: &std::path::Path) -> ExitCode {
-    telemetry::init();
+fn serve(path: &std::path::Path, json_logs: bool) -> ExitCode {
+    telemetry::init(json_logs);
     // Two rustls crypto providers are in the tree; without a process default
     // rustls panics on the first TLS connection.
     postdesk::outbound::transport::install_crypto_provider();
@@ -281,6 +294,17 @@ fn run_ctl(args: CtlArgs) -> anyhow::Result<ExitCode> {
                 &[
                     ("id", Some(Value::from(id))),
                     ("owner", Some(Value::from(owner))),
+                ],
+            ),
+        ),
+        CtlCommand::Stats => ("stats", ctl::build("stats", &[])),
+        CtlCommand::Merge { source, target } => (
+            "merge",
+            ctl::build(
+                "merge",
+                &[
+                    ("source", Some(Value::from(source))),
+                    ("target", Some(Value::from(target))),
                 ],
             ),
         ),

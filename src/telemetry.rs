@@ -1,14 +1,14 @@
 //! Logging set-up. Logs go to stderr (journald-friendly), filtered by
-//! `RUST_LOG` (default `info`); `POSTDESK_LOG_FORMAT=json` switches to JSON
-//! lines. Message bodies are never logged above debug level.
+//! `RUST_LOG` (default `info`); `serve --log-format json` (or
+//! `POSTDESK_LOG_FORMAT=json`) switches to JSON lines. Message bodies are
+//! never logged above debug level.
 
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-pub fn init() {
+pub fn init(json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("POSTDESK_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -47,6 +47,11 @@ pub enum Request {
         state: Option<String>,
         limit: Option<usize>,
     },
+    Stats {},
+    Merge {
+        source: u64,
+        target: u64,
+    },
     /// One stored message by Message-ID, with its raw bytes (base64).
     Message {
         message_id: String,
@@ -64,6 +69,8 @@ pub const COMMANDS: &[&str] = &[
     "assign",
     "outbox",
     "message",
+    "stats",
+    "merge",
 ];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

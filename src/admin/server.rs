@@ -163,6 +163,19 @@ async fn handle(req: Request, ctx: &AdminCtx) -> Response {
                 .await
         }
         Request::Reload {} => return reload(&ctx.config),
+        Request::Stats {} => {
+            let mut data = crate::metrics::snapshot();
+            data["uptime_secs"] = json!(ctx.started.elapsed().as_secs());
+            Ok(data)
+        }
+        Request::Merge { source, target } => {
+            let cmd = StoreCmd::Merge {
+                config: ctx.config.get(),
+                source,
+                target,
+            };
+            return ticket_after(ctx, cmd, target).await;
+        }
         Request::SetStatus { id, status } => {
             let cmd = StoreCmd::SetStatus {
                 config: ctx.config.get(),

@@ -66,14 +66,17 @@ pub async fn run(store: Store, config: Arc<ConfigCell>, shutdown: CancellationTo
                 let delivery = match result {
                     Ok(()) => {
                         tracing::info!(ticket = mail.ticket, message_id = %mail.message_id, kind = %mail.kind, to = %mail.rcpt.join(","), "mail sent");
+                        crate::metrics::inc(&crate::metrics::METRICS.emails_sent);
                         Delivery::Sent
                     }
                     Err(e) if e.is_transient() => {
                         tracing::warn!(ticket = mail.ticket, message_id = %mail.message_id, error = %e, "mail deferred; will retry");
+                        crate::metrics::inc(&crate::metrics::METRICS.emails_deferred);
                         Delivery::Transient(e.to_string())
                     }
                     Err(e) => {
                         tracing::error!(ticket = mail.ticket, message_id = %mail.message_id, error = %e, "mail failed permanently");
+                        crate::metrics::inc(&crate::metrics::METRICS.emails_failed);
                         Delivery::Permanent(e.to_string())
                     }
                 };

@@ -104,6 +104,7 @@ pub async fn serve(
 }
 
 async fn refuse(mut stream: TcpStream, peer: SocketAddr, why: &str) {
+    crate::metrics::inc(&crate::metrics::METRICS.sessions_refused);
     tracing::warn!(peer = %peer, reason = why, "connection refused with 421");
     let msg = format!("421 4.7.0 Error: {why}, try again later\r\n");
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {

@@ -17,6 +17,7 @@ use super::reader::{is_crlf, read_line, Read};
 use crate::clock;
 use crate::config::Config;
 use crate::ingest;
+use crate::metrics::{self, METRICS};
 use crate::store::{Inbound, Outcome, Store};
 
 /// RFC 5321 §4.5.3.1.4: a command line is at most 512 octets with CRLF.
@@ -424,6 +425,11 @@ async fn data(
     };
     let result = ctx.store.ingest(inbound).await;
     let ms = started.elapsed().as_millis() as u64;
+    let m = &METRICS;
+    if result.is_ok() {
+        metrics::inc(&m.received);
+        m.receive_to_commit_ms.observe(ms);
+    }
     Ok(Some(match result {
         Ok(Outcome::Ticket {
             id,
@@ -431,14 +437,28 @@ async fn data(
             duplicate,
             by,
         }) => {
+            if duplicate {
+                metrics::inc(&m.duplicates);
+            } else {
+                metrics::inc_key(&m.threaded_by, by.as_str());
+            }
+            if created {
+                metrics::inc(&m.tickets_created);
+            }
             tracing::info!(ticket = id, message_id = %message_id, channel = %channel, threaded_by = by.as_str(), created, duplicate, size, ms, peer = %peer, "mail received");
             format!("250 2.0.0 Ok: ticket {id}\r\n").into_bytes()
         }
         Ok(Outcome::Kept { duplicate }) => {
+            if duplicate {
+                metrics::inc(&m.duplicates);
+            } else {
+                metrics::inc(&m.kept);
+            }
             tracing::info!(message_id = %message_id, channel = %channel, duplicate, size, ms, peer = %peer, "mail received (kept without ticket)");
             b"250 2.0.0 Ok: kept\r\n".to_vec()
         }
         Err(e) => {
+            metrics::inc(&m.refused_451);
             tracing::error!(message_id = %message_id, error = %e, peer = %peer, "mail not committed; answered 451");
             b"451 4.3.0 Error: local storage failure, try again later\r\n".to_vec()
         }

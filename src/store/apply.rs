@@ -134,6 +134,38 @@ impl<'txn> Tables<'txn> {
         Ok(())
     }
 
+    /// A ticket's message seqs, in order.
+    pub(super) fn ticket_message_seqs(&self, ticket: TicketId) -> Result<Vec<u64>, StoreError> {
+        let mut out = Vec::new();
+        for row in self
+            .ticket_messages
+            .range((ticket, 0)..=(ticket, u64::MAX))?
+        {
+            let (k, _) = row?;
+            out.push(k.value().1);
+        }
+        Ok(out)
+    }
+
+    /// Moves one message (its row, index entry and Message-ID row) from one
+    /// ticket to another.
+    pub(super) fn move_message(
+        &mut self,
+        seq: u64,
+        from: TicketId,
+        to: TicketId,
+    ) -> Result<(), StoreError> {
+        self.ticket_messages.remove((from, seq))?;
+        self.ticket_messages.insert((to, seq), ())?;
+        if let Some(mut rec) = self.message(seq)? {
+            rec.ticket = Some(to);
+            self.messages.insert(seq, encode(&rec).as_slice())?;
+            self.message_ids
+                .insert(rec.message_id.as_str(), (to, seq))?;
+        }
+        Ok(())
+    }
+
     pub(super) fn next_message_seq(&mut self) -> u64 {
         let seq = self.next_message;
         self.next_message += 1;
@@ -230,7 +262,7 @@ pub(super) fn apply_inbound(
     let channel = config.channel(&inb.channel);
     let mut linked_from = None;
     let mut target = match matched.ticket {
-        Some(id) => tables.ticket(id)?,
+        Some(id) => follow_merges(tables, id)?,
         None => None,
     };
     if let Some(t) = &target {
@@ -345,6 +377,23 @@ pub(super) fn apply_inbound(
     })
 }
 
+/// The ticket `id`, or the one it was merged into (transitively).
+pub(super) fn follow_merges(
+    tables: &Tables<'_>,
+    id: TicketId,
+) -> Result<Option<TicketRec>, StoreError> {
+    let mut current = tables.ticket(id)?;
+    // Merges cannot form cycles (a merged ticket cannot be a merge target),
+    // but bound the walk anyway.
+    for _ in 0..16 {
+        match current.as_ref().and_then(|t| t.merged_into) {
+            Some(next) => current = tables.ticket(next)?,
+            None => break,
+        }
+    }
+    Ok(current)
+}
+
 pub(super) fn facts(t: &TicketRec) -> automation::TicketFacts<'_> {
     automation::TicketFacts {
         pipeline: &t.pipeline,
@@ -442,6 +491,7 @@ fn create_ticket(
         participants,
         workflows_ran: Vec::new(),
         thread: Vec::new(),
+        merged_into: None,
         last_inbound: None,
     };
     tables.event(

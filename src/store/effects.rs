@@ -158,9 +158,9 @@ fn send_template(
     now: Millis,
 ) -> Result<(), StoreError> {
     let to = ticket.contact.email.clone();
-    let why = match cause.auto {
-        Some(reason) => Some((reason.code().to_string(), reason.describe())),
-        None => unsafe_recipient(config, &to).map(|w| ("unsafe_recipient".to_string(), w)),
+    let why: Option<(&'static str, String)> = match cause.auto {
+        Some(reason) => Some((reason.code(), reason.describe())),
+        None => unsafe_recipient(config, &to).map(|w| ("unsafe_recipient", w)),
     };
     let why = match why {
         Some(w) => Some(w),
@@ -169,7 +169,7 @@ fn send_template(
             let sent = recent_auto_sent(tables, &to, now)?;
             (sent >= limit).then(|| {
                 (
-                    "rate_limit".to_string(),
+                    "rate_limit",
                     format!(
                         "{to} already got {sent} automatic emails in the last hour (limit {limit})"
                     ),
@@ -178,6 +178,7 @@ fn send_template(
         }
     };
     if let Some((code, words)) = why {
+        crate::metrics::inc_key(&crate::metrics::METRICS.suppressed, code);
         return tables.event(
             ticket.id,
             now,
@@ -443,6 +444,7 @@ pub(super) fn queue(
     tables.outbox.insert(out_id, encode(&out).as_slice())?;
     tables.outbox_due.insert((now.max(0) as u64, out_id), ())?;
     tables.queued_mail = true;
+    crate::metrics::inc(&crate::metrics::METRICS.emails_queued);
     if draft.kind != "notification" {
         // The customer's view of the thread; agents' notifications stay out.
         ticket.push_thread(&message_id);

@@ -131,6 +131,11 @@ pub enum StoreCmd {
         id: u64,
         result: Delivery,
     },
+    Merge {
+        config: Arc<Config>,
+        source: TicketId,
+        target: TicketId,
+    },
 }
 
 /// What a command returns once committed.

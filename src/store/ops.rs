@@ -124,6 +124,74 @@ pub(super) fn assign(
     Ok(id)
 }
 
+/// Moves the source ticket's messages, participants and thread into the
+/// target; the source is closed (without running workflows: nobody should
+/// get a "your ticket is closed" email for a merge) and points at the
+/// target, so every future reply to either thread lands on the target.
+pub(super) fn merge(
+    tables: &mut Tables<'_>,
+    config: &Config,
+    source: TicketId,
+    target: TicketId,
+    now: Millis,
+) -> Result<TicketId, StoreError> {
+    if source == target {
+        return Err(StoreError::Invalid(
+            "cannot merge a ticket into itself".into(),
+        ));
+    }
+    let mut src = ticket_or_not_found(tables, source)?;
+    let mut dst = ticket_or_not_found(tables, target)?;
+    if let Some(into) = src.merged_into {
+        return Err(StoreError::Invalid(format!(
+            "ticket {source} was already merged into {into}"
+        )));
+    }
+    if let Some(into) = dst.merged_into {
+        return Err(StoreError::Invalid(format!(
+            "ticket {target} was merged into {into}; merge into that one"
+        )));
+    }
+    let seqs = tables.ticket_message_seqs(source)?;
+    for seq in &seqs {
+        tables.move_message(*seq, source, target)?;
+    }
+    for p in &src.participants {
+        if !dst.participants.contains(p) {
+            dst.participants.push(p.clone());
+        }
+    }
+    for id in &src.thread {
+        dst.push_thread(id);
+    }
+    dst.updated_at = now;
+    let closed = config
+        .pipeline(&src.pipeline)
+        .and_then(|p| p.statuses.iter().find(|s| s.closed))
+        .map(|s| s.id.clone());
+    let from = src.status.clone();
+    if let Some(closed) = closed {
+        src.status = closed;
+    }
+    src.merged_into = Some(target);
+    src.updated_at = now;
+    tables.event(
+        source,
+        now,
+        "merged",
+        json!({"summary": format!("merged into ticket {target}; status {from} → {}", src.status), "into": target, "messages": seqs.len()}),
+    )?;
+    tables.event(
+        target,
+        now,
+        "merged",
+        json!({"summary": format!("ticket {source} merged into this one ({} messages)", seqs.len()), "from": source, "messages": seqs.len()}),
+    )?;
+    tables.put_ticket(&src)?;
+    tables.put_ticket(&dst)?;
+    Ok(target)
+}
+
 /// What the outbox worker reports for one delivery attempt.
 #[derive(Debug, Clone)]
 pub enum Delivery {

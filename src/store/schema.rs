@@ -74,6 +74,10 @@ pub struct TicketRec {
     /// last) and References (all) of what we send.
     #[serde(default)]
     pub thread: Vec<String>,
+    /// Set when this ticket was merged into another: threading that finds
+    /// this ticket lands on that one.
+    #[serde(default)]
+    pub merged_into: Option<TicketId>,
     /// The latest inbound message from the contact (seq), for templates.
     #[serde(default)]
     pub last_inbound: Option<u64>,

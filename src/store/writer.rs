@@ -128,6 +128,10 @@ fn process(slot: &DbSlot, batch: Vec<Job>) -> bool {
     let size = batch.len();
     match commit_batch(&db, &batch) {
         Ok((outcomes, queued)) => {
+            let m = &crate::metrics::METRICS;
+            crate::metrics::inc(&m.store_commits);
+            m.commit_batch.observe(size as u64);
+            m.commit_ms.observe(started.elapsed().as_millis() as u64);
             tracing::debug!(
                 batch = size,
                 ms = started.elapsed().as_millis() as u64,
@@ -204,6 +208,11 @@ fn commit_batch(db: &Database, batch: &[Job]) -> Result<(Vec<Done>, bool), Store
                 StoreCmd::Assign { config, id, owner } => {
                     Done::Ticket(ops::assign(&mut tables, config, *id, owner, now)?)
                 }
+                StoreCmd::Merge {
+                    config,
+                    source,
+                    target,
+                } => Done::Ticket(ops::merge(&mut tables, config, *source, *target, now)?),
                 StoreCmd::Delivered { id, result } => {
                     ops::delivered(&mut tables, *id, result, now)?;
                     Done::Ok

@@ -26,6 +26,7 @@ mod admin;
 mod automation;
 mod corpus;
 mod lifecycle;
+mod ops;
 mod outbound;
 mod smtp;
 mod threading;
