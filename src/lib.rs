@@ -25,6 +25,7 @@ pub mod clock;
 pub mod config;
 pub mod ctl;
 pub mod daemon;
+pub mod import;
 pub mod ingest;
 pub mod metrics;
 pub mod outbound;

@@ -41,6 +41,28 @@ struct ServeArgs {
     log_format: Option<String>,
 }
 
+#[derive(Args)]
+#[group(required = true, multiple = false, id = "mailbox")]
+struct ImportSource {
+    /// An mbox file
+    #[arg(long)]
+    mbox: Option<PathBuf>,
+    /// A Maildir folder (with cur/ and new/)
+    #[arg(long)]
+    maildir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    #[command(flatten)]
+    source: ImportSource,
+    /// Channel for messages whose To names none [default: the first channel]
+    #[arg(long)]
+    channel: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon in the foreground
@@ -49,6 +71,8 @@ enum Command {
     Check(ConfigArg),
     /// Talk to a running daemon over its admin socket
     Ctl(CtlArgs),
+    /// Load an existing mailbox into tickets (sends nothing; idempotent)
+    Import(ImportArgs),
 }
 
 #[derive(Args)]
@@ -125,6 +149,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(s) => serve(&s.config.path(), s.log_format.as_deref() == Some("json")),
         Command::Check(c) => check(&c.path()),
+        Command::Import(args) => import(args),
         Command::Ctl(args) => match run_ctl(args) {
             Ok(code) => code,
             Err(e) => {
@@ -149,6 +174,49 @@ fn check(path: &std::path::Path) -> ExitCode {
         }
         Err(problems) => {
             println!("{problems}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn import(args: ImportArgs) -> ExitCode {
+    let path = args.config.path();
+    let config = match config::load(&path) {
+        Ok(c) => c,
+        Err(problems) => {
+            eprintln!("{problems}");
+            return ExitCode::from(EX_CONFIG as u8);
+        }
+    };
+    let source = match (args.source.mbox, args.source.maildir) {
+        (Some(m), _) => postdesk::import::Mailbox::Mbox(m),
+        (None, Some(d)) => postdesk::import::Mailbox::Maildir(d),
+        (None, None) => {
+            eprintln!("postdesk: give --mbox FILE or --maildir DIR");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("postdesk: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(postdesk::import::run(config, source, args.channel)) {
+        Ok(summary) => {
+            println!("{summary}");
+            if summary.failed > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("postdesk: import failed: {e}");
             ExitCode::from(1)
         }
     }

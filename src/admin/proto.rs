@@ -48,6 +48,12 @@ pub enum Request {
         limit: Option<usize>,
     },
     Stats {},
+    /// One message for `postdesk import` (daemon running): stored and
+    /// threaded, no automation, nothing sent.
+    Import {
+        raw_base64: String,
+        channel: Option<String>,
+    },
     Merge {
         source: u64,
         target: u64,
@@ -70,6 +76,7 @@ pub const COMMANDS: &[&str] = &[
     "outbox",
     "message",
     "stats",
+    "import",
     "merge",
 ];
 

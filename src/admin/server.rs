@@ -168,6 +168,30 @@ async fn handle(req: Request, ctx: &AdminCtx) -> Response {
             data["uptime_secs"] = json!(ctx.started.elapsed().as_secs());
             Ok(data)
         }
+        Request::Import {
+            raw_base64,
+            channel,
+        } => {
+            use base64::Engine as _;
+            let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(raw_base64.as_bytes())
+            else {
+                return Response::err("bad_request", "raw_base64 is not valid base64");
+            };
+            let config = ctx.config.get();
+            let channel = match channel {
+                Some(c) if config.channel(&c).is_some() => c,
+                Some(c) => return Response::err("not_found", format!("no channel \"{c}\"")),
+                None => match config.channels.first() {
+                    Some(c) => c.id.clone(),
+                    None => return Response::err("bad_request", "the config has no channel"),
+                },
+            };
+            let inb = crate::import::inbound(&config, raw, &channel);
+            match ctx.store.ingest(inb).await {
+                Ok(o) => Ok(crate::import::outcome_json(&o)),
+                Err(e) => Err(e),
+            }
+        }
         Request::Merge { source, target } => {
             let cmd = StoreCmd::Merge {
                 config: ctx.config.get(),

@@ -422,6 +422,7 @@ async fn data(
         channel: channel.clone(),
         plus,
         received_at: clock::now_millis(),
+        imported: false,
     };
     let result = ctx.store.ingest(inbound).await;
     let ms = started.elapsed().as_millis() as u64;

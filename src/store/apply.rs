@@ -34,6 +34,9 @@ pub struct Inbound {
     /// The ticket id of a plus recipient, if any.
     pub plus: Option<TicketId>,
     pub received_at: Millis,
+    /// Loaded by `postdesk import`: threaded and stored like any message,
+    /// but no automation runs and nothing is sent.
+    pub imported: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -348,6 +351,15 @@ pub(super) fn apply_inbound(
         link(tables, old, id, now)?;
     }
 
+    if inb.imported {
+        tables.put_ticket(ticket)?;
+        return Ok(Outcome::Ticket {
+            id,
+            created,
+            duplicate: false,
+            by: matched.by,
+        });
+    }
     let cause = Cause {
         auto: auto.as_ref(),
     };
@@ -547,5 +559,6 @@ fn message_in_detail(
         "automatic": auto.map(|a| a.code()),
         "channel": inb.channel,
         "size": inb.raw.len(),
+        "imported": inb.imported,
     })
 }

@@ -25,6 +25,7 @@ mod support;
 mod admin;
 mod automation;
 mod corpus;
+mod import;
 mod lifecycle;
 mod ops;
 mod outbound;

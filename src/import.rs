@@ -1,0 +1,418 @@
+//! `postdesk import`: load an existing mailbox (mbox or Maildir) into
+//! tickets with the same threading as live mail. Nothing is sent and no
+//! automation runs; a message already stored (same Message-ID, or the same
+//! bytes when it has none) is skipped, so importing twice is harmless.
+//!
+//! With the daemon running, messages go through its admin socket (`import`
+//! command), since the database is locked by the daemon; otherwise the
+//! store is opened directly. Either way each message is committed by the
+//! store writer like an SMTP delivery.
+//!
+//! The mailbox readers ([`split_mbox`], [`maildir_files`]) and the mapping
+//! to an [`Inbound`] are plain functions; the runner is the shell.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::clock;
+use crate::config::Config;
+use crate::ingest;
+use crate::store::{Inbound, Outcome};
+
+/// Splits an mbox (mboxo/mboxrd) into messages: a message starts at a line
+/// beginning with `From ` at the start of the file or after a blank line;
+/// the `From ` line itself is dropped and `>From ` quoting is undone one
+/// level. Line endings are kept as they are in the file.
+pub fn split_mbox(data: &[u8]) -> Vec<Vec<u8>> {
+    let mut messages = Vec::new();
+    let mut current: Option<Vec<u8>> = None;
+    let mut prev_blank = true;
+    for line in data.split_inclusive(|b| *b == b'\n') {
+        let is_separator = prev_blank && line.starts_with(b"From ");
+        let blank = line == b"\n" || line == b"\r\n";
+        if is_separator {
+            if let Some(mut m) = current.take() {
+                trim_separator_blank(&mut m);
+                messages.push(m);
+            }
+            current = Some(Vec::new());
+        } else if let Some(m) = current.as_mut() {
+            let quoted = line.iter().take_while(|b| **b == b'>').count();
+            if quoted > 0 && line[quoted..].starts_with(b"From ") {
+                m.extend_from_slice(&line[1..]);
+            } else {
+                m.extend_from_slice(line);
+            }
+        }
+        prev_blank = blank;
+    }
+    if let Some(mut m) = current {
+        trim_separator_blank(&mut m);
+        messages.push(m);
+    }
+    messages.retain(|m| !m.iter().all(u8::is_ascii_whitespace));
+    messages
+}
+
+/// The blank line before the next `From ` belongs to the mbox format.
+fn trim_separator_blank(m: &mut Vec<u8>) {
+    if m.ends_with(b"\r\n\r\n") {
+        m.truncate(m.len() - 2);
+    } else if m.ends_with(b"\n\n") {
+        m.truncate(m.len() - 1);
+    }
+}
+
+/// The message files of a Maildir (`cur/` and `new/`), in name order (which
+/// is delivery order for the usual `time.pid.host` names).
+pub fn maildir_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    let mut found_any = false;
+    for sub in ["cur", "new"] {
+        let path = dir.join(sub);
+        let entries = match std::fs::read_dir(&path) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        found_any = true;
+        for entry in entries {
+            let entry = entry?;
+            if entry.file_type()?.is_file() && !entry.file_name().to_string_lossy().starts_with('.')
+            {
+                files.push(entry.path());
+            }
+        }
+    }
+    if !found_any {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{} is not a Maildir (no cur/ or new/)", dir.display()),
+        ));
+    }
+    files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    Ok(files)
+}
+
+/// Maps one message to an [`Inbound`]: its channel is the first To/Cc/
+/// Delivered-To address that names one (plus addresses included), else
+/// `default_channel`. The envelope sender is the From address.
+pub fn inbound(config: &Arc<Config>, raw: Vec<u8>, default_channel: &str) -> Inbound {
+    let parsed = ingest::parse(&raw);
+    let mut channel = default_channel.to_string();
+    let mut plus = None;
+    let mut rcpt = Vec::new();
+    for addr in &parsed.to {
+        if let Some(r) = config.recipient(addr) {
+            channel = r.channel.id.clone();
+            plus = r.plus;
+            rcpt.push(addr.clone());
+            break;
+        }
+    }
+    if rcpt.is_empty() {
+        if let Some(addr) = config.channel(&channel).and_then(|c| c.addresses.first()) {
+            rcpt.push(addr.clone());
+        }
+    }
+    let mail_from = parsed
+        .from
+        .as_ref()
+        .map(|f| f.email.clone())
+        .unwrap_or_default();
+    let received_at = parsed.date.unwrap_or_else(clock::now_millis);
+    Inbound {
+        config: config.clone(),
+        raw,
+        parsed,
+        mail_from,
+        rcpt,
+        channel,
+        plus,
+        received_at,
+        imported: true,
+    }
+}
+
+/// What an import did.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Summary {
+    pub messages: u64,
+    pub tickets_created: u64,
+    pub threaded: u64,
+    pub kept_without_ticket: u64,
+    pub already_present: u64,
+    pub failed: u64,
+}
+
+impl Summary {
+    pub fn count(&mut self, outcome: &Outcome) {
+        self.messages += 1;
+        match outcome {
+            Outcome::Ticket {
+                duplicate: true, ..
+            }
+            | Outcome::Kept { duplicate: true } => self.already_present += 1,
+            Outcome::Ticket { created: true, .. } => self.tickets_created += 1,
+            Outcome::Ticket { .. } => self.threaded += 1,
+            Outcome::Kept { .. } => self.kept_without_ticket += 1,
+        }
+    }
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} messages: {} new tickets, {} added to existing tickets, {} kept without a ticket, {} already present, {} failed",
+            self.messages, self.tickets_created, self.threaded, self.kept_without_ticket, self.already_present, self.failed
+        )
+    }
+}
+
+/// Where the messages come from.
+pub enum Mailbox {
+    Mbox(PathBuf),
+    Maildir(PathBuf),
+}
+
+/// Outcome of one imported message as JSON (admin `import`).
+pub fn outcome_json(o: &Outcome) -> serde_json::Value {
+    match o {
+        Outcome::Ticket {
+            id,
+            created,
+            duplicate,
+            by,
+        } => serde_json::json!({
+            "ticket": id, "created": created, "duplicate": duplicate, "threaded_by": by.as_str(),
+        }),
+        Outcome::Kept { duplicate } => {
+            serde_json::json!({ "ticket": null, "kept": true, "duplicate": duplicate })
+        }
+    }
+}
+
+fn outcome_from_json(v: &serde_json::Value) -> Option<Outcome> {
+    let duplicate = v["duplicate"].as_bool()?;
+    match v["ticket"].as_u64() {
+        Some(id) => Some(Outcome::Ticket {
+            id,
+            created: v["created"].as_bool().unwrap_or(false),
+            duplicate,
+            by: ingest::ThreadedBy::New,
+        }),
+        None => Some(Outcome::Kept { duplicate }),
+    }
+}
+
+/// Runs an import; prints progress to stderr when it is a terminal.
+pub async fn run(
+    config: Config,
+    source: Mailbox,
+    channel: Option<String>,
+) -> Result<Summary, String> {
+    let config = Arc::new(config);
+    let channel = match channel {
+        Some(c) if config.channel(&c).is_some() => c,
+        Some(c) => {
+            let known: Vec<&str> = config.channels.iter().map(|c| c.id.as_str()).collect();
+            return Err(format!(
+                "unknown channel \"{c}\" (known: {})",
+                known.join(", ")
+            ));
+        }
+        None => config
+            .channels
+            .first()
+            .map(|c| c.id.clone())
+            .ok_or_else(|| "the config has no channel".to_string())?,
+    };
+    // Messages are read one at a time for a Maildir; an mbox is split in
+    // memory (mbox files larger than memory are not supported).
+    let items: Vec<Item> = match &source {
+        Mailbox::Mbox(path) => {
+            let data =
+                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            split_mbox(&data).into_iter().map(Item::Bytes).collect()
+        }
+        Mailbox::Maildir(dir) => maildir_files(dir)
+            .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
+            .into_iter()
+            .map(Item::File)
+            .collect(),
+    };
+    let bar = progress_bar(items.len() as u64);
+    let socket = config.server.admin_socket.clone();
+    let daemon_running = std::os::unix::net::UnixStream::connect(&socket).is_ok();
+    let mut summary = Summary::default();
+    if daemon_running {
+        bar.println(format!(
+            "daemon running: importing through {}",
+            socket.display()
+        ));
+        for item in items {
+            let raw = match item.read() {
+                Ok(r) => r,
+                Err(e) => {
+                    bar.println(e);
+                    summary.failed += 1;
+                    bar.inc(1);
+                    continue;
+                }
+            };
+            use base64::Engine as _;
+            let req = serde_json::json!({
+                "cmd": "import",
+                "raw_base64": base64::engine::general_purpose::STANDARD.encode(&raw),
+                "channel": channel,
+            });
+            let path = socket.clone();
+            let resp = tokio::task::spawn_blocking(move || crate::ctl::request(&path, &req)).await;
+            match resp {
+                Ok(Ok(r)) if r.ok => match r.data.as_ref().and_then(outcome_from_json) {
+                    Some(o) => summary.count(&o),
+                    None => summary.failed += 1,
+                },
+                Ok(Ok(r)) => {
+                    bar.println(format!(
+                        "refused: {}",
+                        r.error.map(|e| e.message).unwrap_or_default()
+                    ));
+                    summary.failed += 1;
+                }
+                Ok(Err(e)) => return Err(format!("admin socket: {e}")),
+                Err(e) => return Err(e.to_string()),
+            }
+            bar.inc(1);
+        }
+    } else {
+        let (store, writer) = crate::store::Store::open(&config.server.data_dir).map_err(|e| {
+            format!(
+                "{e} (if the daemon is running, its admin socket {} did not answer)",
+                socket.display()
+            )
+        })?;
+        // Keep up to 64 messages in flight so the writer can group-commit.
+        let mut in_flight = tokio::task::JoinSet::new();
+        for item in items {
+            while in_flight.len() >= 64 {
+                if let Some(done) = in_flight.join_next().await {
+                    tally(&mut summary, done, &bar);
+                }
+            }
+            let raw = match item.read() {
+                Ok(r) => r,
+                Err(e) => {
+                    bar.println(e);
+                    summary.failed += 1;
+                    bar.inc(1);
+                    continue;
+                }
+            };
+            let inb = inbound(&config, raw, &channel);
+            let store = store.clone();
+            in_flight.spawn(async move { store.ingest(inb).await.map_err(|e| e.to_string()) });
+        }
+        while let Some(done) = in_flight.join_next().await {
+            tally(&mut summary, done, &bar);
+        }
+        store.shutdown();
+        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    }
+    bar.finish_and_clear();
+    Ok(summary)
+}
+
+type Joined = Result<Result<Outcome, String>, tokio::task::JoinError>;
+
+fn tally(summary: &mut Summary, done: Joined, bar: &indicatif::ProgressBar) {
+    match done {
+        Ok(Ok(o)) => summary.count(&o),
+        Ok(Err(e)) => {
+            bar.println(format!("not imported: {e}"));
+            summary.failed += 1;
+        }
+        Err(e) => {
+            bar.println(format!("not imported: {e}"));
+            summary.failed += 1;
+        }
+    }
+    bar.inc(1);
+}
+
+enum Item {
+    Bytes(Vec<u8>),
+    File(PathBuf),
+}
+
+impl Item {
+    fn read(self) -> Result<Vec<u8>, String> {
+        match self {
+            Item::Bytes(b) => Ok(b),
+            Item::File(p) => {
+                std::fs::read(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+            }
+        }
+    }
+}
+
+fn progress_bar(len: u64) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{bar:40} {pos}/{len} messages ({per_sec}, eta {eta})",
+    ) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mbox_split_and_unquote() {
+        let mbox = b"From a@x Mon Jan  1 00:00:00 2024\nSubject: one\n\nhello\n>From the start\n>>From deeper\n\nFrom b@x Mon Jan  1 00:00:01 2024\nSubject: two\n\nbye\n";
+        let msgs = split_mbox(mbox);
+        assert_eq!(msgs.len(), 2);
+        assert_eq!(
+            msgs[0],
+            b"Subject: one\n\nhello\nFrom the start\n>From deeper\n".to_vec()
+        );
+        assert_eq!(msgs[1], b"Subject: two\n\nbye\n".to_vec());
+    }
+
+    #[test]
+    fn from_inside_a_paragraph_is_not_a_separator() {
+        let mbox =
+            b"From a@x Mon Jan  1 00:00:00 2024\nSubject: one\n\nline\nFrom here on it is text\n";
+        assert_eq!(split_mbox(mbox).len(), 1);
+        assert!(split_mbox(b"").is_empty());
+        assert!(split_mbox(b"no separator at all\n").is_empty());
+    }
+
+    #[test]
+    fn maildir_needs_cur_or_new() {
+        let dir = std::env::temp_dir().join(format!("pd-maildir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::create_dir_all(dir.join("new"));
+        let _ = std::fs::create_dir_all(dir.join("cur"));
+        let _ = std::fs::write(dir.join("new/2.b"), b"x");
+        let _ = std::fs::write(dir.join("cur/1.a:2,S"), b"y");
+        let _ = std::fs::write(dir.join("cur/.hidden"), b"z");
+        let files = maildir_files(&dir).unwrap_or_default();
+        let names: Vec<String> = files
+            .iter()
+            .filter_map(|f| f.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["1.a:2,S", "2.b"]);
+        assert!(maildir_files(&dir.join("nope")).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
