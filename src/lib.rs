@@ -18,6 +18,8 @@
 //!   shutdown.
 //! - [`clock`]: the only caller of the system clock.
 //! - [`telemetry`]: tracing set-up.
+//! - [`workflow_cli`]: `postdesk workflow`, viewing and editing the
+//!   `[[workflow]]` tables of the config file in place.
 
 pub mod admin;
 pub mod automation;
@@ -33,6 +35,7 @@ pub mod sdnotify;
 pub mod smtp;
 pub mod store;
 pub mod telemetry;
+pub mod workflow_cli;
 
 /// Exit code for an invalid configuration (sysexits.h EX_CONFIG).
 pub const EX_CONFIG: i32 = 78;

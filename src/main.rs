@@ -73,6 +73,22 @@ enum Command {
     Ctl(CtlArgs),
     /// Load an existing mailbox into tickets (sends nothing; idempotent)
     Import(ImportArgs),
+    /// View and edit the workflows in the config file (comments and layout kept)
+    Workflow(WorkflowArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell)
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff) to stdout
+    #[command(hide = true)]
+    Man,
+}
+
+#[derive(Args)]
+struct WorkflowArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    #[command(subcommand)]
+    cmd: postdesk::workflow_cli::Cmd,
 }
 
 #[derive(Args)]
@@ -150,6 +166,22 @@ fn main() -> ExitCode {
         Command::Serve(s) => serve(&s.config.path(), s.log_format.as_deref() == Some("json")),
         Command::Check(c) => check(&c.path()),
         Command::Import(args) => import(args),
+        Command::Workflow(w) => postdesk::workflow_cli::run(&w.config.path(), w.cmd),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "postdesk", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("postdesk: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Ctl(args) => match run_ctl(args) {
             Ok(code) => code,
             Err(e) => {

@@ -37,10 +37,13 @@ pub fn verb(line: &[u8]) -> String {
 pub fn parse_path(line: &[u8], prefix: &str) -> Option<PathArg> {
     let line = std::str::from_utf8(line).ok()?;
     let line = line.trim_end_matches(['\r', '\n']);
-    if line.len() < prefix.len() || !line[..prefix.len()].eq_ignore_ascii_case(prefix) {
+    // `get`, not indexing: the prefix length may fall inside a multi-byte
+    // character of a hostile line.
+    let head = line.get(..prefix.len())?;
+    if !head.eq_ignore_ascii_case(prefix) {
         return None;
     }
-    let rest = line[prefix.len()..].trim_start();
+    let rest = line.get(prefix.len()..)?.trim_start();
     let rest = rest.strip_prefix('<')?;
     let close = rest.find('>')?;
     let mut address = rest[..close].trim().to_string();
@@ -143,6 +146,8 @@ mod tests {
         assert_eq!(path("MAIL FROM:<a@b\r\n"), None);
         assert_eq!(path("MAIL TO:<a@b>\r\n"), None);
         assert_eq!(path("MAIL FROM:<a b@c>\r\n"), None);
+        // Found by tests/fuzz.rs: a multi-byte character across the prefix end.
+        assert_eq!(path("ma AA\u{110d0}\u{0f49}"), None);
     }
 
     #[test]

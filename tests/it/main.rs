@@ -31,3 +31,4 @@ mod ops;
 mod outbound;
 mod smtp;
 mod threading;
+mod workflow;
