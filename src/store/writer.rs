@@ -142,14 +142,23 @@ fn process(slot: &DbSlot, batch: Vec<Job>) -> bool {
             }
             queued
         }
-        Err(e) => {
-            if size > 1 {
-                tracing::debug!(error = %e, batch = size, "batch commit failed; retrying one by one");
+        Err(e) if size == 1 => {
+            if !matches!(e, StoreError::NotFound(_) | StoreError::Invalid(_)) {
+                tracing::error!(error = %e, "commit failed");
             }
-            let mut db = reopen_if_needed(slot, db, &e);
+            reopen_if_needed(slot, db, &e);
+            if let Some(job) = batch.into_iter().next() {
+                let _ = job.reply.send(Err(e));
+            }
+            false
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, batch = size, "batch commit failed; retrying one by one");
+            // Hand our handle over: a reopen needs every handle dropped.
+            reopen_if_needed(slot, db, &e);
             let mut queued = false;
             for job in batch {
-                let current = match db.clone().map_or_else(|| ensure_open(slot), Ok) {
+                let current = match ensure_open(slot) {
                     Ok(d) => d,
                     Err(err) => {
                         let _ = job.reply.send(Err(err));
@@ -167,7 +176,7 @@ fn process(slot: &DbSlot, batch: Vec<Job>) -> bool {
                         if !matches!(e, StoreError::NotFound(_) | StoreError::Invalid(_)) {
                             tracing::error!(error = %e, "commit failed");
                         }
-                        db = reopen_if_needed(slot, current, &e);
+                        reopen_if_needed(slot, current, &e);
                         let _ = job.reply.send(Err(e));
                     }
                 }
@@ -241,9 +250,12 @@ fn ensure_open(slot: &DbSlot) -> Result<Arc<Database>, StoreError> {
 
 /// After an I/O error redb answers `PreviousIo` until reopened: drop every
 /// handle (waiting briefly for readers to let go of theirs) and reopen.
-fn reopen_if_needed(slot: &DbSlot, db: Arc<Database>, e: &StoreError) -> Option<Arc<Database>> {
+///
+/// Takes the caller's handle so that it cannot be the one keeping the old
+/// database alive. Readers hold theirs for one transaction only.
+fn reopen_if_needed(slot: &DbSlot, db: Arc<Database>, e: &StoreError) {
     if !e.needs_reopen() {
-        return Some(db);
+        return;
     }
     if let Ok(mut guard) = slot.db.write() {
         *guard = None;
@@ -262,16 +274,12 @@ fn reopen_if_needed(slot: &DbSlot, db: Arc<Database>, e: &StoreError) -> Option<
             }
             Err(_) => {
                 tracing::error!("readers still hold the database; reopen deferred");
-                return None;
+                return;
             }
         }
     }
-    match ensure_open(slot) {
-        Ok(db) => Some(db),
-        Err(err) => {
-            tracing::error!(error = %err, "reopening the store failed; will retry on the next message");
-            None
-        }
+    if let Err(err) = ensure_open(slot) {
+        tracing::error!(error = %err, "reopening the store failed; will retry on the next message");
     }
 }
 

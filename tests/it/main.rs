@@ -14,7 +14,10 @@
 //! - `outbound`: §6 — the headers and footer of what we send, HTML
 //!   templates, the outbox through an SMTP relay (451, down, 550, restart);
 //! - `automation`: §3/§6 — status triggers, workflows, chat channels, loop
-//!   protection, reload.
+//!   protection, reload;
+//! - `safety`: §3/§5/§6/§7 when things go wrong — kill -9 under load, the
+//!   outbox across a crash, a full store, overload, abusive SMTP and admin
+//!   clients, loop protection across a restart, the corpus byte-exact.
 
 // Tests and their harness may panic on anything unexpected: that is how a
 // test fails.
@@ -29,6 +32,7 @@ mod import;
 mod lifecycle;
 mod ops;
 mod outbound;
+mod safety;
 mod smtp;
 mod threading;
 mod workflow;

@@ -11,6 +11,7 @@ use std::ffi::OsStr;
 use std::fmt::Display;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
@@ -22,6 +23,11 @@ use serde_json::{json, Value};
 use super::admin::Admin;
 use super::smtp::{send_mail, Msg, Reply};
 use super::DEADLINE;
+
+/// A hook run in the child between fork and exec (see
+/// [`Daemon::set_pre_exec`]): only async-signal-safe calls (setrlimit,
+/// signal), no allocation.
+pub type PreExec = Arc<dyn Fn() -> std::io::Result<()> + Send + Sync>;
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_postdesk");
@@ -161,6 +167,8 @@ pub struct Daemon {
     log: Arc<Mutex<String>>,
     readers: Vec<JoinHandle<()>>,
     runs: usize,
+    /// Run in the child before exec, on every start from now on.
+    pre_exec: Option<PreExec>,
 }
 
 impl Daemon {
@@ -189,6 +197,7 @@ impl Daemon {
             log: Arc::new(Mutex::new(String::new())),
             readers: Vec::new(),
             runs: 0,
+            pre_exec: None,
         };
         d.start_again();
         d
@@ -203,7 +212,8 @@ impl Daemon {
         );
         self.runs += 1;
         self.push_log(&format!("----- postdesk serve, run {} -----\n", self.runs));
-        let mut child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        command
             .arg("serve")
             .arg("-c")
             .arg(&self.config)
@@ -212,7 +222,15 @@ impl Daemon {
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(hook) = self.pre_exec.clone() {
+            // SAFETY: the hook promises to make only async-signal-safe calls
+            // (see `PreExec`), as required between fork and exec.
+            unsafe {
+                command.pre_exec(move || hook());
+            }
+        }
+        let mut child = command
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {BIN}: {e}"));
         let stderr = child.stderr.take().expect("piped stderr");
@@ -256,6 +274,14 @@ impl Daemon {
             parse_ready(&ready).unwrap_or_else(|e| self.fail(format!("{e}: {ready:?}")));
         self.smtp = smtp;
         self.admin = admin;
+    }
+
+    /// Sets (or clears) a hook that runs in the child between fork and exec
+    /// on every later start — e.g. `setrlimit` for resource limits, which
+    /// the daemon then inherits. Takes effect at the next
+    /// [`Daemon::start_again`].
+    pub fn set_pre_exec(&mut self, hook: Option<PreExec>) {
+        self.pre_exec = hook;
     }
 
     /// SIGTERM, then waits for the exit; returns its status.
@@ -385,6 +411,27 @@ impl Daemon {
     /// `tickets`, newest first.
     pub fn tickets(&self) -> Vec<Value> {
         self.array(json!({"cmd": "tickets"}))
+    }
+
+    /// Every ticket (`tickets` with a limit high enough for any test),
+    /// newest first.
+    pub fn all_tickets(&self) -> Vec<Value> {
+        self.array(json!({"cmd": "tickets", "limit": 10_000}))
+    }
+
+    /// `message` by Message-ID: its data (`ticket`, `raw_base64`, the message
+    /// fields) if stored, `None` on `not_found`; any other answer fails the
+    /// test.
+    pub fn message(&self, message_id: &str) -> Option<Value> {
+        let req = json!({"cmd": "message", "message_id": message_id});
+        let resp = self.request(req.clone());
+        if resp["ok"] == json!(true) {
+            return Some(resp["data"].clone());
+        }
+        if resp["error"]["code"] == "not_found" {
+            return None;
+        }
+        self.fail(format!("admin request {req} failed: {resp}"))
     }
 
     pub fn conversations(&self) -> Vec<Value> {

@@ -10,11 +10,14 @@
 //! - [`sink`]: an in-test SMTP relay that records what postdesk sends, with
 //!   answers switchable at run time (250 / 451 / 550), stoppable;
 //! - [`eml`]: reading sent emails (`.eml` files, or the sink's data);
+//! - [`corpus`]: the files of `shared/corpus` and their delivery as an MTA
+//!   would;
 //! - [`wait_until`]: the one way a test waits.
 
 #![allow(dead_code)] // each test module uses a different part of the harness
 
 pub mod admin;
+pub mod corpus;
 pub mod daemon;
 pub mod eml;
 pub mod sink;
@@ -27,7 +30,7 @@ pub use admin::{message_ids, message_in, threaded_by, timeline_kinds, Admin};
 #[allow(unused_imports)]
 pub use daemon::{config_with, default_config, edit_config, render_config, Daemon};
 #[allow(unused_imports)]
-pub use smtp::{msg, send_mail, to_smtp_data, unique_id, Client, Msg, Reply};
+pub use smtp::{msg, send_mail, smtp_data_content, to_smtp_data, unique_id, Client, Msg, Reply};
 
 /// How long any single wait in the harness may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);

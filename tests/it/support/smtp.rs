@@ -3,7 +3,8 @@
 
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -102,6 +103,36 @@ impl Client {
     /// Connects and reads the greeting, whatever it is.
     pub fn connect_raw(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        let mut client = Client::over(stream);
+        client.greeting = client.read_reply();
+        client
+    }
+
+    /// Like [`Client::connect_raw`], but a failed connect is an error, not a
+    /// panic (for tests where the server may be gone); a greeting that
+    /// cannot be read is code 0.
+    pub fn try_connect(addr: SocketAddr) -> io::Result<Client> {
+        let stream = TcpStream::connect(addr)?;
+        let mut client = Client::over(stream);
+        client.greeting = client
+            .try_read_reply()
+            .unwrap_or_else(|e| Reply::transport_error("greeting", &e));
+        Ok(client)
+    }
+
+    /// Connects from the local address `local` (e.g. 127.0.0.2, to be
+    /// another client address than 127.0.0.1) and reads the greeting,
+    /// whatever it is.
+    pub fn connect_raw_from(local: Ipv4Addr, addr: SocketAddr) -> Client {
+        let stream = connect_from(local, addr)
+            .unwrap_or_else(|e| panic!("connect {addr} from {local}: {e}"));
+        let mut client = Client::over(stream);
+        client.greeting = client.read_reply();
+        client
+    }
+
+    /// A client over a connected stream, greeting not read yet.
+    fn over(stream: TcpStream) -> Client {
         stream
             .set_read_timeout(Some(IO_TIMEOUT))
             .expect("set_read_timeout");
@@ -109,16 +140,14 @@ impl Client {
             .set_write_timeout(Some(IO_TIMEOUT))
             .expect("set_write_timeout");
         let writer = stream.try_clone().expect("clone the stream");
-        let mut client = Client {
+        Client {
             reader: BufReader::new(stream),
             writer,
             greeting: Reply {
                 code: 0,
                 lines: Vec::new(),
             },
-        };
-        client.greeting = client.read_reply();
-        client
+        }
     }
 
     /// Connects, checks the 220 greeting and says EHLO (which must get 250).
@@ -282,6 +311,59 @@ pub fn send_mail(addr: SocketAddr, from: &str, to: &str, message: &[u8]) -> Repl
     reply
 }
 
+/// A TCP connection to `addr` (IPv4) from the local address `local`:
+/// `std::net::TcpStream` cannot bind before connecting, so this goes through
+/// libc (socket, bind, connect).
+pub fn connect_from(local: Ipv4Addr, addr: SocketAddr) -> io::Result<TcpStream> {
+    let SocketAddr::V4(remote) = addr else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("connect_from: {addr} is not IPv4"),
+        ));
+    };
+    let sockaddr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: socket(2) with constant arguments; the fd is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh socket nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let from = sockaddr(local, 0);
+    // SAFETY: `from` is a valid sockaddr_in of `len` bytes for the call.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            std::ptr::addr_of!(from).cast::<libc::sockaddr>(),
+            len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let to = sockaddr(*remote.ip(), remote.port());
+    // SAFETY: as above; a blocking connect on our own socket.
+    let rc = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            std::ptr::addr_of!(to).cast::<libc::sockaddr>(),
+            len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(TcpStream::from(fd))
+}
+
 /// A message as SMTP DATA: every line ending (CRLF, a lone LF, a lone CR)
 /// becomes CRLF, a line starting with `.` gets another `.`, and the
 /// terminating `.` line is appended.
@@ -314,6 +396,20 @@ pub fn to_smtp_data(message: &[u8]) -> Vec<u8> {
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b".\r\n");
+    out
+}
+
+/// The message content a server receives for SMTP data made by
+/// [`to_smtp_data`]: the CRLF lines without the dot-stuffing and without the
+/// terminating `.` line (the last line keeps its CRLF, RFC 5321 §4.1.1.4).
+pub fn smtp_data_content(encoded: &[u8]) -> Vec<u8> {
+    let body = encoded
+        .strip_suffix(b".\r\n")
+        .expect("SMTP data ends with the `.` line");
+    let mut out = Vec::with_capacity(body.len());
+    for line in body.split_inclusive(|&b| b == b'\n') {
+        out.extend_from_slice(line.strip_prefix(b".").unwrap_or(line));
+    }
     out
 }
 
