@@ -121,6 +121,11 @@ pub fn inbound(config: &Arc<Config>, raw: Vec<u8>, default_channel: &str) -> Inb
         .map(|f| f.email.clone())
         .unwrap_or_default();
     let received_at = parsed.date.unwrap_or_else(clock::now_millis);
+    let bounce = if ingest::maybe_bounce(&parsed, &mail_from) {
+        ingest::bounce::detect(&raw, &mail_from)
+    } else {
+        None
+    };
     Inbound {
         config: config.clone(),
         raw,
@@ -131,6 +136,7 @@ pub fn inbound(config: &Arc<Config>, raw: Vec<u8>, default_channel: &str) -> Inb
         plus,
         received_at,
         imported: true,
+        bounce,
     }
 }
 

@@ -6,6 +6,7 @@
 //!
 //! Never does I/O, never reads the clock, never names tokio or redb.
 
+pub mod bounce;
 pub mod classify;
 pub mod parse;
 pub mod thread;
@@ -13,6 +14,19 @@ pub mod thread;
 pub use classify::{classify, AutoReason};
 pub use parse::{parse, Mailbox, ParsedMail};
 pub use thread::{ThreadMatch, ThreadView, ThreadedBy};
+
+/// Whether a message is worth the (full-parse) bounce check: a report, or
+/// from the null sender or a mailer daemon. Keeps ordinary mail off it.
+pub fn maybe_bounce(parsed: &ParsedMail, mail_from: &str) -> bool {
+    let daemon = |addr: &str| {
+        let local = addr.split('@').next().unwrap_or_default();
+        local.eq_ignore_ascii_case("mailer-daemon") || local.eq_ignore_ascii_case("postmaster")
+    };
+    parsed.report
+        || mail_from.is_empty()
+        || daemon(mail_from)
+        || parsed.from.as_ref().is_some_and(|f| daemon(&f.email))
+}
 
 /// A ticket's number: a positive integer given in order.
 pub type TicketId = u64;

@@ -40,6 +40,9 @@ pub struct ParsedMail {
     /// Headers that mark automatic or bulk mail, lower-cased name and
     /// trimmed value (see [`super::classify`]).
     pub markers: Vec<(String, String)>,
+    /// The top-level Content-Type is multipart/report (a DSN, an ARF
+    /// report, a read receipt): worth a look by [`super::bounce::detect`].
+    pub report: bool,
 }
 
 /// The headers [`super::classify`] looks at.
@@ -69,6 +72,7 @@ pub fn parse(raw: &[u8]) -> ParsedMail {
             text: cap(String::from_utf8_lossy(raw).into_owned()),
             well_formed: false,
             markers: Vec::new(),
+            report: false,
         };
     };
     let own_id = msg.message_id().and_then(normalize_message_id);
@@ -93,6 +97,12 @@ pub fn parse(raw: &[u8]) -> ParsedMail {
         })
         .unwrap_or_default();
     let text = msg.body_text(0).map(|t| t.into_owned()).unwrap_or_default();
+    let report = mail_parser::MimeHeaders::content_type(&msg).is_some_and(|ct| {
+        ct.ctype().eq_ignore_ascii_case("multipart")
+            && ct
+                .subtype()
+                .is_some_and(|s| s.eq_ignore_ascii_case("report"))
+    });
     ParsedMail {
         has_message_id: own_id.is_some(),
         message_id: own_id.unwrap_or_else(|| derived_message_id(raw)),
@@ -107,6 +117,7 @@ pub fn parse(raw: &[u8]) -> ParsedMail {
         date: msg.date().map(|d| d.to_timestamp().saturating_mul(1000)),
         text: cap(text),
         well_formed: true,
+        report,
         markers: msg
             .headers_raw()
             .filter_map(|(name, value)| {

@@ -412,6 +412,12 @@ async fn data(
         return Ok(Some(b"554 5.5.1 Error: no valid recipients\r\n".to_vec()));
     };
     let parsed = ingest::parse(&body);
+    // Off the commit path, and only for mail that may be one.
+    let bounce = if ingest::maybe_bounce(&parsed, &mail_from) {
+        ingest::bounce::detect(&body, &mail_from)
+    } else {
+        None
+    };
     let message_id = parsed.message_id.clone();
     let inbound = Inbound {
         config: config.clone(),
@@ -423,6 +429,7 @@ async fn data(
         plus,
         received_at: clock::now_millis(),
         imported: false,
+        bounce,
     };
     let result = ctx.store.ingest(inbound).await;
     let ms = started.elapsed().as_millis() as u64;

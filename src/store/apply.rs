@@ -15,6 +15,7 @@ use super::StoreError;
 use crate::automation::{self, route_reply, Event, ReplyRoute};
 use crate::clock::Millis;
 use crate::config::{Config, Source};
+use crate::ingest::bounce::Bounce;
 use crate::ingest::thread::{decide, SubjectTag, ThreadInput};
 use crate::ingest::{
     bracketed, classify, AutoReason, ParsedMail, ThreadMatch, ThreadView, ThreadedBy, TicketId,
@@ -37,6 +38,9 @@ pub struct Inbound {
     /// Loaded by `postdesk import`: threaded and stored like any message,
     /// but no automation runs and nothing is sent.
     pub imported: bool,
+    /// A delivery failure report about mail we sent (see
+    /// [`crate::ingest::bounce`]), detected before the store is involved.
+    pub bounce: Option<Bounce>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -244,6 +248,9 @@ pub(super) fn apply_inbound(
         }
     }
 
+    if let Some(bounce) = &inb.bounce {
+        return apply_bounce(tables, inb, bounce, now);
+    }
     let config = &inb.config;
     let auto = classify(p, &inb.mail_from, |a| config.is_channel_address(a));
     let sender = p.from.as_ref().map(|m| m.email.as_str());
@@ -404,6 +411,105 @@ pub(super) fn follow_merges(
         }
     }
     Ok(current)
+}
+
+/// A bounce joins the ticket whose email it returns (by the returned
+/// Message-ID, else our `X-Postdesk-Ticket` marker) as a `bounce` event. It
+/// is never a customer reply: no status change, no automation, no answer.
+/// A bounce of nothing we know (backscatter) is kept without a ticket.
+fn apply_bounce(
+    tables: &mut Tables<'_>,
+    inb: &Inbound,
+    b: &Bounce,
+    now: Millis,
+) -> Result<Outcome, StoreError> {
+    let p = &inb.parsed;
+    let mut found = None;
+    for id in &b.original_message_ids {
+        if let Some(t) = tables.ticket_for_message_id(id)? {
+            found = Some((t, ThreadedBy::InReplyTo, Some(id.clone())));
+            break;
+        }
+    }
+    if found.is_none() {
+        if let Some(t) = b.original_ticket.filter(|t| *t > 0) {
+            if tables.ticket_exists(t)? {
+                found = Some((t, ThreadedBy::PlusAddress, None));
+            }
+        }
+    }
+    let ticket = match &found {
+        Some((id, _, _)) => follow_merges(tables, *id)?,
+        None => None,
+    };
+    let seq = tables.next_message_seq();
+    let rec = MessageRec {
+        seq,
+        ticket: ticket.as_ref().map(|t| t.id),
+        message_id: p.message_id.clone(),
+        direction: Direction::In,
+        kind: "bounce".into(),
+        from: p.from.clone(),
+        to: p.to.clone(),
+        subject: p.subject.clone(),
+        date: p.date,
+        received_at: inb.received_at,
+        mail_from: inb.mail_from.clone(),
+        rcpt: inb.rcpt.clone(),
+        channel: inb.channel.clone(),
+        size: inb.raw.len() as u64,
+        text: p.text.clone(),
+    };
+    tables.put_message(&rec, &inb.raw)?;
+    crate::metrics::inc(&crate::metrics::METRICS.bounces);
+    let Some(mut ticket) = ticket else {
+        return Ok(Outcome::Kept { duplicate: false });
+    };
+    let recipients: Vec<serde_json::Value> = b
+        .recipients
+        .iter()
+        .map(|r| json!({"address": r.address, "status": r.status, "action": r.action, "diagnostic": r.diagnostic}))
+        .collect();
+    let who = b
+        .recipients
+        .iter()
+        .map(|r| match &r.status {
+            Some(s) => format!("{} ({s})", r.address),
+            None => r.address.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let original = found
+        .as_ref()
+        .and_then(|(_, _, id)| id.as_deref())
+        .map(bracketed);
+    tables.event(
+        ticket.id,
+        now,
+        "bounce",
+        json!({
+            "summary": format!(
+                "delivery {} for {}{}",
+                b.action,
+                if who.is_empty() { "an unnamed recipient".to_string() } else { who },
+                original.as_ref().map(|o| format!(" of {o}")).unwrap_or_default()
+            ),
+            "action": b.action,
+            "recipients": recipients,
+            "original_message_id": original,
+            "message_id": bracketed(&p.message_id),
+            "standard": b.standard,
+        }),
+    )?;
+    ticket.updated_at = now;
+    tables.put_ticket(&ticket)?;
+    let by = found.map_or(ThreadedBy::New, |(_, by, _)| by);
+    Ok(Outcome::Ticket {
+        id: ticket.id,
+        created: false,
+        duplicate: false,
+        by,
+    })
 }
 
 pub(super) fn facts(t: &TicketRec) -> automation::TicketFacts<'_> {

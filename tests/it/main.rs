@@ -27,6 +27,7 @@ mod support;
 
 mod admin;
 mod automation;
+mod bounce;
 mod corpus;
 mod import;
 mod lifecycle;
