@@ -228,15 +228,8 @@ fn import(args: ImportArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("postdesk: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::from(1);
     };
     match runtime.block_on(postdesk::import::run(config, source, args.channel)) {
         Ok(summary) => {
@@ -254,6 +247,19 @@ fn import(args: ImportArgs) -> ExitCode {
     }
 }
 
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("postdesk: cannot start the runtime: {e}");
+            None
+        }
+    }
+}
+
 fn serve(path: &std::path::Path, json_logs: bool) -> ExitCode {
     telemetry::init(json_logs);
     // Two rustls crypto providers are in the tree; without a process default
@@ -267,15 +273,8 @@ fn serve(path: &std::path::Path, json_logs: bool) -> ExitCode {
             return ExitCode::from(EX_CONFIG as u8);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("postdesk: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::from(1);
     };
     runtime.block_on(async {
         let bound = match daemon::bind(config).await {

@@ -43,6 +43,30 @@ pub struct Inbound {
     pub bounce: Option<Bounce>,
 }
 
+impl Inbound {
+    /// The stored row of this message.
+    fn record(&self, seq: u64, ticket: Option<TicketId>, kind: &str) -> MessageRec {
+        let p = &self.parsed;
+        MessageRec {
+            seq,
+            ticket,
+            message_id: p.message_id.clone(),
+            direction: Direction::In,
+            kind: kind.into(),
+            from: p.from.clone(),
+            to: p.to.clone(),
+            subject: p.subject.clone(),
+            date: p.date,
+            received_at: self.received_at,
+            mail_from: self.mail_from.clone(),
+            rcpt: self.rcpt.clone(),
+            channel: self.channel.clone(),
+            size: self.raw.len() as u64,
+            text: p.text.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// On a ticket (new or existing).
@@ -303,23 +327,7 @@ pub(super) fn apply_inbound(
     } else {
         "email"
     };
-    let rec = MessageRec {
-        seq,
-        ticket: ticket.as_ref().map(|t| t.id),
-        message_id: p.message_id.clone(),
-        direction: Direction::In,
-        kind: kind.into(),
-        from: p.from.clone(),
-        to: p.to.clone(),
-        subject: p.subject.clone(),
-        date: p.date,
-        received_at: inb.received_at,
-        mail_from: inb.mail_from.clone(),
-        rcpt: inb.rcpt.clone(),
-        channel: inb.channel.clone(),
-        size: inb.raw.len() as u64,
-        text: p.text.clone(),
-    };
+    let rec = inb.record(seq, ticket.as_ref().map(|t| t.id), kind);
     tables.put_message(&rec, &inb.raw)?;
 
     let Some(ticket) = ticket.as_mut() else {
@@ -443,23 +451,7 @@ fn apply_bounce(
         None => None,
     };
     let seq = tables.next_message_seq();
-    let rec = MessageRec {
-        seq,
-        ticket: ticket.as_ref().map(|t| t.id),
-        message_id: p.message_id.clone(),
-        direction: Direction::In,
-        kind: "bounce".into(),
-        from: p.from.clone(),
-        to: p.to.clone(),
-        subject: p.subject.clone(),
-        date: p.date,
-        received_at: inb.received_at,
-        mail_from: inb.mail_from.clone(),
-        rcpt: inb.rcpt.clone(),
-        channel: inb.channel.clone(),
-        size: inb.raw.len() as u64,
-        text: p.text.clone(),
-    };
+    let rec = inb.record(seq, ticket.as_ref().map(|t| t.id), "bounce");
     tables.put_message(&rec, &inb.raw)?;
     crate::metrics::inc(&crate::metrics::METRICS.bounces);
     let Some(mut ticket) = ticket else {
