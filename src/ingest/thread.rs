@@ -111,13 +111,16 @@ impl SubjectTag {
                     }
                 }
             }
-            if self.prefix.is_empty() {
-                rest = &rest[rest.chars().next().map_or(1, char::len_utf8)..];
+            // Advance past this match (one character when the prefix is
+            // empty); `get` so that an empty subject cannot slice past its end.
+            let step = if self.prefix.is_empty() {
+                rest.chars().next().map_or(1, char::len_utf8)
             } else {
-                rest = &rest[pos + self.prefix.len()..];
-            }
-            if rest.is_empty() {
-                break;
+                pos + self.prefix.len()
+            };
+            match rest.get(step..) {
+                Some(r) if !r.is_empty() => rest = r,
+                _ => break,
             }
         }
         None
@@ -381,5 +384,8 @@ mod tests {
         let odd = SubjectTag::new("(Ticket {id})");
         assert_eq!(odd.find("Re: (Ticket 44) x"), Some(44));
         assert_eq!(SubjectTag::new("none").find("[#1]"), None);
+        // Found by tests/fuzz.rs: a pattern starting with {id} and an empty subject.
+        assert_eq!(SubjectTag::new("{id}]").find(""), None);
+        assert_eq!(SubjectTag::new("{id}]").find("7]"), Some(7));
     }
 }
