@@ -317,8 +317,10 @@ pub async fn run(
                 }
             };
             let inb = inbound(&config, raw, &channel);
-            let store = store.clone();
-            in_flight.spawn(async move { store.ingest(inb).await.map_err(|e| e.to_string()) });
+            // Submitted here, in mailbox order, so a thread is built in the
+            // order it was written; only the waiting is concurrent.
+            let done = store.submit(inb);
+            in_flight.spawn(async move { done.await.map_err(|e| e.to_string()) });
         }
         while let Some(done) = in_flight.join_next().await {
             tally(&mut summary, done, &bar);

@@ -207,6 +207,33 @@ impl Store {
         }
     }
 
+    /// Queues one inbound message now (so messages submitted one after the
+    /// other are applied in that order) and returns a future of its outcome.
+    pub fn submit(
+        &self,
+        inbound: Inbound,
+    ) -> impl std::future::Future<Output = Result<Outcome, StoreError>> + Send + 'static {
+        let (reply, rx) = oneshot::channel();
+        let sent = self
+            .tx
+            .send(WriterMsg::Job(Job {
+                cmd: StoreCmd::Ingest(Box::new(inbound)),
+                reply,
+            }))
+            .is_ok();
+        async move {
+            if !sent {
+                return Err(StoreError::Unavailable);
+            }
+            match rx.await.map_err(|_| StoreError::Unavailable)?? {
+                Done::Ingested(o) => Ok(o),
+                other => Err(StoreError::Corrupt(format!(
+                    "unexpected writer answer {other:?}"
+                ))),
+            }
+        }
+    }
+
     /// Runs an operator command; see [`StoreCmd`].
     pub async fn command(&self, cmd: StoreCmd) -> Result<Done, StoreError> {
         self.run(cmd).await
