@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""targets.py DIR - issue 7's targets, checked against one run.sh measurement.
+
+DIR is one measurement of run.sh (DIR/anchors/summary.json from anchors.sh,
+DIR/anchors/mem.jsonl, DIR/anchors/daemon-stats.json from the daemon's admin
+`stats` and `health` just before it was stopped, DIR/sessions.json from
+sessions.py, DIR/fill.json when the store was pre-filled). Prints what the
+daemon did (so a fast number cannot hide skipped work: duplicates, 451s,
+tickets, threading, emails queued) and each target as met / NOT met / n/a.
+
+Targets (4 KiB, 1 message per connection, ratios from the same run):
+  postdesk >= 2x Postfix at C=1, >= 4x Postfix at C=8 and C=32,
+  >= 0.5x smtp-sink at C=32; p99 (end of DATA -> 250) at C=32 <= 1/3 of
+  Postfix's (smtp-load.py: the only client with latencies); peak RSS <= 64 MiB
+  at C=32 and with 256 sessions open. smtp-source is the primary client for
+  the throughput ratios (it is the cheapest: client CPU is CPU the servers
+  don't get); smtp-load.py's ratios are shown too.
+"""
+import json
+import os
+import sys
+
+MIB = 1024.0
+
+
+def jl(path):
+    rows = []
+    if os.path.exists(path):
+        for line in open(path):
+            line = line.strip()
+            if line.startswith("{"):
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    pass
+    return rows
+
+
+def objects(path):
+    """Consecutive (pretty-printed) JSON objects in one file."""
+    out, dec = [], json.JSONDecoder()
+    if os.path.exists(path):
+        text, i = open(path).read(), 0
+        while True:
+            while i < len(text) and text[i].isspace():
+                i += 1
+            if i >= len(text):
+                break
+            try:
+                obj, i = dec.raw_decode(text, i)
+            except ValueError:
+                break
+            out.append(obj)
+    return out
+
+
+def main():
+    d = sys.argv[1]
+    a = os.path.join(d, "anchors")
+    summary = json.load(open(os.path.join(a, "summary.json"))) if os.path.exists(
+        os.path.join(a, "summary.json")) else []
+    cell = {(r["client"], r["target"], r["size"], r["msgs_per_conn"], r["concurrency"]): r
+            for r in summary}
+    mem = jl(os.path.join(a, "mem.jsonl"))
+    stats = objects(os.path.join(a, "daemon-stats.json"))
+    sess = jl(os.path.join(d, "sessions.json"))
+    fill = json.load(open(os.path.join(d, "fill.json"))) if os.path.exists(
+        os.path.join(d, "fill.json")) else None
+
+    print("\n== %s" % d)
+    fc = jl(os.path.join(d, "foreign-cpu.json"))
+    if fc:
+        f = fc[0]
+        print("foreign CPU during the measurement: %s of %s 5-s intervals had another process above "
+              "10%% of a core (%.0f CPU-s in total%s); steal up to %.0f%%" % (
+                  f["intervals_with_foreign_cpu"], f["samples"], f["foreign_cpu_s"],
+                  (": " + ", ".join("%s %.0f s" % (c, t) for c, t in f["top"])) if f["top"] else "",
+                  f["steal_max_pct"]))
+    if fill:
+        print("store pre-filled with %d tickets (bulk import: %.1f s for %d messages = %.0f msgs/s; "
+              "database %.2f GiB)" % (fill["tickets_created"], fill["import_s"], fill["imported"],
+                                      fill["import_msgs_per_s"] or 0, (fill["db_bytes"] or 0) / 2**30))
+    if stats:
+        s = stats[0].get("data", {})
+        h = stats[1].get("data", {}) if len(stats) > 1 else {}
+        cb = s.get("commit_batch_size", {})
+        cl = s.get("commit_latency", {})
+        em = s.get("emails", {})
+        print("daemon at the end (admin stats/health): received %s, tickets created %s, threaded %s, "
+              "duplicates %s, 451 %s, 421 %s; emails queued %s sent %s deferred %s failed %s; "
+              "suppressed %s; commits %s, mean batch %.1f msgs, mean commit %.2f ms; tickets in store %s, "
+              "outbox pending %s" % (
+                  s.get("received"), s.get("tickets_created"), s.get("threaded_by"),
+                  s.get("duplicates"), s.get("refused_451"), s.get("sessions_refused_421"),
+                  em.get("queued"), em.get("sent"), em.get("deferred"), em.get("failed"),
+                  s.get("suppressed"), s.get("store_commits"),
+                  (cb.get("sum", 0) / cb["count"]) if cb.get("count") else 0,
+                  (cl.get("sum", 0) / cl["count"]) if cl.get("count") else 0,
+                  h.get("tickets"), h.get("outbox_pending")))
+
+    def get(client, target, c, size=4096, mode=1):
+        return cell.get((client, target, size, mode, c))
+
+    def line(name, ok, detail):
+        state = "n/a    " if ok is None else ("met    " if ok else "NOT met")
+        print("  %-52s %s  %s" % (name, state, detail))
+
+    print("targets (4 KiB, 1 msg/conn):")
+    for client in ("source", "load"):
+        label = {"source": "smtp-source", "load": "smtp-load.py"}[client]
+        for c, want in ((1, 2.0), (8, 4.0), (32, 4.0)):
+            r = get(client, "daemon", c)
+            v = r and r.get("vs_postfix")
+            line("%s: postdesk >= %.0fx Postfix at C=%d" % (label, want, c),
+                 None if v is None else v >= want,
+                 "-" if v is None else "%.2fx (%.0f vs %.0f msgs/s)" % (
+                     v, r["msgs_per_s_median"], get(client, "postfix", c)["msgs_per_s_median"]))
+        r = get(client, "daemon", 32)
+        v = r and r.get("vs_sink")
+        line("%s: postdesk >= 0.5x smtp-sink at C=32" % label, None if v is None else v >= 0.5,
+             "-" if v is None else "%.2fx (%.0f vs %.0f msgs/s)" % (
+                 v, r["msgs_per_s_median"], get(client, "sink", 32)["msgs_per_s_median"]))
+    r, p = get("load", "daemon", 32), get("load", "postfix", 32)
+    if r and p and r.get("p99_ms") == r.get("p99_ms") and p.get("p99_ms"):
+        line("p99 end of DATA -> 250 at C=32 <= 1/3 Postfix's", r["p99_ms"] <= p["p99_ms"] / 3,
+             "%.2f ms vs Postfix %.2f ms (limit %.2f); p50 %.2f vs %.2f" % (
+                 r["p99_ms"], p["p99_ms"], p["p99_ms"] / 3, r["p50_ms"], p["p50_ms"]))
+    else:
+        line("p99 end of DATA -> 250 at C=32 <= 1/3 Postfix's", None, "-")
+    m = [x for x in mem if x.get("label") == "daemon" and x.get("concurrency") == 32
+         and x.get("size") == 4096 and x.get("mode") == 1]
+    if m:
+        peak = max(x.get("peak_rss_kib") or 0 for x in m) / MIB
+        line("peak RSS <= 64 MiB at C=32 (4 KiB, 1 msg/conn)", peak <= 64,
+             "%.1f MiB (sampled every 0.25 s during those runs)" % peak)
+    else:
+        line("peak RSS <= 64 MiB at C=32", None, "-")
+    allm = [x for x in mem if x.get("label") == "daemon"]
+    if allm:
+        hwm = max(x.get("hwm_kib") or 0 for x in allm) / MIB
+        print("  (daemon VmHWM over the whole matrix, every size: %.1f MiB)" % hwm)
+    if sess:
+        s = sess[0]
+        hwm = max(s.get(k, {}).get("vmhwm_kib") or 0 for k in ("idle", "in_data", "committed", "after"))
+        line("peak RSS <= 64 MiB with %d sessions open" % s["k"], hwm / MIB <= 64 and "error" not in s,
+             "VmHWM %.1f MiB; RSS idle %.1f, in DATA (%d KiB each) %.1f, after %d commits %.1f MiB%s" % (
+                 hwm / MIB, (s.get("idle", {}).get("vmrss_kib") or 0) / MIB, s["body_bytes"] // 1024,
+                 (s.get("in_data", {}).get("vmrss_kib") or 0) / MIB, s["k"],
+                 (s.get("committed", {}).get("vmrss_kib") or 0) / MIB,
+                 ("; ERROR " + s["error"]) if "error" in s else ""))
+        print("  (sessions probe reply codes: %s)" % s.get("codes"))
+
+
+if __name__ == "__main__":
+    main()
