@@ -103,7 +103,7 @@ pub struct Bound {
 }
 
 pub async fn bind(config: Config) -> Result<Bound, BindError> {
-    let (store, writer) = Store::open(&config.server.data_dir)?;
+    let (store, writer) = Store::open(&config.server.data_dir, Arc::new(config.clone()))?;
     let mut listeners = Vec::new();
     let mut smtp_addrs = Vec::new();
     for addr in &config.server.listen {

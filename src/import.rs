@@ -121,23 +121,16 @@ pub fn inbound(config: &Arc<Config>, raw: Vec<u8>, default_channel: &str) -> Inb
         .map(|f| f.email.clone())
         .unwrap_or_default();
     let received_at = parsed.date.unwrap_or_else(clock::now_millis);
-    let bounce = if ingest::maybe_bounce(&parsed, &mail_from) {
-        ingest::bounce::detect(&raw, &mail_from)
-    } else {
-        None
-    };
-    Inbound {
-        config: config.clone(),
+    Inbound::new(
+        config.clone(),
         raw,
-        parsed,
         mail_from,
         rcpt,
         channel,
         plus,
         received_at,
-        imported: true,
-        bounce,
-    }
+        true,
+    )
 }
 
 /// What an import did.
@@ -293,12 +286,13 @@ pub async fn run(
             bar.inc(1);
         }
     } else {
-        let (store, writer) = crate::store::Store::open(&config.server.data_dir).map_err(|e| {
-            format!(
-                "{e} (if the daemon is running, its admin socket {} did not answer)",
-                socket.display()
-            )
-        })?;
+        let (store, writer) = crate::store::Store::open(&config.server.data_dir, config.clone())
+            .map_err(|e| {
+                format!(
+                    "{e} (if the daemon is running, its admin socket {} did not answer)",
+                    socket.display()
+                )
+            })?;
         // Keep up to 64 messages in flight so the writer can group-commit.
         let mut in_flight = tokio::task::JoinSet::new();
         for item in items {

@@ -69,6 +69,9 @@ pub struct Metrics {
     pub emails_failed: AtomicU64,
     pub bounces: AtomicU64,
     pub store_commits: AtomicU64,
+    /// Durable redb commits (journal checkpoints), a subset of the commits
+    /// plus the idle ones.
+    pub store_checkpoints: AtomicU64,
     pub sessions_refused: AtomicU64,
     /// End of DATA → 250 (parse, thread, commit), milliseconds.
     pub receive_to_commit_ms: Histogram,
@@ -76,6 +79,8 @@ pub struct Metrics {
     pub commit_batch: Histogram,
     /// fsync'd commit duration, milliseconds.
     pub commit_ms: Histogram,
+    /// Durable redb commits (journal checkpoints): their own latency.
+    pub checkpoint_ms: Histogram,
 }
 
 pub static METRICS: Metrics = Metrics {
@@ -92,10 +97,12 @@ pub static METRICS: Metrics = Metrics {
     emails_failed: AtomicU64::new(0),
     bounces: AtomicU64::new(0),
     store_commits: AtomicU64::new(0),
+    store_checkpoints: AtomicU64::new(0),
     sessions_refused: AtomicU64::new(0),
     receive_to_commit_ms: Histogram::new(MS_BOUNDS),
     commit_batch: Histogram::new(BATCH_BOUNDS),
     commit_ms: Histogram::new(MS_BOUNDS),
+    checkpoint_ms: Histogram::new(MS_BOUNDS),
 };
 
 pub fn inc(c: &AtomicU64) {
@@ -131,8 +138,10 @@ pub fn snapshot() -> Value {
         },
         "bounces": m.bounces.load(Relaxed),
         "store_commits": m.store_commits.load(Relaxed),
+        "store_checkpoints": m.store_checkpoints.load(Relaxed),
         "commit_batch_size": m.commit_batch.snapshot("messages"),
         "commit_latency": m.commit_ms.snapshot("ms"),
+        "checkpoint_latency": m.checkpoint_ms.snapshot("ms"),
         "receive_to_commit_latency": m.receive_to_commit_ms.snapshot("ms"),
     })
 }

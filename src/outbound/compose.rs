@@ -9,7 +9,6 @@
 //! [`message_id`] is the exception: it mixes in random bits so that ids stay
 //! unique across restarts.
 
-use std::hash::BuildHasher;
 use std::time::{Duration, SystemTime};
 
 use lettre::message::header::{self, HeaderName, HeaderValue};
@@ -164,12 +163,20 @@ pub fn subject_tag(pattern: &str, ticket: u64) -> String {
 
 /// A fresh bare Message-ID at `hostname`: `t42.u17.5f0c9a1e33b2d4c8@desk.acme.example`.
 ///
-/// `unique` is a counter the caller never repeats within a process (the
-/// outbox sequence number, say); the 8 random bytes — std's per-process
-/// random SipHash keys, seeded by the OS — keep ids unique across restarts
-/// and across machines sharing a hostname.
-pub fn message_id(hostname: &str, ticket: u64, unique: u64) -> String {
-    let random = std::collections::hash_map::RandomState::new().hash_one((ticket, unique));
+/// `unique` is a counter the caller never repeats for one store (the outbox
+/// sequence number); `salt` is a random number drawn once per store, so that
+/// ids stay unique across stores sharing a hostname (a store created anew
+/// starts its counter again). The same inputs give the same id: recovering
+/// a batch from the store's journal re-creates the ids it had.
+pub fn message_id(hostname: &str, ticket: u64, unique: u64, salt: u64) -> String {
+    let mut h = Sha256::new();
+    h.update(salt.to_le_bytes());
+    h.update(ticket.to_le_bytes());
+    h.update(unique.to_le_bytes());
+    let digest = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    let random = u64::from_le_bytes(first);
     let host = if hostname.is_empty() {
         "localhost"
     } else {
@@ -607,9 +614,15 @@ mod tests {
 
     #[test]
     fn message_ids_are_fresh_and_well_formed() {
-        let a = message_id("desk.acme.example", 42, 17);
-        let b = message_id("desk.acme.example", 42, 17);
-        assert_ne!(a, b, "random bits differ even for the same counter");
+        let a = message_id("desk.acme.example", 42, 17, 1);
+        let b = message_id("desk.acme.example", 42, 17, 2);
+        assert_ne!(a, b, "another store's salt gives another id");
+        assert_eq!(
+            a,
+            message_id("desk.acme.example", 42, 17, 1),
+            "deterministic"
+        );
+        assert_ne!(a, message_id("desk.acme.example", 42, 18, 1));
         let (left, host) = a.split_once('@').unwrap();
         assert_eq!(host, "desk.acme.example");
         let parts: Vec<&str> = left.split('.').collect();
@@ -617,7 +630,7 @@ mod tests {
         assert_eq!(parts[2].len(), 16);
         assert!(parts[2].bytes().all(|b| b.is_ascii_hexdigit()));
         assert!(plausible_id(&a));
-        assert!(message_id("", 1, 1).ends_with("@localhost"));
+        assert!(message_id("", 1, 1, 0).ends_with("@localhost"));
     }
 
     #[test]

@@ -16,7 +16,6 @@ use super::command::{parse_path, verb, with_enhanced_code};
 use super::reader::{is_crlf, read_line, Read};
 use crate::clock;
 use crate::config::Config;
-use crate::ingest;
 use crate::metrics::{self, METRICS};
 use crate::store::{Inbound, Outcome, Store};
 
@@ -411,26 +410,17 @@ async fn data(
     let Some(channel) = channel else {
         return Ok(Some(b"554 5.5.1 Error: no valid recipients\r\n".to_vec()));
     };
-    let parsed = ingest::parse(&body);
-    // Off the commit path, and only for mail that may be one.
-    let bounce = if ingest::maybe_bounce(&parsed, &mail_from) {
-        ingest::bounce::detect(&body, &mail_from)
-    } else {
-        None
-    };
-    let message_id = parsed.message_id.clone();
-    let inbound = Inbound {
-        config: config.clone(),
-        raw: body,
-        parsed,
+    let inbound = Inbound::new(
+        config.clone(),
+        body,
         mail_from,
-        rcpt: rcpts,
-        channel: channel.clone(),
+        rcpts,
+        channel.clone(),
         plus,
-        received_at: clock::now_millis(),
-        imported: false,
-        bounce,
-    };
+        clock::now_millis(),
+        false,
+    );
+    let message_id = inbound.parsed.message_id.clone();
     let result = ctx.store.ingest(inbound).await;
     let ms = started.elapsed().as_millis() as u64;
     let m = &METRICS;

@@ -44,6 +44,40 @@ pub struct Inbound {
 }
 
 impl Inbound {
+    /// Parses `raw` and checks it for a bounce: the one way an inbound
+    /// message is built (SMTP, import, and journal recovery alike).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: Arc<Config>,
+        raw: Vec<u8>,
+        mail_from: String,
+        rcpt: Vec<String>,
+        channel: String,
+        plus: Option<TicketId>,
+        received_at: Millis,
+        imported: bool,
+    ) -> Inbound {
+        let parsed = crate::ingest::parse(&raw);
+        // Off the commit path, and only for mail that may be one.
+        let bounce = if crate::ingest::maybe_bounce(&parsed, &mail_from) {
+            crate::ingest::bounce::detect(&raw, &mail_from)
+        } else {
+            None
+        };
+        Inbound {
+            config,
+            raw,
+            parsed,
+            mail_from,
+            rcpt,
+            channel,
+            plus,
+            received_at,
+            imported,
+            bounce,
+        }
+    }
+
     /// The stored row of this message.
     fn record(&self, seq: u64, ticket: Option<TicketId>, kind: &str) -> MessageRec {
         let p = &self.parsed;
@@ -92,11 +126,13 @@ pub(super) struct Tables<'txn> {
     conversations: Table<'txn, u64, ()>,
     pub(super) outbox: Table<'txn, u64, &'static [u8]>,
     pub(super) outbox_due: Table<'txn, (u64, u64), ()>,
-    pub(super) auto_sent: Table<'txn, (&'static str, u64), ()>,
+    pub(super) auto_sent: Table<'txn, &'static str, &'static [u8]>,
     next_ticket: u64,
     next_message: u64,
     next_event: u64,
     pub(super) next_outbox: u64,
+    /// This store's Message-ID salt (see [`crate::outbound::compose::message_id`]).
+    pub(super) salt: u64,
     /// Set when this batch queued an email: the outbox worker is woken
     /// after the commit.
     pub(super) queued_mail: bool,
@@ -109,6 +145,7 @@ impl<'txn> Tables<'txn> {
         let next_message = counter(&meta, NEXT_MESSAGE)?;
         let next_event = counter(&meta, NEXT_EVENT)?;
         let next_outbox = counter(&meta, NEXT_OUTBOX)?;
+        let salt = meta.get(MESSAGE_ID_SALT)?.map_or(0, |v| v.value());
         Ok(Tables {
             meta,
             tickets: txn.open_table(TICKETS)?,
@@ -125,8 +162,14 @@ impl<'txn> Tables<'txn> {
             next_message,
             next_event,
             next_outbox,
+            salt,
             queued_mail: false,
         })
+    }
+
+    pub(super) fn meta_set(&mut self, key: &str, value: u64) -> Result<(), StoreError> {
+        self.meta.insert(key, value)?;
+        Ok(())
     }
 
     pub(super) fn save_counters(&mut self) -> Result<(), StoreError> {

@@ -13,6 +13,7 @@ use serde_json::json;
 
 use super::apply::Tables;
 use super::schema::*;
+use super::window;
 use super::StoreError;
 use crate::automation::{Agent, Effect};
 use crate::clock::Millis;
@@ -20,8 +21,6 @@ use crate::config::{Config, User};
 use crate::ingest::{bracketed, AutoReason};
 use crate::outbound::compose::{self, OutMail};
 use crate::outbound::render::{ChannelVars, ContactVars, MessageVars, TicketVars, Vars};
-
-const HOUR_MS: u64 = 3_600_000;
 
 /// What caused the effects: the inbound message's automatic-mail verdict,
 /// if the cause was an inbound message.
@@ -211,10 +210,7 @@ fn send_template(
         json!({"workflow": workflow, "action": action, "template": template}),
         now,
     )?;
-    tables
-        .auto_sent
-        .insert((to.as_str(), now.max(0) as u64), ())?;
-    Ok(())
+    record_auto_sent(tables, &to, now)
 }
 
 fn notify(
@@ -270,24 +266,29 @@ fn render_failed(
     )
 }
 
-/// Automatic emails to `addr` in the last hour; prunes older rows.
+/// Automatic emails to `addr` in the last hour (see [`super::window`]).
 fn recent_auto_sent(tables: &mut Tables<'_>, addr: &str, now: Millis) -> Result<u64, StoreError> {
-    let now = now.max(0) as u64;
-    let since = now.saturating_sub(HOUR_MS);
-    let stale: Vec<u64> = tables
+    let pairs = match tables.auto_sent.get(addr)? {
+        Some(v) => window::decode(v.value()),
+        None => return Ok(0),
+    };
+    Ok(window::count(&pairs, window::minute(now)))
+}
+
+/// Counts one automatic email to `addr`, dropping minutes older than the
+/// window from its record.
+fn record_auto_sent(tables: &mut Tables<'_>, addr: &str, now: Millis) -> Result<(), StoreError> {
+    let minute = window::minute(now);
+    let mut pairs = match tables.auto_sent.get(addr)? {
+        Some(v) => window::decode(v.value()),
+        None => Vec::new(),
+    };
+    window::prune(&mut pairs, minute);
+    window::record(&mut pairs, minute);
+    tables
         .auto_sent
-        .range((addr, 0)..(addr, since))?
-        .filter_map(|r| r.ok().map(|(k, _)| k.value().1))
-        .collect();
-    for at in stale {
-        tables.auto_sent.remove((addr, at))?;
-    }
-    let mut n = 0;
-    for row in tables.auto_sent.range((addr, since)..=(addr, u64::MAX))? {
-        row?;
-        n += 1;
-    }
-    Ok(n)
+        .insert(addr, window::encode(&pairs).as_slice())?;
+    Ok(())
 }
 
 fn vars(tables: &Tables<'_>, config: &Config, t: &TicketRec) -> Result<Vars, StoreError> {
@@ -372,7 +373,7 @@ pub(super) fn queue(
 ) -> Result<u64, StoreError> {
     let out_id = tables.next_outbox;
     tables.next_outbox += 1;
-    let message_id = compose::message_id(&config.server.hostname, ticket.id, out_id);
+    let message_id = compose::message_id(&config.server.hostname, ticket.id, out_id, tables.salt);
     let tag =
         crate::ingest::thread::SubjectTag::new(&config.outbound.subject_tag).render(ticket.id);
     let subject = compose::with_subject_tag(&draft.subject, &tag);

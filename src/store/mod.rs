@@ -6,9 +6,9 @@
 //!
 //! Invariants:
 //! - Durability is decided here and nowhere else: a [`Store::ingest`] call
-//!   returns `Ok` only after the write transaction holding the message was
-//!   committed with `Durability::Immediate` (fsync). Callers may say `250`
-//!   then, and only then.
+//!   returns `Ok` only after the message is on disk — in the [`journal`]
+//!   (synced) with redb committed in memory, or in redb committed with
+//!   `Durability::Immediate`. Callers may say `250` then, and only then.
 //! - Everything one message causes (message, raw bytes, Message-ID rows,
 //!   ticket, timeline) is written in the same transaction.
 //! - Messages that arrive together share one commit (group commit); each
@@ -19,9 +19,11 @@
 
 mod apply;
 mod effects;
+mod journal;
 mod ops;
 pub mod read;
 pub mod schema;
+mod window;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -50,6 +52,11 @@ pub enum StoreError {
     NotFound(String),
     #[error("{0}")]
     Invalid(String),
+    #[error("journal {path}: {source}")]
+    Journal {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot create data directory {path}: {source}")]
     DataDir {
         path: PathBuf,
@@ -67,7 +74,7 @@ impl StoreError {
                     | redb::Error::PreviousIo
                     | redb::Error::DatabaseClosed
                     | redb::Error::Backend(_)
-            )
+            ) | StoreError::Journal { .. }
         )
     }
 }
@@ -104,8 +111,15 @@ impl DbSlot {
     }
 }
 
+/// redb's page cache. Its default (1 GiB) would be most of the daemon's
+/// memory; the hot pages (indexes, recent tickets) fit in far less, and the
+/// OS page cache keeps the rest of the file warm anyway.
+const CACHE_BYTES: usize = 32 * 1024 * 1024;
+
 fn open_db(path: &Path) -> Result<Database, StoreError> {
-    let db = Database::builder().create(path)?;
+    let db = Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)?;
     Ok(db)
 }
 
@@ -168,8 +182,11 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) `data_dir/postdesk.redb` and starts the writer.
-    pub fn open(data_dir: &Path) -> Result<(Store, WriterHandle), StoreError> {
+    /// Opens (or creates) `data_dir/postdesk.redb` and its journal, applies
+    /// what the journal holds beyond the database (after a crash), and
+    /// starts the writer. `config` is what recovered messages are threaded
+    /// with.
+    pub fn open(data_dir: &Path, config: Arc<Config>) -> Result<(Store, WriterHandle), StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
             path: data_dir.to_path_buf(),
             source,
@@ -177,13 +194,16 @@ impl Store {
         let path = data_dir.join("postdesk.redb");
         let db = open_db(&path)?;
         writer::init_tables(&db)?;
+        let db = Arc::new(db);
         let slot = Arc::new(DbSlot {
             path,
-            db: RwLock::new(Some(Arc::new(db))),
+            db: RwLock::new(Some(db.clone())),
         });
+        let w = writer::Writer::open(slot.clone(), &db, config)?;
+        drop(db);
         let (tx, rx) = mpsc::channel();
         let outbox = Arc::new(Notify::new());
-        let handle = writer::spawn(slot.clone(), rx, tx.clone(), outbox.clone())?;
+        let handle = w.spawn(rx, tx.clone(), outbox.clone())?;
         Ok((Store { slot, tx, outbox }, handle))
     }
 

@@ -35,14 +35,22 @@ pub const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 /// (due at, outbox id) → (): the queued emails, soonest first. A row exists
 /// exactly while the email is `queued`.
 pub const OUTBOX_DUE: TableDefinition<(u64, u64), ()> = TableDefinition::new("outbox_due");
-/// (address, sent at) → (): automatic emails to contacts, for the
-/// per-contact hourly limit. Rows older than an hour are pruned.
-pub const AUTO_SENT: TableDefinition<(&str, u64), ()> = TableDefinition::new("auto_sent");
+/// address → automatic emails sent to it in the last hour, per minute
+/// ([`super::window`]), for the per-contact hourly limit.
+pub const AUTO_SENT: TableDefinition<&str, &[u8]> = TableDefinition::new("auto_sent_minutes");
+/// The first version's per-email rows (`(address, sent at) → ()`), dropped
+/// at open: the limit restarts its count once on upgrade.
+pub const AUTO_SENT_V0: TableDefinition<(&str, u64), ()> = TableDefinition::new("auto_sent");
 
 pub const NEXT_TICKET: &str = "next_ticket";
 pub const NEXT_MESSAGE: &str = "next_message";
 pub const NEXT_EVENT: &str = "next_event";
 pub const NEXT_OUTBOX: &str = "next_outbox";
+/// Random, drawn when the store is created: see
+/// [`crate::outbound::compose::message_id`].
+pub const MESSAGE_ID_SALT: &str = "message_id_salt";
+/// The last journal record applied (see [`super::journal`]).
+pub const JOURNAL_SEQ: &str = "journal_seq";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

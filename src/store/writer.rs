@@ -1,11 +1,22 @@
 //! The one thread that owns redb write transactions, and group commit.
 //!
 //! Loop: block for the first job, take whatever else is already queued (up
-//! to [`MAX_BATCH`]), apply them all in one write transaction, commit once
-//! with `Durability::Immediate`, then answer every job of the batch. If the
-//! batch fails, each job is retried alone so one bad message cannot fail its
-//! neighbours; a storage error answers only its own job. After an I/O error
-//! the database is reopened before the next batch.
+//! to [`MAX_BATCH`]), apply them all in one write transaction, make that
+//! durable once, then answer every job of the batch. Durable means one of:
+//! - the batch's inputs were appended to the [`journal`](super::journal) and
+//!   synced, and redb committed it with `Durability::None` (the usual case:
+//!   one small sequential write and one `fdatasync` per batch);
+//! - redb committed it with `Durability::Immediate` — a checkpoint, which
+//!   also makes every earlier journaled batch durable in redb, after which
+//!   the journal starts over. A batch is a checkpoint when it holds an admin
+//!   command, when the journal is full or failing, and at least every
+//!   [`CHECKPOINT_INTERVAL`]; an idle writer checkpoints what is pending
+//!   after [`IDLE_CHECKPOINT`].
+//!
+//! If the batch fails, each job is retried alone so one bad message cannot
+//! fail its neighbours; a storage error answers only its own job. After an
+//! I/O error the database is reopened, and the journal replayed into it,
+//! before the next batch.
 
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
@@ -13,10 +24,12 @@ use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableTable, WriteTransaction};
 
-use super::apply::{apply_inbound, Tables};
+use super::apply::{apply_inbound, Inbound, Tables};
+use super::journal::{self, Entry, Journal, CHECKPOINT_INTERVAL, IDLE_CHECKPOINT};
 use super::schema::*;
-use super::{open_db, ops, DbSlot, Done, Job, StoreCmd, StoreError, WriterMsg};
-use crate::clock;
+use super::{open_db, ops, DbSlot, Delivery, Done, Job, StoreCmd, StoreError, WriterMsg};
+use crate::clock::{self, Millis};
+use crate::config::Config;
 
 pub const MAX_BATCH: usize = 256;
 
@@ -35,27 +48,463 @@ impl WriterHandle {
     }
 }
 
-pub(super) fn spawn(
+/// The writer's state besides the database slot.
+pub(super) struct Writer {
     slot: Arc<DbSlot>,
-    rx: mpsc::Receiver<WriterMsg>,
-    tx: mpsc::Sender<WriterMsg>,
-    outbox: Arc<tokio::sync::Notify>,
-) -> Result<WriterHandle, StoreError> {
-    let thread = std::thread::Builder::new()
-        .name("store-writer".into())
-        .spawn(move || run(&slot, &rx, &outbox))
-        .map_err(|e| StoreError::Db(redb::Error::Io(e)))?;
-    Ok(WriterHandle {
-        thread: Some(thread),
-        tx,
-    })
+    journal: Journal,
+    /// The sequence number of the next journal record.
+    next_seq: u64,
+    /// Batches committed without `Durability::Immediate` since the last
+    /// checkpoint (they are durable in the journal only).
+    pending: bool,
+    last_checkpoint: Instant,
+    /// [`CHECKPOINT_INTERVAL`] and [`IDLE_CHECKPOINT`], unless
+    /// `POSTDESK_CHECKPOINT_MS` sets both (tests use it to crash between
+    /// checkpoints on purpose).
+    checkpoint_every: Duration,
+    checkpoint_idle: Duration,
+    /// redb was (re)opened and the journal not yet replayed into it.
+    must_recover: bool,
+    /// The configuration journal recovery applies messages with: the one
+    /// the store was opened with, then the newest a job carried.
+    config: Arc<Config>,
 }
 
-/// Creates every table so that readers never meet a missing one.
+impl Writer {
+    /// Opens the journal next to the database and replays what it holds
+    /// beyond redb's last durable commit, then checkpoints.
+    pub(super) fn open(
+        slot: Arc<DbSlot>,
+        db: &Database,
+        config: Arc<Config>,
+    ) -> Result<Writer, StoreError> {
+        let path = slot.path.with_file_name("postdesk.journal");
+        let journal = Journal::open(&path).map_err(|e| StoreError::Journal {
+            path: path.clone(),
+            source: e,
+        })?;
+        let mut w = Writer {
+            slot,
+            journal,
+            next_seq: 1,
+            pending: false,
+            last_checkpoint: Instant::now(),
+            checkpoint_every: CHECKPOINT_INTERVAL,
+            checkpoint_idle: IDLE_CHECKPOINT,
+            must_recover: true,
+            config,
+        };
+        if let Some(ms) = std::env::var("POSTDESK_CHECKPOINT_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            w.checkpoint_every = Duration::from_millis(ms);
+            w.checkpoint_idle = Duration::from_millis(ms);
+        }
+        w.recover(db)?;
+        Ok(w)
+    }
+
+    pub(super) fn spawn(
+        self,
+        rx: mpsc::Receiver<WriterMsg>,
+        tx: mpsc::Sender<WriterMsg>,
+        outbox: Arc<tokio::sync::Notify>,
+    ) -> Result<WriterHandle, StoreError> {
+        let thread = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || self.run(&rx, &outbox))
+            .map_err(|e| StoreError::Db(redb::Error::Io(e)))?;
+        Ok(WriterHandle {
+            thread: Some(thread),
+            tx,
+        })
+    }
+
+    fn run(mut self, rx: &mpsc::Receiver<WriterMsg>, outbox: &tokio::sync::Notify) {
+        let mut stopping = false;
+        while !stopping {
+            let mut batch = Vec::new();
+            let first = if self.pending {
+                let wait = self
+                    .checkpoint_every
+                    .saturating_sub(self.last_checkpoint.elapsed())
+                    .min(self.checkpoint_idle);
+                match rx.recv_timeout(wait) {
+                    Ok(m) => Ok(m),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        self.checkpoint_now();
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => Err(()),
+                }
+            } else {
+                rx.recv().map_err(|_| ())
+            };
+            match first {
+                Ok(WriterMsg::Job(job)) => batch.push(job),
+                Ok(WriterMsg::Shutdown) | Err(()) => break,
+            }
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(WriterMsg::Job(job)) => batch.push(job),
+                    Ok(WriterMsg::Shutdown) => {
+                        stopping = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            if self.process(batch) {
+                outbox.notify_one();
+            }
+        }
+        // Jobs still queued behind the shutdown get a clean refusal (→ 451).
+        while let Ok(msg) = rx.try_recv() {
+            if let WriterMsg::Job(job) = msg {
+                let _ = job.reply.send(Err(StoreError::Unavailable));
+            }
+        }
+        if self.pending {
+            self.checkpoint_now();
+        }
+        tracing::debug!("store writer stopped");
+    }
+
+    /// The database, reopened and brought up to the journal if need be.
+    fn ready(&mut self) -> Result<Arc<Database>, StoreError> {
+        let db = ensure_open(&self.slot)?;
+        if self.must_recover {
+            if let Err(e) = self.recover(&db) {
+                reopen_if_needed(&self.slot, db, &e);
+                return Err(e);
+            }
+        }
+        Ok(db)
+    }
+
+    /// Applies the journal records beyond redb's durable `journal_seq`, in
+    /// order, and checkpoints them. After this, redb holds every batch that
+    /// was ever answered.
+    fn recover(&mut self, db: &Database) -> Result<(), StoreError> {
+        let durable = {
+            let txn = redb::ReadableDatabase::begin_read(db)?;
+            let meta = txn.open_table(META)?;
+            let seq = meta.get(JOURNAL_SEQ)?.map_or(0, |v| v.value());
+            seq
+        };
+        let bytes = self.journal.read_all().map_err(|e| StoreError::Journal {
+            path: self.journal.path().to_path_buf(),
+            source: e,
+        })?;
+        let records = journal::scan(&bytes, durable);
+        let mut last = durable;
+        let txn = begin(db, Durability::Immediate)?;
+        {
+            let mut tables = Tables::open(&txn)?;
+            for (seq, payload) in &records {
+                let Some((now, entries)) = journal::decode(payload) else {
+                    tracing::error!(
+                        seq,
+                        "journal record cannot be decoded; recovery stops before it"
+                    );
+                    break;
+                };
+                for entry in entries {
+                    let cmd = self.command(entry);
+                    // A record's entries were applied together once; only a
+                    // changed configuration could make one fail now. Keep
+                    // going: the rest of the journal matters more.
+                    if let Err(e) = apply(&mut tables, &cmd, now) {
+                        tracing::error!(seq, error = %e, "journal entry failed to apply; skipped");
+                    }
+                }
+                last = *seq;
+            }
+            tables.meta_set(JOURNAL_SEQ, last)?;
+            tables.save_counters()?;
+        }
+        txn.commit()?;
+        if !records.is_empty() {
+            tracing::info!(
+                records = records.len(),
+                from = durable + 1,
+                to = last,
+                "store recovered from the journal"
+            );
+        }
+        self.journal.restart();
+        self.next_seq = last + 1;
+        self.pending = false;
+        self.last_checkpoint = Instant::now();
+        self.must_recover = false;
+        Ok(())
+    }
+
+    /// A store command rebuilt from a journal entry.
+    fn command(&self, entry: Entry<'_>) -> StoreCmd {
+        match entry {
+            Entry::Ingest {
+                raw,
+                mail_from,
+                rcpt,
+                channel,
+                plus,
+                received_at,
+                imported,
+            } => StoreCmd::Ingest(Box::new(Inbound::new(
+                self.config.clone(),
+                raw.to_vec(),
+                mail_from.to_string(),
+                rcpt.into_iter().map(String::from).collect(),
+                channel.to_string(),
+                plus,
+                received_at,
+                imported,
+            ))),
+            Entry::Delivered { id, kind, detail } => StoreCmd::Delivered {
+                id,
+                result: match kind {
+                    0 => Delivery::Sent,
+                    1 => Delivery::Transient(detail.to_string()),
+                    _ => Delivery::Permanent(detail.to_string()),
+                },
+            },
+        }
+    }
+
+    /// A checkpoint with nothing else to commit: makes the journaled
+    /// batches durable in redb and restarts the journal.
+    fn checkpoint_now(&mut self) {
+        let result = self.ready().and_then(|db| {
+            let txn = begin(&db, Durability::Immediate)?;
+            let started = Instant::now();
+            txn.commit()?;
+            crate::metrics::METRICS
+                .checkpoint_ms
+                .observe(started.elapsed().as_millis() as u64);
+            Ok(db)
+        });
+        match result {
+            Ok(_) => self.checkpointed(),
+            Err(e) => {
+                tracing::error!(error = %e, "checkpoint failed; the journal keeps the pending batches");
+                if e.needs_reopen() {
+                    self.must_recover = true;
+                    if let Ok(db) = self.slot.get() {
+                        reopen_if_needed(&self.slot, db, &e);
+                    }
+                }
+                // Try again one interval later, not in a busy loop.
+                self.last_checkpoint = Instant::now();
+            }
+        }
+    }
+
+    fn checkpointed(&mut self) {
+        self.journal.restart();
+        self.pending = false;
+        self.last_checkpoint = Instant::now();
+        crate::metrics::inc(&crate::metrics::METRICS.store_checkpoints);
+    }
+
+    /// Commits one batch and answers its jobs; returns whether an email was
+    /// queued (so the outbox worker is woken).
+    fn process(&mut self, batch: Vec<Job>) -> bool {
+        for job in &batch {
+            if let StoreCmd::Ingest(inb) = &job.cmd {
+                if !Arc::ptr_eq(&inb.config, &self.config) {
+                    self.config = inb.config.clone();
+                }
+            }
+        }
+        let started = Instant::now();
+        let size = batch.len();
+        let result = self.ready().and_then(|db| {
+            let r = self.commit_batch(&db, &batch);
+            if let Err(e) = &r {
+                self.failed(db, e);
+            }
+            r
+        });
+        match result {
+            Ok((outcomes, queued)) => {
+                let m = &crate::metrics::METRICS;
+                crate::metrics::inc(&m.store_commits);
+                m.commit_batch.observe(size as u64);
+                m.commit_ms.observe(started.elapsed().as_millis() as u64);
+                for (job, outcome) in batch.into_iter().zip(outcomes) {
+                    let _ = job.reply.send(Ok(outcome));
+                }
+                queued
+            }
+            Err(e) if size == 1 => {
+                if !matches!(e, StoreError::NotFound(_) | StoreError::Invalid(_)) {
+                    tracing::error!(error = %e, "commit failed");
+                }
+                if let Some(job) = batch.into_iter().next() {
+                    let _ = job.reply.send(Err(e));
+                }
+                false
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, batch = size, "batch commit failed; retrying one by one");
+                let mut queued = false;
+                for job in batch {
+                    let result = self.ready().and_then(|db| {
+                        let r = self.commit_batch(&db, std::slice::from_ref(&job));
+                        if let Err(e) = &r {
+                            self.failed(db, e);
+                        }
+                        r
+                    });
+                    match result {
+                        Ok((mut outcomes, q)) => {
+                            queued |= q;
+                            if let Some(o) = outcomes.pop() {
+                                let _ = job.reply.send(Ok(o));
+                            }
+                        }
+                        Err(e) => {
+                            if !matches!(e, StoreError::NotFound(_) | StoreError::Invalid(_)) {
+                                tracing::error!(error = %e, "commit failed");
+                            }
+                            let _ = job.reply.send(Err(e));
+                        }
+                    }
+                }
+                queued
+            }
+        }
+    }
+
+    /// After a failed commit: an I/O error means reopening redb, which
+    /// drops every batch not yet checkpointed from it, so the journal must
+    /// be replayed before the next batch.
+    fn failed(&mut self, db: Arc<Database>, e: &StoreError) {
+        if e.needs_reopen() {
+            self.must_recover = true;
+        }
+        reopen_if_needed(&self.slot, db, e);
+    }
+
+    fn commit_batch(
+        &mut self,
+        db: &Database,
+        batch: &[Job],
+    ) -> Result<(Vec<Done>, bool), StoreError> {
+        let now = clock::now_millis();
+        // Journaled unless an admin command is in it (those are rare, and
+        // recovery only knows how to replay inbound mail and deliveries).
+        let entries: Option<Vec<Entry<'_>>> = batch.iter().map(|j| entry(&j.cmd)).collect();
+        let sets_seq = entries.is_some();
+        let mut txn = begin(db, Durability::None)?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let queued;
+        let seq = self.next_seq;
+        {
+            let mut tables = Tables::open(&txn)?;
+            for job in batch {
+                outcomes.push(apply(&mut tables, &job.cmd, now)?);
+            }
+            if sets_seq {
+                tables.meta_set(JOURNAL_SEQ, seq)?;
+            }
+            tables.save_counters()?;
+            queued = tables.queued_mail;
+        }
+        let payload = entries.map(|e| journal::encode(now, &e));
+        let checkpoint_due = self.last_checkpoint.elapsed() >= self.checkpoint_every;
+        let journaled = match payload {
+            Some(p) if !checkpoint_due && self.journal.fits(p.len()) => {
+                match self.journal.append(seq, &p) {
+                    Ok(at) => Some(at),
+                    Err(e) => {
+                        tracing::error!(path = %self.journal.path().display(), error = %e, "journal write failed; committing to the database directly");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        match journaled {
+            Some(at) => {
+                self.next_seq = seq + 1;
+                if let Err(e) = txn.commit() {
+                    // Not in redb: the record must not be replayed either,
+                    // and the next record takes its number (no gap).
+                    self.next_seq = seq;
+                    if let Err(je) = self.journal.retract(at) {
+                        tracing::error!(error = %je, "cannot retract a journal record; a message may be stored twice after a crash");
+                    }
+                    return Err(e.into());
+                }
+                self.pending = true;
+            }
+            None => {
+                // A checkpoint. If the batch took a journal number, redb now
+                // holds it durably and the next record follows it.
+                txn.set_durability(Durability::Immediate)?;
+                txn.set_quick_repair(true);
+                let started = Instant::now();
+                txn.commit()?;
+                crate::metrics::METRICS
+                    .checkpoint_ms
+                    .observe(started.elapsed().as_millis() as u64);
+                if sets_seq {
+                    self.next_seq = seq + 1;
+                }
+                self.checkpointed();
+            }
+        }
+        Ok((outcomes, queued))
+    }
+}
+
+/// The journal entry for a command, if it is one the journal carries.
+fn entry(cmd: &StoreCmd) -> Option<Entry<'_>> {
+    match cmd {
+        StoreCmd::Ingest(inb) => Some(Entry::Ingest {
+            raw: &inb.raw,
+            mail_from: &inb.mail_from,
+            rcpt: inb.rcpt.iter().map(String::as_str).collect(),
+            channel: &inb.channel,
+            plus: inb.plus,
+            received_at: inb.received_at,
+            imported: inb.imported,
+        }),
+        StoreCmd::Delivered { id, result } => Some(match result {
+            Delivery::Sent => Entry::Delivered {
+                id: *id,
+                kind: 0,
+                detail: "",
+            },
+            Delivery::Transient(d) => Entry::Delivered {
+                id: *id,
+                kind: 1,
+                detail: d,
+            },
+            Delivery::Permanent(d) => Entry::Delivered {
+                id: *id,
+                kind: 2,
+                detail: d,
+            },
+        }),
+        _ => None,
+    }
+}
+
+/// Creates every table so that readers never meet a missing one, and draws
+/// the store's Message-ID salt the first time.
 pub(super) fn init_tables(db: &Database) -> Result<(), StoreError> {
-    let txn = begin(db)?;
+    let txn = begin(db, Durability::Immediate)?;
     {
-        txn.open_table(META)?;
+        let mut meta = txn.open_table(META)?;
+        if meta.get(MESSAGE_ID_SALT)?.is_none() {
+            use std::hash::BuildHasher;
+            let salt = std::collections::hash_map::RandomState::new().hash_one(clock::now_millis());
+            meta.insert(MESSAGE_ID_SALT, salt)?;
+        }
         txn.open_table(TICKETS)?;
         txn.open_table(MESSAGES)?;
         txn.open_table(RAW)?;
@@ -66,174 +515,47 @@ pub(super) fn init_tables(db: &Database) -> Result<(), StoreError> {
         txn.open_table(OUTBOX)?;
         txn.open_table(OUTBOX_DUE)?;
         txn.open_table(AUTO_SENT)?;
+        txn.delete_table(AUTO_SENT_V0)?;
     }
     txn.commit()?;
     Ok(())
 }
 
-fn begin(db: &Database) -> Result<WriteTransaction, StoreError> {
+fn begin(db: &Database, durability: Durability) -> Result<WriteTransaction, StoreError> {
     let mut txn = db.begin_write()?;
-    txn.set_durability(Durability::Immediate)?;
-    // Keep the allocator state in each commit so that opening after a crash
-    // does not need a full repair scan.
-    txn.set_quick_repair(true);
+    txn.set_durability(durability)?;
+    // Keep the allocator state in each durable commit so that opening after
+    // a crash does not need a full repair scan.
+    txn.set_quick_repair(matches!(durability, Durability::Immediate));
     Ok(txn)
 }
 
-fn run(slot: &DbSlot, rx: &mpsc::Receiver<WriterMsg>, outbox: &tokio::sync::Notify) {
-    let mut stopping = false;
-    while !stopping {
-        let mut batch = Vec::new();
-        match rx.recv() {
-            Ok(WriterMsg::Job(job)) => batch.push(job),
-            Ok(WriterMsg::Shutdown) | Err(_) => break,
+/// Applies one command inside the batch's transaction.
+fn apply(tables: &mut Tables<'_>, cmd: &StoreCmd, now: Millis) -> Result<Done, StoreError> {
+    Ok(match cmd {
+        StoreCmd::Ingest(inbound) => Done::Ingested(apply_inbound(tables, inbound, now)?),
+        StoreCmd::SetStatus { config, id, status } => {
+            Done::Ticket(ops::set_status(tables, config, *id, status, now)?)
         }
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(WriterMsg::Job(job)) => batch.push(job),
-                Ok(WriterMsg::Shutdown) => {
-                    stopping = true;
-                    break;
-                }
-                Err(_) => break,
-            }
+        StoreCmd::Reply {
+            config,
+            id,
+            body,
+            user,
+        } => Done::Queued(ops::reply(tables, config, *id, body, user.as_deref(), now)?),
+        StoreCmd::Assign { config, id, owner } => {
+            Done::Ticket(ops::assign(tables, config, *id, owner, now)?)
         }
-        if process(slot, batch) {
-            outbox.notify_one();
+        StoreCmd::Merge {
+            config,
+            source,
+            target,
+        } => Done::Ticket(ops::merge(tables, config, *source, *target, now)?),
+        StoreCmd::Delivered { id, result } => {
+            ops::delivered(tables, *id, result, now)?;
+            Done::Ok
         }
-    }
-    // Jobs still queued behind the shutdown get a clean refusal (→ 451).
-    while let Ok(msg) = rx.try_recv() {
-        if let WriterMsg::Job(job) = msg {
-            let _ = job.reply.send(Err(StoreError::Unavailable));
-        }
-    }
-    tracing::debug!("store writer stopped");
-}
-
-/// Commits one batch and answers its jobs; returns whether an email was
-/// queued (so the outbox worker is woken).
-fn process(slot: &DbSlot, batch: Vec<Job>) -> bool {
-    let db = match ensure_open(slot) {
-        Ok(db) => db,
-        Err(e) => {
-            tracing::error!(error = %e, "store unavailable; refusing batch");
-            for job in batch {
-                let _ = job.reply.send(Err(StoreError::Unavailable));
-            }
-            return false;
-        }
-    };
-    let started = Instant::now();
-    let size = batch.len();
-    match commit_batch(&db, &batch) {
-        Ok((outcomes, queued)) => {
-            let m = &crate::metrics::METRICS;
-            crate::metrics::inc(&m.store_commits);
-            m.commit_batch.observe(size as u64);
-            m.commit_ms.observe(started.elapsed().as_millis() as u64);
-            tracing::debug!(
-                batch = size,
-                ms = started.elapsed().as_millis() as u64,
-                "committed"
-            );
-            for (job, outcome) in batch.into_iter().zip(outcomes) {
-                let _ = job.reply.send(Ok(outcome));
-            }
-            queued
-        }
-        Err(e) if size == 1 => {
-            if !matches!(e, StoreError::NotFound(_) | StoreError::Invalid(_)) {
-                tracing::error!(error = %e, "commit failed");
-            }
-            reopen_if_needed(slot, db, &e);
-            if let Some(job) = batch.into_iter().next() {
-                let _ = job.reply.send(Err(e));
-            }
-            false
-        }
-        Err(e) => {
-            tracing::debug!(error = %e, batch = size, "batch commit failed; retrying one by one");
-            // Hand our handle over: a reopen needs every handle dropped.
-            reopen_if_needed(slot, db, &e);
-            let mut queued = false;
-            for job in batch {
-                let current = match ensure_open(slot) {
-                    Ok(d) => d,
-                    Err(err) => {
-                        let _ = job.reply.send(Err(err));
-                        continue;
-                    }
-                };
-                match commit_batch(&current, std::slice::from_ref(&job)) {
-                    Ok((mut outcomes, q)) => {
-                        queued |= q;
-                        if let Some(o) = outcomes.pop() {
-                            let _ = job.reply.send(Ok(o));
-                        }
-                    }
-                    Err(e) => {
-                        if !matches!(e, StoreError::NotFound(_) | StoreError::Invalid(_)) {
-                            tracing::error!(error = %e, "commit failed");
-                        }
-                        reopen_if_needed(slot, current, &e);
-                        let _ = job.reply.send(Err(e));
-                    }
-                }
-            }
-            queued
-        }
-    }
-}
-
-fn commit_batch(db: &Database, batch: &[Job]) -> Result<(Vec<Done>, bool), StoreError> {
-    let txn = begin(db)?;
-    let now = clock::now_millis();
-    let mut outcomes = Vec::with_capacity(batch.len());
-    let queued;
-    {
-        let mut tables = Tables::open(&txn)?;
-        for job in batch {
-            let done = match &job.cmd {
-                StoreCmd::Ingest(inbound) => {
-                    Done::Ingested(apply_inbound(&mut tables, inbound, now)?)
-                }
-                StoreCmd::SetStatus { config, id, status } => {
-                    Done::Ticket(ops::set_status(&mut tables, config, *id, status, now)?)
-                }
-                StoreCmd::Reply {
-                    config,
-                    id,
-                    body,
-                    user,
-                } => Done::Queued(ops::reply(
-                    &mut tables,
-                    config,
-                    *id,
-                    body,
-                    user.as_deref(),
-                    now,
-                )?),
-                StoreCmd::Assign { config, id, owner } => {
-                    Done::Ticket(ops::assign(&mut tables, config, *id, owner, now)?)
-                }
-                StoreCmd::Merge {
-                    config,
-                    source,
-                    target,
-                } => Done::Ticket(ops::merge(&mut tables, config, *source, *target, now)?),
-                StoreCmd::Delivered { id, result } => {
-                    ops::delivered(&mut tables, *id, result, now)?;
-                    Done::Ok
-                }
-            };
-            outcomes.push(done);
-        }
-        tables.save_counters()?;
-        queued = tables.queued_mail;
-    }
-    txn.commit()?;
-    Ok((outcomes, queued))
+    })
 }
 
 fn ensure_open(slot: &DbSlot) -> Result<Arc<Database>, StoreError> {

@@ -169,6 +169,8 @@ pub struct Daemon {
     runs: usize,
     /// Run in the child before exec, on every start from now on.
     pre_exec: Option<PreExec>,
+    /// Extra environment for every start from now on.
+    env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -198,7 +200,20 @@ impl Daemon {
             readers: Vec::new(),
             runs: 0,
             pre_exec: None,
+            env: Vec::new(),
         };
+        d.start_again();
+        d
+    }
+
+    /// Like [`Daemon::start`], with `env` set for this and every later run.
+    pub fn start_with_env(setup: &str, env: &[(&str, &str)]) -> Daemon {
+        let mut d = Daemon::start(setup);
+        d.terminate();
+        d.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         d.start_again();
         d
     }
@@ -220,6 +235,7 @@ impl Daemon {
             .current_dir(self.dir.path())
             .env_remove("POSTDESK_CONFIG")
             .env("RUST_BACKTRACE", "1")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -1,0 +1,501 @@
+//! SHELL: the write-ahead journal that makes a `250` cheap.
+//!
+//! A redb commit with `Durability::Immediate` rewrites the path to the root
+//! of every B-tree a message touches and syncs twice; doing that per batch
+//! made the commit the cost of a message. Instead, the writer appends each
+//! batch's *inputs* (the raw message and its envelope, or a delivery result)
+//! to this file and `fdatasync`s it: the batch is durable once its record
+//! is, and redb commits it with `Durability::None`. When the writer has
+//! been idle for [`IDLE_CHECKPOINT`], at the latest every
+//! [`CHECKPOINT_INTERVAL`] under load, when the journal is full, or when a
+//! batch holds an admin command, the writer commits redb durably instead —
+//! a checkpoint — and the journal starts again at offset 0.
+//!
+//! Invariants:
+//! - A record is answered (`250`) only after its bytes are on disk.
+//! - Records carry consecutive sequence numbers; redb's `meta.journal_seq`
+//!   names the last one applied, in the same transaction. After a crash (or
+//!   a reopen after an I/O error), the records after the durable
+//!   `journal_seq` are applied again, in order, and checkpointed.
+//! - The file is zero-filled ahead of use and overwritten in place, so that
+//!   the sync of a record rarely has file metadata to write. Scanning stops
+//!   at the first record that is torn (bad checksum), stale (from before the
+//!   last restart at offset 0: its sequence number is not the next one) or
+//!   absent (zeros).
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The journal's size: a record that would end past it makes the batch a
+/// checkpoint instead. It bounds the work of recovery (a few seconds).
+pub const JOURNAL_BYTES: u64 = 64 << 20;
+/// Under continuous load, the longest a batch stays durable in the journal
+/// only. A checkpoint writes out everything redb changed since the last
+/// one and syncs twice: sessions arriving meanwhile wait for it, so under
+/// load checkpoints are made rarely (this, or a full journal).
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(2);
+/// When no job has arrived for this long, pending batches are checkpointed
+/// at once (nobody is waiting then).
+pub const IDLE_CHECKPOINT: Duration = Duration::from_millis(50);
+/// The journal file is zero-filled ahead of the write position in steps of
+/// this many bytes.
+const GROW: u64 = 1 << 20;
+
+const MAGIC: [u8; 4] = *b"PDJ1";
+/// magic (4) · payload length (4) · sequence number (8) · CRC-32 of the
+/// length, sequence number and payload (4) · reserved, zero (4).
+pub const HEADER: usize = 24;
+
+/// A record's bytes: header and payload.
+pub fn frame(seq: u64, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    let mut out = Vec::with_capacity(HEADER + payload.len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&checksum(len, seq, payload).to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(payload);
+    out
+}
+
+fn checksum(len: u32, seq: u64, payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&len.to_le_bytes());
+    h.update(&seq.to_le_bytes());
+    h.update(payload);
+    h.finalize()
+}
+
+/// The records of `buf` (a journal's bytes from offset 0) with sequence
+/// numbers `after + 1`, `after + 2`, … in order, up to the first that is
+/// missing, torn or out of sequence. Records at or below `after` are already
+/// durable in redb and are skipped, as long as the sequence is unbroken.
+pub fn scan(buf: &[u8], after: u64) -> Vec<(u64, &[u8])> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    let mut prev: Option<u64> = None;
+    while let Some(head) = buf.get(at..at + HEADER) {
+        if head[0..4] != MAGIC {
+            break;
+        }
+        let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        let seq = u64::from_le_bytes([
+            head[8], head[9], head[10], head[11], head[12], head[13], head[14], head[15],
+        ]);
+        let crc = u32::from_le_bytes([head[16], head[17], head[18], head[19]]);
+        let Some(payload) = buf.get(at + HEADER..at + HEADER + len as usize) else {
+            break;
+        };
+        if checksum(len, seq, payload) != crc {
+            break;
+        }
+        if prev.is_some_and(|p| seq != p + 1) {
+            break;
+        }
+        prev = Some(seq);
+        if seq > after {
+            if seq != after + 1 + out.len() as u64 {
+                // A gap after what redb holds: what follows cannot be
+                // applied in order (only a stale record looks like this).
+                break;
+            }
+            out.push((seq, payload));
+        }
+        at += HEADER + len as usize;
+    }
+    out
+}
+
+/// The open journal file and the writer's position in it.
+pub struct Journal {
+    file: File,
+    path: PathBuf,
+    /// Where the next record goes.
+    pos: u64,
+    /// Bytes of the file known to be zero-filled or written (its length).
+    len: u64,
+}
+
+impl Journal {
+    /// Opens (or creates) the journal at `path`. The position is 0: call
+    /// [`Journal::read_all`] first to recover what it holds.
+    pub fn open(path: &Path) -> io::Result<Journal> {
+        let existed = path.exists();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        if !existed {
+            if let Some(dir) = path.parent() {
+                File::open(dir)?.sync_all()?;
+            }
+        }
+        let len = file.metadata()?.len();
+        Ok(Journal {
+            file,
+            path: path.to_path_buf(),
+            pos: 0,
+            len,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The whole file, for [`scan`].
+    pub fn read_all(&self) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0; usize::try_from(self.len).unwrap_or(0)];
+        self.file.read_exact_at(&mut buf, 0)?;
+        Ok(buf)
+    }
+
+    /// Whether a record with a payload of `payload` bytes fits after the
+    /// current position.
+    pub fn fits(&self, payload: usize) -> bool {
+        self.pos + (HEADER + payload) as u64 <= JOURNAL_BYTES
+    }
+
+    /// Writes one record at the current position and syncs it. On success
+    /// the record is durable and its start offset is returned; on failure
+    /// the position is unchanged (the next record overwrites whatever part
+    /// of this one reached the file).
+    pub fn append(&mut self, seq: u64, payload: &[u8]) -> io::Result<u64> {
+        let rec = frame(seq, payload);
+        let start = self.pos;
+        let end = start + rec.len() as u64;
+        if end > self.len {
+            self.grow(end)?;
+        }
+        self.file.write_all_at(&rec, start)?;
+        self.file.sync_data()?;
+        self.pos = end;
+        Ok(start)
+    }
+
+    /// Undoes the record appended at `start` (its redb commit failed): its
+    /// header is zeroed and synced, so recovery will not apply it.
+    pub fn retract(&mut self, start: u64) -> io::Result<()> {
+        self.pos = start;
+        self.file.write_all_at(&[0; HEADER], start)?;
+        self.file.sync_data()
+    }
+
+    /// After a checkpoint: every record is in redb durably; the next one
+    /// goes to offset 0.
+    pub fn restart(&mut self) {
+        self.pos = 0;
+    }
+
+    /// Zero-fills the file up to `end` rounded up to [`GROW`], and syncs
+    /// the new length.
+    fn grow(&mut self, end: u64) -> io::Result<()> {
+        let target = end.div_ceil(GROW) * GROW;
+        let zeros = vec![0u8; GROW as usize];
+        let mut at = self.len;
+        while at < target {
+            let n = (target - at).min(GROW) as usize;
+            self.file.write_all_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
+        self.file.sync_all()?;
+        self.len = target;
+        Ok(())
+    }
+}
+
+/// One journaled store command, borrowed from the job (when writing) or
+/// from the journal's bytes (when recovering).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry<'a> {
+    Ingest {
+        raw: &'a [u8],
+        mail_from: &'a str,
+        rcpt: Vec<&'a str>,
+        channel: &'a str,
+        plus: Option<u64>,
+        received_at: i64,
+        imported: bool,
+    },
+    /// A delivery attempt's result: 0 sent, 1 transient, 2 permanent.
+    Delivered { id: u64, kind: u8, detail: &'a str },
+}
+
+const TAG_INGEST: u8 = 1;
+const TAG_DELIVERED: u8 = 2;
+
+/// A batch's payload: the commit time it was applied with, then its
+/// entries. Integers little-endian; strings and bytes length-prefixed (u32).
+pub fn encode(now: i64, entries: &[Entry<'_>]) -> Vec<u8> {
+    let size: usize = entries
+        .iter()
+        .map(|e| match e {
+            Entry::Ingest { raw, rcpt, .. } => {
+                raw.len() + 64 + rcpt.iter().map(|r| r.len() + 4).sum::<usize>()
+            }
+            Entry::Delivered { detail, .. } => detail.len() + 16,
+        })
+        .sum();
+    let mut out = Vec::with_capacity(12 + size);
+    out.extend_from_slice(&now.to_le_bytes());
+    put_u32(&mut out, entries.len());
+    for e in entries {
+        match e {
+            Entry::Ingest {
+                raw,
+                mail_from,
+                rcpt,
+                channel,
+                plus,
+                received_at,
+                imported,
+            } => {
+                out.push(TAG_INGEST);
+                put_bytes(&mut out, raw);
+                put_bytes(&mut out, mail_from.as_bytes());
+                put_u32(&mut out, rcpt.len());
+                for r in rcpt {
+                    put_bytes(&mut out, r.as_bytes());
+                }
+                put_bytes(&mut out, channel.as_bytes());
+                out.push(u8::from(plus.is_some()));
+                out.extend_from_slice(&plus.unwrap_or(0).to_le_bytes());
+                out.extend_from_slice(&received_at.to_le_bytes());
+                out.push(u8::from(*imported));
+            }
+            Entry::Delivered { id, kind, detail } => {
+                out.push(TAG_DELIVERED);
+                out.extend_from_slice(&id.to_le_bytes());
+                out.push(*kind);
+                put_bytes(&mut out, detail.as_bytes());
+            }
+        }
+    }
+    out
+}
+
+fn put_u32(out: &mut Vec<u8>, n: usize) {
+    out.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes());
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    put_u32(out, b.len());
+    out.extend_from_slice(b);
+}
+
+/// The inverse of [`encode`]; `None` if the payload is not one (a record's
+/// checksum matched, so this means a bug or a journal from another version).
+pub fn decode(payload: &[u8]) -> Option<(i64, Vec<Entry<'_>>)> {
+    let mut r = Reader(payload);
+    let now = i64::from_le_bytes(r.array()?);
+    let n = r.u32()?;
+    let mut entries = Vec::with_capacity(n.min(1024) as usize);
+    for _ in 0..n {
+        let e = match r.u8()? {
+            TAG_INGEST => {
+                let raw = r.bytes()?;
+                let mail_from = r.str()?;
+                let k = r.u32()?;
+                let mut rcpt = Vec::with_capacity(k.min(1024) as usize);
+                for _ in 0..k {
+                    rcpt.push(r.str()?);
+                }
+                let channel = r.str()?;
+                let has_plus = r.u8()? != 0;
+                let plus = u64::from_le_bytes(r.array()?);
+                let received_at = i64::from_le_bytes(r.array()?);
+                let imported = r.u8()? != 0;
+                Entry::Ingest {
+                    raw,
+                    mail_from,
+                    rcpt,
+                    channel,
+                    plus: has_plus.then_some(plus),
+                    received_at,
+                    imported,
+                }
+            }
+            TAG_DELIVERED => {
+                let id = u64::from_le_bytes(r.array()?);
+                let kind = r.u8()?;
+                let detail = r.str()?;
+                Entry::Delivered { id, kind, detail }
+            }
+            _ => return None,
+        };
+        entries.push(e);
+    }
+    r.0.is_empty().then_some((now, entries))
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        self.take(N)?.try_into().ok()
+    }
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.array()?))
+    }
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+    fn str(&mut self) -> Option<&'a str> {
+        std::str::from_utf8(self.bytes()?).ok()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn journal(records: &[(u64, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (seq, p) in records {
+            out.extend(frame(*seq, p));
+        }
+        out
+    }
+
+    #[test]
+    fn reads_back_what_follows_the_durable_sequence_number() {
+        let buf = journal(&[(5, b"a"), (6, b"bb"), (7, b"")]);
+        let all = scan(&buf, 4);
+        assert_eq!(all, vec![(5, &b"a"[..]), (6, &b"bb"[..]), (7, &b""[..])]);
+        assert_eq!(scan(&buf, 6), vec![(7, &b""[..])]);
+        assert!(scan(&buf, 7).is_empty());
+        // zeros after the records end the scan
+        let mut padded = buf.clone();
+        padded.extend(vec![0; 100]);
+        assert_eq!(scan(&padded, 4).len(), 3);
+    }
+
+    #[test]
+    fn a_torn_record_ends_the_scan() {
+        let mut buf = journal(&[(1, b"first"), (2, b"second")]);
+        let n = buf.len();
+        buf[n - 1] ^= 0xff;
+        assert_eq!(scan(&buf, 0), vec![(1, &b"first"[..])]);
+        // cut short
+        let buf = journal(&[(1, b"first"), (2, b"second")]);
+        assert_eq!(scan(&buf[..buf.len() - 3], 0).len(), 1);
+        assert_eq!(scan(&buf[..10], 0).len(), 0);
+    }
+
+    #[test]
+    fn stale_records_behind_a_restart_are_not_applied() {
+        // Before the last checkpoint the journal held 1..=3; after it
+        // (durable seq 3) record 4 was written at offset 0, shorter than
+        // what it overwrote, and left record 2 and 3 intact behind it.
+        let old = journal(&[(1, b"xxxxxxxxxxxxxxxxxxxxxxxx"), (2, b"y"), (3, b"z")]);
+        let new = frame(4, b"n");
+        let mut buf = old.clone();
+        buf[..new.len()].copy_from_slice(&new);
+        assert_eq!(scan(&buf, 3), vec![(4, &b"n"[..])]);
+        // The checkpoint at 3 happened but nothing was written since: the
+        // old records are all at or below the durable number.
+        assert!(scan(&old, 3).is_empty());
+        // Only records that continue the durable number are applied.
+        assert!(scan(&journal(&[(9, b"later")]), 3).is_empty());
+    }
+
+    #[test]
+    fn a_retracted_record_is_not_read_and_is_overwritten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("journal");
+        let mut j = Journal::open(&path).expect("open");
+        j.append(1, b"one").expect("append");
+        let at = j.append(2, b"two").expect("append");
+        j.retract(at).expect("retract");
+        assert_eq!(
+            scan(&j.read_all().expect("read"), 0),
+            vec![(1, &b"one"[..])]
+        );
+        j.append(2, b"TWO").expect("append");
+        assert_eq!(
+            scan(&j.read_all().expect("read"), 0),
+            vec![(1, &b"one"[..]), (2, &b"TWO"[..])]
+        );
+        // grown in whole steps, zero-filled
+        assert_eq!(std::fs::metadata(&path).expect("stat").len(), GROW);
+        j.restart();
+        j.append(3, b"three").expect("append");
+        assert_eq!(
+            scan(&j.read_all().expect("read"), 2),
+            vec![(3, &b"three"[..])]
+        );
+        // reopened, the same
+        drop(j);
+        let j = Journal::open(&path).expect("reopen");
+        assert_eq!(
+            scan(&j.read_all().expect("read"), 2),
+            vec![(3, &b"three"[..])]
+        );
+    }
+
+    #[test]
+    fn fits_respects_the_size() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let j = Journal::open(&dir.path().join("j")).expect("open");
+        assert!(j.fits(1000));
+        assert!(!j.fits(JOURNAL_BYTES as usize));
+    }
+
+    #[test]
+    fn batches_round_trip() {
+        let entries = vec![
+            Entry::Ingest {
+                raw: b"Subject: hi\r\n\r\nbody\r\n",
+                mail_from: "",
+                rcpt: vec!["support@acme.example", "support+7@acme.example"],
+                channel: "support",
+                plus: Some(7),
+                received_at: -3,
+                imported: true,
+            },
+            Entry::Delivered {
+                id: 42,
+                kind: 1,
+                detail: "451 try later",
+            },
+            Entry::Ingest {
+                raw: b"",
+                mail_from: "a@b.example",
+                rcpt: vec![],
+                channel: "c",
+                plus: None,
+                received_at: 1_700_000_000_000,
+                imported: false,
+            },
+        ];
+        let bytes = encode(99, &entries);
+        assert_eq!(decode(&bytes), Some((99, entries)));
+        assert_eq!(decode(&encode(1, &[])), Some((1, vec![])));
+        // truncated or extended payloads are refused, never misread
+        for cut in 0..bytes.len() {
+            assert_eq!(decode(&bytes[..cut]), None, "cut at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(decode(&longer), None);
+    }
+}
