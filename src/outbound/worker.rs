@@ -19,12 +19,17 @@ use crate::store::{read, Delivery, Store};
 
 /// Emails taken per pass.
 const BATCH: usize = 32;
+/// Deliveries in flight at once. A relay answers each email's data only
+/// after a round trip or two (and lettre's separate write of the final dot
+/// meets the relay's delayed ACK: ~40 ms per email), so one at a time
+/// caps a burst of auto-replies at a few dozen per second.
+const IN_FLIGHT: usize = 8;
 /// Longest sleep between passes when nothing is due (a safety net; commits
 /// that queue mail wake the worker at once).
 const IDLE: Duration = Duration::from_secs(60);
 
 pub async fn run(store: Store, config: Arc<ConfigCell>, shutdown: CancellationToken) {
-    let mut current: Option<(String, Transport)> = None;
+    let mut current: Option<(String, Arc<Transport>)> = None;
     loop {
         if shutdown.is_cancelled() {
             return;
@@ -45,7 +50,7 @@ pub async fn run(store: Store, config: Arc<ConfigCell>, shutdown: CancellationTo
                     &cfg.outbound.transport,
                     Some(&cfg.server.hostname),
                 ) {
-                    Ok(t) => current = Some((key, t)),
+                    Ok(t) => current = Some((key, Arc::new(t))),
                     Err(e) => {
                         tracing::error!(error = %e, "outbox: cannot set up the transport; retrying in 30 s");
                         current = None;
@@ -58,33 +63,18 @@ pub async fn run(store: Store, config: Arc<ConfigCell>, shutdown: CancellationTo
                 }
                 continue;
             };
+            let mut in_flight = tokio::task::JoinSet::new();
             for mail in due {
                 if shutdown.is_cancelled() {
+                    // Dropping the set aborts the sends in flight: at-least-once.
                     return;
                 }
-                let result = transport.send(&mail.mail_from, &mail.rcpt, &mail.raw).await;
-                let delivery = match result {
-                    Ok(()) => {
-                        tracing::info!(ticket = mail.ticket, message_id = %mail.message_id, kind = %mail.kind, to = %mail.rcpt.join(","), "mail sent");
-                        crate::metrics::inc(&crate::metrics::METRICS.emails_sent);
-                        Delivery::Sent
-                    }
-                    Err(e) if e.is_transient() => {
-                        tracing::warn!(ticket = mail.ticket, message_id = %mail.message_id, error = %e, "mail deferred; will retry");
-                        crate::metrics::inc(&crate::metrics::METRICS.emails_deferred);
-                        Delivery::Transient(e.to_string())
-                    }
-                    Err(e) => {
-                        tracing::error!(ticket = mail.ticket, message_id = %mail.message_id, error = %e, "mail failed permanently");
-                        crate::metrics::inc(&crate::metrics::METRICS.emails_failed);
-                        Delivery::Permanent(e.to_string())
-                    }
-                };
-                if let Err(e) = store.delivered(mail.id, delivery).await {
-                    // The email stays queued and is tried again: at-least-once.
-                    tracing::error!(outbox = mail.id, error = %e, "outbox: cannot record the delivery result");
+                while in_flight.len() >= IN_FLIGHT {
+                    in_flight.join_next().await;
                 }
+                in_flight.spawn(deliver(store.clone(), transport.clone(), mail));
             }
+            while in_flight.join_next().await.is_some() {}
             // Read the queue again: more may be due, and a deferred email's
             // retry time must count in the next sleep.
             continue;
@@ -99,6 +89,32 @@ pub async fn run(store: Store, config: Arc<ConfigCell>, shutdown: CancellationTo
         if !sleep.is_zero() && wait(&store, &shutdown, sleep).await {
             return;
         }
+    }
+}
+
+/// Sends one email and records the result with the store writer.
+async fn deliver(store: Store, transport: Arc<Transport>, mail: read::DueMail) {
+    let result = transport.send(&mail.mail_from, &mail.rcpt, &mail.raw).await;
+    let delivery = match result {
+        Ok(()) => {
+            tracing::info!(ticket = mail.ticket, message_id = %mail.message_id, kind = %mail.kind, to = %mail.rcpt.join(","), "mail sent");
+            crate::metrics::inc(&crate::metrics::METRICS.emails_sent);
+            Delivery::Sent
+        }
+        Err(e) if e.is_transient() => {
+            tracing::warn!(ticket = mail.ticket, message_id = %mail.message_id, error = %e, "mail deferred; will retry");
+            crate::metrics::inc(&crate::metrics::METRICS.emails_deferred);
+            Delivery::Transient(e.to_string())
+        }
+        Err(e) => {
+            tracing::error!(ticket = mail.ticket, message_id = %mail.message_id, error = %e, "mail failed permanently");
+            crate::metrics::inc(&crate::metrics::METRICS.emails_failed);
+            Delivery::Permanent(e.to_string())
+        }
+    };
+    if let Err(e) = store.delivered(mail.id, delivery).await {
+        // The email stays queued and is tried again: at-least-once.
+        tracing::error!(outbox = mail.id, error = %e, "outbox: cannot record the delivery result");
     }
 }
 
