@@ -19,6 +19,8 @@
 #
 # Knobs: C=32 SIZE=4096 PER_CONN=1 (0 = one connection per session)
 #   CLIENT=source|load  DUR=5  FILL=<N>  PERF=1  PERF_FREQ=999
+#   PRELOAD=<N> (N smtp-source messages from one sender before the window)
+#   RATE_GUESS=1500 (smtp-source message count = DUR x this)
 #   DAEMON_PORT=2525  OUT=<dir> (default ${TMPDIR:-/tmp}/postdesk-profile.<date>.<pid>)
 #   KEEP_DATA=0
 set -u
@@ -66,6 +68,12 @@ for _ in $(seq 1 100); do ss -Hltn "sport = :$DAEMON_PORT" | grep -q . && break;
 echo "# profile: C=$C SIZE=$SIZE PER_CONN=$PER_CONN CLIENT=$CLIENT DUR=$DUR FILL=${FILL:-0} daemon pid $DP; loadavg $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$OUT/env.txt" >&2
 python3 "$HERE/smtp-load.py" --port "$DAEMON_PORT" -c "$C" --procs $(( C > 1 ? 2 : 1 )) --count 100000 \
   --max-seconds 1 --size "$SIZE" --rcpt support@acme.example --timeout 10 >/dev/null 2>&1
+if [ "${PRELOAD:-0}" -gt 0 ]; then   # PRELOAD=N: N smtp-source messages first (one sender, as in the matrix)
+  s=$(date +%s.%N)
+  timeout -k 5 600 smtp-source -s 32 -m "$PRELOAD" -l $(( (SIZE - 140) * 80 / 81 )) -f loadgen@bench.localhost \
+    -t support@acme.example -M bench.localhost 127.0.0.1:"$DAEMON_PORT" >/dev/null 2>&1
+  echo "# preload: $PRELOAD messages in $(python3 -c "print(round($(date +%s.%N)-$s,1))") s" | tee -a "$OUT/env.txt" >&2
+fi
 
 threads() {   # TID comm ticks(utime+stime)
   for t in /proc/"$DP"/task/*; do
