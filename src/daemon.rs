@@ -57,9 +57,10 @@ impl ConfigCell {
             || new.server.data_dir != old.server.data_dir
             || new.server.admin_socket != old.server.admin_socket
             || new.server.max_sessions != old.server.max_sessions
+            || new.server.store_cache != old.server.store_cache
         {
             tracing::warn!(
-                "listen, data_dir, admin_socket and max_sessions changes take effect at restart"
+                "listen, data_dir, admin_socket, max_sessions and store_cache changes take effect at restart"
             );
         }
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);

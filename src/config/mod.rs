@@ -53,6 +53,8 @@ pub struct Server {
     pub data_dir: PathBuf,
     pub admin_socket: PathBuf,
     pub templates: PathBuf,
+    /// Bytes of database pages kept in memory (extension; default 8MiB).
+    pub store_cache: u64,
 }
 
 #[derive(Debug, Clone)]

@@ -38,6 +38,7 @@ pub(super) struct RawServer {
     pub data_dir: Option<Str>,
     pub admin_socket: Option<Str>,
     pub templates: Option<Str>,
+    pub store_cache: Option<Spanned<RawSize>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

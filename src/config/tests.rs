@@ -241,6 +241,7 @@ fn spec_example_loads_with_every_value() {
     assert_eq!(config.path, s.path());
     assert_eq!(config.server.hostname, "desk.acme.example");
     assert_eq!(config.server.max_message_size, 25 * 1024 * 1024);
+    assert_eq!(config.server.store_cache, 8 * 1024 * 1024, "the default");
     assert_eq!(config.server.admin_socket, dir.join("data/admin.sock"));
     assert_eq!(config.users[0].email, "alice@acme.example");
     assert_eq!(config.teams[0].members, ["alice"]);
@@ -421,7 +422,7 @@ fn every_unknown_key_is_reported_at_its_own_position() {
         [
             "postdesk.toml:3:1: unknown key \"max_sesions\" in [server] (known: hostname, listen, \
              max_message_size, max_sessions, max_sessions_per_client, data_dir, admin_socket, \
-             templates)",
+             templates, store_cache)",
             "postdesk.toml:7:1: unknown key \"subjet_tag\" in [outbound] (known: transport, dir, \
              url, username, password_file, from, subject_tag)",
         ]

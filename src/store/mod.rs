@@ -99,6 +99,7 @@ from_redb!(
 /// I/O error) and readers (who clone the `Arc` for one transaction).
 struct DbSlot {
     path: PathBuf,
+    cache: usize,
     db: RwLock<Option<Arc<Database>>>,
 }
 
@@ -111,15 +112,9 @@ impl DbSlot {
     }
 }
 
-/// redb's page cache. Its default (1 GiB) would be most of the daemon's
-/// memory; the hot pages (indexes, recent tickets) fit in far less, and the
-/// OS page cache keeps the rest of the file warm anyway.
-const CACHE_BYTES: usize = 32 * 1024 * 1024;
-
-fn open_db(path: &Path) -> Result<Database, StoreError> {
-    let db = Database::builder()
-        .set_cache_size(CACHE_BYTES)
-        .create(path)?;
+/// `cache` is redb's page cache (`server.store_cache`).
+fn open_db(path: &Path, cache: usize) -> Result<Database, StoreError> {
+    let db = Database::builder().set_cache_size(cache).create(path)?;
     Ok(db)
 }
 
@@ -192,11 +187,13 @@ impl Store {
             source,
         })?;
         let path = data_dir.join("postdesk.redb");
-        let db = open_db(&path)?;
+        let cache = usize::try_from(config.server.store_cache).unwrap_or(usize::MAX);
+        let db = open_db(&path, cache)?;
         writer::init_tables(&db)?;
         let db = Arc::new(db);
         let slot = Arc::new(DbSlot {
             path,
+            cache,
             db: RwLock::new(Some(db.clone())),
         });
         let w = writer::Writer::open(slot.clone(), &db, config)?;

@@ -32,6 +32,11 @@ use crate::clock::{self, Millis};
 use crate::config::Config;
 
 pub const MAX_BATCH: usize = 256;
+/// A batch stops growing once its messages hold this many bytes: the
+/// batch's journal record is one buffer, and every message of a batch stays
+/// in memory until its commit (256 sessions finishing 25 MiB messages at
+/// once must not mean gigabytes in flight).
+pub const MAX_BATCH_BYTES: usize = 4 << 20;
 
 pub struct WriterHandle {
     thread: Option<JoinHandle<()>>,
@@ -145,9 +150,13 @@ impl Writer {
                 Ok(WriterMsg::Job(job)) => batch.push(job),
                 Ok(WriterMsg::Shutdown) | Err(()) => break,
             }
-            while batch.len() < MAX_BATCH {
+            let mut bytes = batch.first().map_or(0, job_bytes);
+            while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
                 match rx.try_recv() {
-                    Ok(WriterMsg::Job(job)) => batch.push(job),
+                    Ok(WriterMsg::Job(job)) => {
+                        bytes += job_bytes(&job);
+                        batch.push(job);
+                    }
                     Ok(WriterMsg::Shutdown) => {
                         stopping = true;
                         break;
@@ -461,6 +470,14 @@ impl Writer {
     }
 }
 
+/// The bytes a job holds (its raw message), for [`MAX_BATCH_BYTES`].
+fn job_bytes(job: &Job) -> usize {
+    match &job.cmd {
+        StoreCmd::Ingest(inb) => inb.raw.len() + inb.parsed.text.len(),
+        _ => 0,
+    }
+}
+
 /// The journal entry for a command, if it is one the journal carries.
 fn entry(cmd: &StoreCmd) -> Option<Entry<'_>> {
     match cmd {
@@ -562,7 +579,7 @@ fn ensure_open(slot: &DbSlot) -> Result<Arc<Database>, StoreError> {
     if let Ok(db) = slot.get() {
         return Ok(db);
     }
-    let db = Arc::new(open_db(&slot.path)?);
+    let db = Arc::new(open_db(&slot.path, slot.cache)?);
     if let Ok(mut guard) = slot.db.write() {
         *guard = Some(db.clone());
     }

@@ -14,6 +14,11 @@ const DEFAULT_HOSTNAME: &str = "localhost";
 const DEFAULT_LISTEN: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 2525));
 const DEFAULT_MAX_MESSAGE_SIZE: u64 = 25 * 1024 * 1024;
+/// redb's page cache. Its own default (1 GiB) would be most of the daemon's
+/// memory; hot pages fit in far less, and the OS page cache keeps the rest
+/// of the file warm (BENCHMARKS.md: no throughput difference between 8 and
+/// 32 MiB, up to a million tickets).
+const DEFAULT_STORE_CACHE: u64 = 8 * 1024 * 1024;
 const DEFAULT_MAX_SESSIONS: usize = 256;
 const DEFAULT_MAX_SESSIONS_PER_CLIENT: usize = 20;
 const DEFAULT_SUBJECT_TAG: &str = "[#{id}]";
@@ -159,6 +164,12 @@ impl Validator<'_, '_> {
             .and_then(|t| self.path(t, "templates"))
             .unwrap_or_else(|| self.resolve("templates"));
 
+        let store_cache = raw
+            .store_cache
+            .as_ref()
+            .and_then(|s| self.size(s, "store_cache"))
+            .unwrap_or(DEFAULT_STORE_CACHE);
+
         let server = Server {
             hostname,
             listen,
@@ -168,6 +179,7 @@ impl Validator<'_, '_> {
             data_dir,
             admin_socket,
             templates,
+            store_cache,
         };
         (server, raw.templates)
     }
