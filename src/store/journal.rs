@@ -70,42 +70,94 @@ fn checksum(len: u32, seq: u64, payload: &[u8]) -> u32 {
     h.finalize()
 }
 
-/// The records of `buf` (a journal's bytes from offset 0) with sequence
-/// numbers `after + 1`, `after + 2`, … in order, up to the first that is
-/// missing, torn or out of sequence. Records at or below `after` are already
-/// durable in redb and are skipped, as long as the sequence is unbroken.
-pub fn scan(buf: &[u8], after: u64) -> Vec<(u64, &[u8])> {
-    let mut out = Vec::new();
-    let mut at = 0usize;
-    let mut prev: Option<u64> = None;
-    while let Some(head) = buf.get(at..at + HEADER) {
-        if head[0..4] != MAGIC {
-            break;
+/// Walks a journal's records from offset 0 and decides, record by record,
+/// what recovery does with it ([`Journal::read_after`] on the file, `scan`
+/// on a buffer in tests).
+struct Walk {
+    /// Offset of the next record.
+    at: u64,
+    prev: Option<u64>,
+    after: u64,
+    taken: u64,
+}
+
+/// What to do with one record.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// Apply it (its number follows redb's durable one).
+    Take,
+    /// Already in redb durably.
+    Skip,
+    /// Torn, stale or absent: nothing from here on is applied.
+    Stop,
+}
+
+impl Walk {
+    fn new(after: u64) -> Walk {
+        Walk {
+            at: 0,
+            prev: None,
+            after,
+            taken: 0,
+        }
+    }
+
+    /// The header at the current offset: payload length, sequence number
+    /// and checksum, or `None` if no record starts there.
+    fn header(head: &[u8]) -> Option<(u32, u64, u32)> {
+        if head.len() < HEADER || head[0..4] != MAGIC {
+            return None;
         }
         let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
         let seq = u64::from_le_bytes([
             head[8], head[9], head[10], head[11], head[12], head[13], head[14], head[15],
         ]);
         let crc = u32::from_le_bytes([head[16], head[17], head[18], head[19]]);
+        Some((len, seq, crc))
+    }
+
+    /// Decides on the whole record at the current offset and moves past it.
+    fn step(&mut self, len: u32, seq: u64, crc: u32, payload: &[u8]) -> Step {
+        if checksum(len, seq, payload) != crc || self.prev.is_some_and(|p| seq != p + 1) {
+            return Step::Stop;
+        }
+        self.prev = Some(seq);
+        self.at += (HEADER + len as usize) as u64;
+        if seq <= self.after {
+            return Step::Skip;
+        }
+        if seq != self.after + 1 + self.taken {
+            // A gap after what redb holds: what follows cannot be applied
+            // in order (only a stale record looks like this).
+            return Step::Stop;
+        }
+        self.taken += 1;
+        Step::Take
+    }
+}
+
+/// The records of `buf` (a journal's bytes from offset 0) with sequence
+/// numbers `after + 1`, `after + 2`, … in order, up to the first that is
+/// missing, torn or out of sequence. Records at or below `after` are already
+/// durable in redb and are skipped, as long as the sequence is unbroken.
+/// (The in-memory form of [`Journal::read_after`], for tests.)
+#[cfg(test)]
+pub fn scan(buf: &[u8], after: u64) -> Vec<(u64, &[u8])> {
+    let mut out = Vec::new();
+    let mut walk = Walk::new(after);
+    loop {
+        let at = walk.at as usize;
+        let Some((len, seq, crc)) = buf.get(at..).and_then(Walk::header) else {
+            break;
+        };
         let Some(payload) = buf.get(at + HEADER..at + HEADER + len as usize) else {
             break;
         };
-        if checksum(len, seq, payload) != crc {
-            break;
+        match walk.step(len, seq, crc, payload) {
+            Step::Take => out.push((seq, payload)),
+            Step::Skip => {}
+            Step::Stop => break,
         }
-        if prev.is_some_and(|p| seq != p + 1) {
-            break;
-        }
-        prev = Some(seq);
-        if seq > after {
-            if seq != after + 1 + out.len() as u64 {
-                // A gap after what redb holds: what follows cannot be
-                // applied in order (only a stale record looks like this).
-                break;
-            }
-            out.push((seq, payload));
-        }
-        at += HEADER + len as usize;
     }
     out
 }
@@ -149,11 +201,46 @@ impl Journal {
         &self.path
     }
 
-    /// The whole file, for [`scan`].
+    /// The whole file, for [`scan`] (tests).
+    #[cfg(test)]
     pub fn read_all(&self) -> io::Result<Vec<u8>> {
         let mut buf = vec![0; usize::try_from(self.len).unwrap_or(0)];
         self.file.read_exact_at(&mut buf, 0)?;
         Ok(buf)
+    }
+
+    /// Calls `f` with each record [`scan`] would return, in order, reading
+    /// the file one record at a time (a journal is up to
+    /// [`JOURNAL_BYTES`]; recovery should not hold it all). Stops early if
+    /// `f` says so (returns `false`).
+    pub fn read_after(&self, after: u64, mut f: impl FnMut(u64, &[u8]) -> bool) -> io::Result<()> {
+        let mut walk = Walk::new(after);
+        let mut head = [0u8; HEADER];
+        let mut payload = Vec::new();
+        loop {
+            if walk.at + HEADER as u64 > self.len {
+                return Ok(());
+            }
+            self.file.read_exact_at(&mut head, walk.at)?;
+            let Some((len, seq, crc)) = Walk::header(&head) else {
+                return Ok(());
+            };
+            let start = walk.at + HEADER as u64;
+            if start + u64::from(len) > self.len {
+                return Ok(());
+            }
+            payload.resize(len as usize, 0);
+            self.file.read_exact_at(&mut payload, start)?;
+            match walk.step(len, seq, crc, &payload) {
+                Step::Take => {
+                    if !f(seq, &payload) {
+                        return Ok(());
+                    }
+                }
+                Step::Skip => {}
+                Step::Stop => return Ok(()),
+            }
+        }
     }
 
     /// Whether a record with a payload of `payload` bytes fits after the
@@ -450,6 +537,47 @@ mod tests {
             scan(&j.read_all().expect("read"), 2),
             vec![(3, &b"three"[..])]
         );
+    }
+
+    #[test]
+    fn reading_the_file_record_by_record_agrees_with_scan() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("journal");
+        // stale records 1..=3, then a restart: 4 and 5 at offset 0
+        let mut j = Journal::open(&path).expect("open");
+        for (seq, p) in [
+            (1, &b"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"[..]),
+            (2, b"y"),
+            (3, b"z"),
+        ] {
+            j.append(seq, p).expect("append");
+        }
+        j.restart();
+        j.append(4, b"four").expect("append");
+        j.append(5, b"five").expect("append");
+        let all = j.read_all().expect("read");
+        for after in 0..7 {
+            let want: Vec<(u64, Vec<u8>)> = scan(&all, after)
+                .into_iter()
+                .map(|(s, p)| (s, p.to_vec()))
+                .collect();
+            let mut got = Vec::new();
+            j.read_after(after, |seq, p| {
+                got.push((seq, p.to_vec()));
+                true
+            })
+            .expect("read_after");
+            assert_eq!(got, want, "after {after}");
+        }
+        assert_eq!(scan(&all, 3).len(), 2);
+        // f can stop the walk
+        let mut n = 0;
+        j.read_after(3, |_, _| {
+            n += 1;
+            false
+        })
+        .expect("read_after");
+        assert_eq!(n, 1);
     }
 
     #[test]

@@ -202,41 +202,55 @@ impl Writer {
             let seq = meta.get(JOURNAL_SEQ)?.map_or(0, |v| v.value());
             seq
         };
-        let bytes = self.journal.read_all().map_err(|e| StoreError::Journal {
-            path: self.journal.path().to_path_buf(),
-            source: e,
-        })?;
-        let records = journal::scan(&bytes, durable);
         let mut last = durable;
+        let mut applied = 0usize;
         let txn = begin(db, Durability::Immediate)?;
         {
             let mut tables = Tables::open(&txn)?;
-            for (seq, payload) in &records {
+            let mut failed = None;
+            let read = self.journal.read_after(durable, |seq, payload| {
                 let Some((now, entries)) = journal::decode(payload) else {
                     tracing::error!(
                         seq,
                         "journal record cannot be decoded; recovery stops before it"
                     );
-                    break;
+                    return false;
                 };
                 for entry in entries {
-                    let cmd = self.command(entry);
+                    let cmd = Self::command(&self.config, entry);
                     // A record's entries were applied together once; only a
                     // changed configuration could make one fail now. Keep
-                    // going: the rest of the journal matters more.
-                    if let Err(e) = apply(&mut tables, &cmd, now) {
-                        tracing::error!(seq, error = %e, "journal entry failed to apply; skipped");
+                    // going: the rest of the journal matters more, unless
+                    // the store itself fails.
+                    match apply(&mut tables, &cmd, now) {
+                        Ok(_) => {}
+                        Err(e) if e.needs_reopen() => {
+                            failed = Some(e);
+                            return false;
+                        }
+                        Err(e) => {
+                            tracing::error!(seq, error = %e, "journal entry failed to apply; skipped");
+                        }
                     }
                 }
-                last = *seq;
+                last = seq;
+                applied += 1;
+                true
+            });
+            read.map_err(|e| StoreError::Journal {
+                path: self.journal.path().to_path_buf(),
+                source: e,
+            })?;
+            if let Some(e) = failed {
+                return Err(e);
             }
             tables.meta_set(JOURNAL_SEQ, last)?;
             tables.save_counters()?;
         }
         txn.commit()?;
-        if !records.is_empty() {
+        if applied > 0 {
             tracing::info!(
-                records = records.len(),
+                records = applied,
                 from = durable + 1,
                 to = last,
                 "store recovered from the journal"
@@ -250,8 +264,8 @@ impl Writer {
         Ok(())
     }
 
-    /// A store command rebuilt from a journal entry.
-    fn command(&self, entry: Entry<'_>) -> StoreCmd {
+    /// A store command rebuilt from a journal entry, with `config`.
+    fn command(config: &Arc<Config>, entry: Entry<'_>) -> StoreCmd {
         match entry {
             Entry::Ingest {
                 raw,
@@ -262,7 +276,7 @@ impl Writer {
                 received_at,
                 imported,
             } => StoreCmd::Ingest(Box::new(Inbound::new(
-                self.config.clone(),
+                config.clone(),
                 raw.to_vec(),
                 mail_from.to_string(),
                 rcpt.into_iter().map(String::from).collect(),
