@@ -150,6 +150,7 @@ impl Bound {
             store: self.store.clone(),
             config: self.config.clone(),
             shutdown: shutdown.clone(),
+            ingests: tokio::sync::Semaphore::new(smtp::session::INGESTS_IN_FLIGHT),
         });
         for l in self.listeners {
             tracker.spawn(smtp::serve(

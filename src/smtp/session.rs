@@ -112,7 +112,16 @@ pub struct Ctx {
     pub store: Store,
     pub config: Arc<crate::daemon::ConfigCell>,
     pub shutdown: CancellationToken,
+    /// Messages being parsed or waiting for their commit, at most
+    /// [`INGESTS_IN_FLIGHT`]: a parsed message holds its decoded text
+    /// besides its raw bytes, and the store writer takes at most
+    /// `MAX_BATCH` at a time anyway, so more in flight only costs memory
+    /// (256 sessions ending their DATA together).
+    pub ingests: tokio::sync::Semaphore,
 }
+
+/// See [`Ctx::ingests`].
+pub const INGESTS_IN_FLIGHT: usize = 64;
 
 type Reader = BufReader<tokio::net::tcp::OwnedReadHalf>;
 type Writer = BufWriter<tokio::net::tcp::OwnedWriteHalf>;
@@ -409,6 +418,12 @@ async fn data(
     }
     let Some(channel) = channel else {
         return Ok(Some(b"554 5.5.1 Error: no valid recipients\r\n".to_vec()));
+    };
+    // Closed only when the daemon is going away: then the session ends.
+    let Ok(_permit) = ctx.ingests.acquire().await else {
+        return Ok(Some(
+            b"421 4.3.0 Service shutting down, try again later\r\n".to_vec(),
+        ));
     };
     let inbound = Inbound::new(
         config.clone(),
