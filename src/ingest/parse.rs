@@ -71,7 +71,7 @@ pub fn parse(raw: &[u8]) -> ParsedMail {
             date: None,
             text: cap(String::from_utf8_lossy(raw).into_owned()),
             well_formed: false,
-            markers: Vec::new(),
+            markers: raw_markers(raw),
             report: false,
         };
     };
@@ -118,16 +118,51 @@ pub fn parse(raw: &[u8]) -> ParsedMail {
         text: cap(text),
         well_formed: true,
         report,
-        markers: msg
-            .headers_raw()
-            .filter_map(|(name, value)| {
-                let name = name.trim().to_ascii_lowercase();
-                MARKER_HEADERS
-                    .contains(&name.as_str())
-                    .then(|| (name, value.trim().to_string()))
-            })
-            .collect(),
+        markers: raw_markers(raw),
     }
+}
+
+/// How far into a message its header block is looked for markers.
+const MAX_HEADER_SCAN: usize = 256 * 1024;
+
+/// The [`MARKER_HEADERS`] of the message's own header block (up to the
+/// first empty line), unfolded, decoded lossily, in order. Read from the raw
+/// bytes rather than from mail-parser, which leaves out a header whose
+/// value is not UTF-8: an auto-responder's `Auto-Submitted` must not vanish
+/// because of one stray byte (found by tests/fuzz.rs).
+fn raw_markers(raw: &[u8]) -> Vec<(String, String)> {
+    fn done(out: &mut Vec<(String, String)>, current: Option<(String, Vec<u8>)>) {
+        if let Some((name, value)) = current {
+            out.push((name, String::from_utf8_lossy(&value).trim().to_string()));
+        }
+    }
+    let mut out = Vec::new();
+    let mut current: Option<(String, Vec<u8>)> = None;
+    for line in raw[..raw.len().min(MAX_HEADER_SCAN)].split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        match line.first() {
+            None => break,
+            Some(b' ' | b'\t') => {
+                if let Some((_, value)) = current.as_mut() {
+                    value.push(b' ');
+                    value.extend_from_slice(line.trim_ascii());
+                }
+            }
+            Some(_) => {
+                done(&mut out, current.take());
+                if let Some(colon) = line.iter().position(|&b| b == b':') {
+                    let name = String::from_utf8_lossy(&line[..colon])
+                        .trim()
+                        .to_ascii_lowercase();
+                    if MARKER_HEADERS.contains(&name.as_str()) {
+                        current = Some((name, line[colon + 1..].trim_ascii().to_vec()));
+                    }
+                }
+            }
+        }
+    }
+    done(&mut out, current);
+    out
 }
 
 fn id_list(value: &HeaderValue<'_>) -> Vec<String> {
@@ -196,6 +231,28 @@ mod tests {
         assert!(!a.has_message_id);
         assert_eq!(a.message_id, b.message_id);
         assert_ne!(a.message_id, c.message_id);
+    }
+
+    #[test]
+    fn markers_survive_bytes_that_are_not_utf8_and_are_unfolded() {
+        // A folded Auto-Submitted with a stray byte: mail-parser drops it.
+        let p = parse(b"Auto-Submitted: auto-replied\r\n :\x80\r\nFrom: a@b.example\r\n\r\nhi\r\n");
+        assert_eq!(
+            p.markers,
+            vec![(
+                "auto-submitted".to_string(),
+                "auto-replied :\u{fffd}".to_string()
+            )]
+        );
+        let p = parse(b"PRECEDENCE:\r\n\tbulk\r\nSubject: x\r\n\r\nList-Id: <in@body>\r\n");
+        assert_eq!(
+            p.markers,
+            vec![("precedence".to_string(), "bulk".to_string())]
+        );
+        // Only the message's own header block counts.
+        assert!(parse(b"Subject: x\r\n\r\nAuto-Submitted: auto-replied\r\n")
+            .markers
+            .is_empty());
     }
 
     #[test]
