@@ -202,10 +202,18 @@ actions = [ { send_email = "ticket_received" } ]
     d.kill9();
     d.start_again();
 
-    let logs = d.logs();
-    assert!(
-        logs.contains("store recovered from the journal"),
-        "the restart replayed the journal:\n{logs}"
+    // stderr is read by its own thread: the line may trail `ready`.
+    crate::support::wait_until(
+        crate::support::DEADLINE,
+        "the restart replayed the journal",
+        || {
+            let logs = d.logs();
+            if logs.contains("store recovered from the journal") {
+                Ok(())
+            } else {
+                Err(logs)
+            }
+        },
     );
     assert_eq!(d.all_tickets(), tickets_before, "tickets after recovery");
     assert_eq!(d.outbox_all(), outbox_before, "outbox after recovery");
