@@ -32,6 +32,8 @@ use crate::clock::{self, Millis};
 use crate::config::Config;
 
 pub const MAX_BATCH: usize = 256;
+/// After a failed checkpoint, the next idle one waits this long.
+const CHECKPOINT_RETRY: Duration = Duration::from_secs(1);
 /// A batch stops growing once its messages hold this many bytes: the
 /// batch's journal record is one buffer, and every message of a batch stays
 /// in memory until its commit (256 sessions finishing 25 MiB messages at
@@ -68,6 +70,8 @@ pub(super) struct Writer {
     /// checkpoints on purpose).
     checkpoint_every: Duration,
     checkpoint_idle: Duration,
+    /// After a failed checkpoint, idle checkpoints wait until then.
+    idle_retry_after: Option<Instant>,
     /// redb was (re)opened and the journal not yet replayed into it.
     must_recover: bool,
     /// The configuration journal recovery applies messages with: the one
@@ -96,6 +100,7 @@ impl Writer {
             last_checkpoint: Instant::now(),
             checkpoint_every: CHECKPOINT_INTERVAL,
             checkpoint_idle: IDLE_CHECKPOINT,
+            idle_retry_after: None,
             must_recover: true,
             config,
         };
@@ -134,7 +139,10 @@ impl Writer {
                 let wait = self
                     .checkpoint_every
                     .saturating_sub(self.last_checkpoint.elapsed())
-                    .min(self.checkpoint_idle);
+                    .min(self.checkpoint_idle)
+                    .max(self.idle_retry_after.map_or(Duration::ZERO, |t| {
+                        t.saturating_duration_since(Instant::now())
+                    }));
                 match rx.recv_timeout(wait) {
                     Ok(m) => Ok(m),
                     Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -318,13 +326,16 @@ impl Writer {
                         reopen_if_needed(&self.slot, db, &e);
                     }
                 }
-                // Try again one interval later, not in a busy loop.
+                // Not again before a second has passed (a full disk would
+                // otherwise fail it, and log it, every idle interval).
                 self.last_checkpoint = Instant::now();
+                self.idle_retry_after = Some(Instant::now() + CHECKPOINT_RETRY);
             }
         }
     }
 
     fn checkpointed(&mut self) {
+        self.idle_retry_after = None;
         self.journal.restart();
         self.pending = false;
         self.last_checkpoint = Instant::now();
