@@ -253,7 +253,21 @@ impl Journal {
     /// the record is durable and its start offset is returned; on failure
     /// the position is unchanged (the next record overwrites whatever part
     /// of this one reached the file).
+    #[cfg(test)]
     pub fn append(&mut self, seq: u64, payload: &[u8]) -> io::Result<u64> {
+        let start = self.write(seq, payload)?;
+        if let Err(e) = self.file.sync_data() {
+            self.pos = start;
+            return Err(e);
+        }
+        Ok(start)
+    }
+
+    /// Writes one record at the current position without syncing it (the
+    /// writer syncs on another thread while it applies the batch; see
+    /// [`Journal::syncer`]). Returns its start offset; on failure the
+    /// position is unchanged.
+    pub fn write(&mut self, seq: u64, payload: &[u8]) -> io::Result<u64> {
         let rec = frame(seq, payload);
         let start = self.pos;
         let end = start + rec.len() as u64;
@@ -261,9 +275,13 @@ impl Journal {
             self.grow(end)?;
         }
         self.file.write_all_at(&rec, start)?;
-        self.file.sync_data()?;
         self.pos = end;
         Ok(start)
+    }
+
+    /// Another handle to the file, to sync it from another thread.
+    pub fn syncer(&self) -> io::Result<File> {
+        self.file.try_clone()
     }
 
     /// Undoes the record appended at `start` (its redb commit failed): its

@@ -5,7 +5,9 @@
 //! durable once, then answer every job of the batch. Durable means one of:
 //! - the batch's inputs were appended to the [`journal`](super::journal) and
 //!   synced, and redb committed it with `Durability::None` (the usual case:
-//!   one small sequential write and one `fdatasync` per batch);
+//!   one small sequential write and one `fdatasync` per batch; the record is
+//!   written before the batch is applied and synced by the `store-syncer`
+//!   thread meanwhile, and the jobs are answered once both are done);
 //! - redb committed it with `Durability::Immediate` — a checkpoint, which
 //!   also makes every earlier journaled batch durable in redb, after which
 //!   the journal starts over. A batch is a checkpoint when it holds an admin
@@ -55,10 +57,50 @@ impl WriterHandle {
     }
 }
 
+/// A thread that `fdatasync`s the journal on request, so that the writer
+/// applies a batch while the batch's record is being synced.
+struct Syncer {
+    req: mpsc::Sender<()>,
+    done: mpsc::Receiver<Result<(), String>>,
+}
+
+impl Syncer {
+    fn spawn(file: std::fs::File) -> std::io::Result<Syncer> {
+        let (req, req_rx) = mpsc::channel::<()>();
+        let (done_tx, done) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("store-syncer".into())
+            .spawn(move || {
+                while req_rx.recv().is_ok() {
+                    let r = file.sync_data().map_err(|e| e.to_string());
+                    if done_tx.send(r).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(Syncer { req, done })
+    }
+
+    /// Starts one sync; [`Syncer::wait`] must follow.
+    fn start(&self) -> Result<(), String> {
+        self.req
+            .send(())
+            .map_err(|_| "the journal syncer thread is gone".to_string())
+    }
+
+    /// The result of the sync started last.
+    fn wait(&self) -> Result<(), String> {
+        self.done
+            .recv()
+            .unwrap_or_else(|_| Err("the journal syncer thread is gone".into()))
+    }
+}
+
 /// The writer's state besides the database slot.
 pub(super) struct Writer {
     slot: Arc<DbSlot>,
     journal: Journal,
+    syncer: Syncer,
     /// The sequence number of the next journal record.
     next_seq: u64,
     /// Batches committed without `Durability::Immediate` since the last
@@ -92,9 +134,17 @@ impl Writer {
             path: path.clone(),
             source: e,
         })?;
+        let syncer = journal
+            .syncer()
+            .and_then(Syncer::spawn)
+            .map_err(|e| StoreError::Journal {
+                path: path.clone(),
+                source: e,
+            })?;
         let mut w = Writer {
             slot,
             journal,
+            syncer,
             next_seq: 1,
             pending: false,
             last_checkpoint: Instant::now(),
@@ -432,67 +482,118 @@ impl Writer {
         // recovery only knows how to replay inbound mail and deliveries).
         let entries: Option<Vec<Entry<'_>>> = batch.iter().map(|j| entry(&j.cmd)).collect();
         let sets_seq = entries.is_some();
-        let mut txn = begin(db, Durability::None)?;
-        let mut outcomes = Vec::with_capacity(batch.len());
-        let queued;
         let seq = self.next_seq;
-        {
-            let mut tables = Tables::open(&txn)?;
-            for job in batch {
-                outcomes.push(apply(&mut tables, &job.cmd, now)?);
-            }
-            if sets_seq {
-                tables.meta_set(JOURNAL_SEQ, seq)?;
-            }
-            tables.save_counters()?;
-            queued = tables.queued_mail;
-        }
         let payload = entries.map(|e| journal::encode(now, &e));
         let checkpoint_due = self.last_checkpoint.elapsed() >= self.checkpoint_every;
-        let journaled = match payload {
-            Some(p) if !checkpoint_due && self.journal.fits(p.len()) => {
-                match self.journal.append(seq, &p) {
-                    Ok(at) => Some(at),
-                    Err(e) => {
-                        tracing::error!(path = %self.journal.path().display(), error = %e, "journal write failed; committing to the database directly");
-                        None
-                    }
-                }
-            }
+        // The record holds only the batch's inputs and `now`, so it is
+        // written first and synced on the syncer thread while the batch is
+        // applied: the two costs overlap instead of adding up.
+        let record = match payload {
+            Some(p) if !checkpoint_due && self.journal.fits(p.len()) => self.write_record(seq, &p),
             _ => None,
         };
-        match journaled {
-            Some(at) => {
+        let applied = apply_batch(db, batch, now, sets_seq.then_some(seq));
+        let (mut txn, outcomes, queued) = match applied {
+            Ok(x) => x,
+            Err(e) => {
+                if let Some(at) = record {
+                    self.abandon_record(at);
+                }
+                return Err(e);
+            }
+        };
+        let Some(at) = record else {
+            // A checkpoint. If the batch took a journal number, redb now
+            // holds it durably and the next record follows it.
+            txn.set_durability(Durability::Immediate)?;
+            txn.set_quick_repair(true);
+            let started = Instant::now();
+            txn.commit()?;
+            crate::metrics::METRICS
+                .checkpoint_ms
+                .observe(started.elapsed().as_millis() as u64);
+            if sets_seq {
                 self.next_seq = seq + 1;
-                if let Err(e) = txn.commit() {
-                    // Not in redb: the record must not be replayed either,
-                    // and the next record takes its number (no gap).
-                    self.next_seq = seq;
-                    if let Err(je) = self.journal.retract(at) {
-                        tracing::error!(error = %je, "cannot retract a journal record; a message may be stored twice after a crash");
-                    }
-                    return Err(e.into());
-                }
-                self.pending = true;
             }
-            None => {
-                // A checkpoint. If the batch took a journal number, redb now
-                // holds it durably and the next record follows it.
-                txn.set_durability(Durability::Immediate)?;
-                txn.set_quick_repair(true);
-                let started = Instant::now();
-                txn.commit()?;
-                crate::metrics::METRICS
-                    .checkpoint_ms
-                    .observe(started.elapsed().as_millis() as u64);
-                if sets_seq {
-                    self.next_seq = seq + 1;
-                }
-                self.checkpointed();
-            }
+            self.checkpointed();
+            return Ok((outcomes, queued));
+        };
+        if let Err(e) = txn.commit() {
+            self.abandon_record(at);
+            return Err(e.into());
+        }
+        // redb holds the batch (in memory) and says it holds record `seq`.
+        self.next_seq = seq + 1;
+        self.pending = true;
+        if let Err(e) = self.syncer.wait() {
+            // The record may not be on disk: make the batch durable through
+            // redb instead (or fail it; recovery after the reopen decides
+            // what the journal still holds, and a retried message that was
+            // kept is a duplicate).
+            tracing::error!(path = %self.journal.path().display(), error = %e, "journal sync failed; checkpointing instead");
+            let txn = begin(db, Durability::Immediate)?;
+            txn.commit()?;
+            self.checkpointed();
         }
         Ok((outcomes, queued))
     }
+
+    /// Writes the batch's record and starts its sync; `None` (the batch is
+    /// then a checkpoint) if the journal cannot take it.
+    fn write_record(&mut self, seq: u64, payload: &[u8]) -> Option<u64> {
+        let at = match self.journal.write(seq, payload) {
+            Ok(at) => at,
+            Err(e) => {
+                tracing::error!(path = %self.journal.path().display(), error = %e, "journal write failed; committing to the database directly");
+                return None;
+            }
+        };
+        if let Err(e) = self.syncer.start() {
+            tracing::error!(error = %e, "committing to the database directly");
+            self.abandon_written(at);
+            return None;
+        }
+        Some(at)
+    }
+
+    /// The batch of the record at `at` (sync in flight) failed: wait for
+    /// the sync, then undo the record so that recovery does not apply it;
+    /// the next record takes its number.
+    fn abandon_record(&mut self, at: u64) {
+        let _ = self.syncer.wait();
+        self.abandon_written(at);
+    }
+
+    fn abandon_written(&mut self, at: u64) {
+        if let Err(e) = self.journal.retract(at) {
+            tracing::error!(error = %e, "cannot retract a journal record; a message may be stored twice after a crash");
+        }
+    }
+}
+
+/// Applies a batch in a new write transaction (not yet committed); with
+/// `seq`, records that journal record `seq` is in it.
+fn apply_batch(
+    db: &Database,
+    batch: &[Job],
+    now: Millis,
+    seq: Option<u64>,
+) -> Result<(WriteTransaction, Vec<Done>, bool), StoreError> {
+    let txn = begin(db, Durability::None)?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let queued;
+    {
+        let mut tables = Tables::open(&txn)?;
+        for job in batch {
+            outcomes.push(apply(&mut tables, &job.cmd, now)?);
+        }
+        if let Some(seq) = seq {
+            tables.meta_set(JOURNAL_SEQ, seq)?;
+        }
+        tables.save_counters()?;
+        queued = tables.queued_mail;
+    }
+    Ok((txn, outcomes, queued))
 }
 
 /// The bytes a job holds (its raw message), for [`MAX_BATCH_BYTES`].
