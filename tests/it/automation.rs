@@ -10,19 +10,11 @@
 use serde_json::{json, Value};
 
 use crate::support::eml::{self, footer, Eml};
+use crate::support::ACK_NEW;
 use crate::support::{
     config_with, edit_config, msg, timeline_events, timeline_kinds, unique_id, wait_until, Client,
     Daemon, Msg, DEADLINE,
 };
-
-/// Acknowledge every new (email) ticket.
-const ACK_NEW: &str = r#"
-[[workflow]]
-id = "ack-new"
-pipeline = "support"
-enroll = { status = "new" }
-actions = [ { send_email = "ticket_received" } ]
-"#;
 
 /// On closing: tell the customer, and the owner.
 const CLOSED_MAIL: &str = r#"

@@ -4,15 +4,8 @@
 
 use serde_json::json;
 
+use crate::support::ACK_NEW;
 use crate::support::{msg, send_mail, timeline_kinds, Daemon};
-
-const ACK_NEW: &str = r#"
-[[workflow]]
-id = "ack-new"
-pipeline = "support"
-enroll = { status = "new" }
-actions = [ { send_email = "ticket_received" } ]
-"#;
 
 fn dsn(original_id: &str, ticket: u64, failed: &str) -> String {
     format!(

@@ -4,15 +4,8 @@
 use serde_json::json;
 
 use crate::support::daemon::{run_cli, temp_dir};
+use crate::support::ACK_NEW;
 use crate::support::{default_config, message_ids, render_config, Daemon};
-
-const ACK: &str = r#"
-[[workflow]]
-id = "ack-new"
-pipeline = "support"
-enroll = { status = "new" }
-actions = [ { send_email = "ticket_received" } ]
-"#;
 
 fn mbox() -> String {
     [
@@ -59,7 +52,11 @@ fn mbox() -> String {
 fn mbox_import_threads_sends_nothing_and_is_idempotent() {
     let dir = temp_dir();
     let config = dir.path().join("postdesk.toml");
-    std::fs::write(&config, render_config(&default_config("", ACK), dir.path())).expect("config");
+    std::fs::write(
+        &config,
+        render_config(&default_config("", ACK_NEW), dir.path()),
+    )
+    .expect("config");
     let mbox_path = dir.path().join("support.mbox");
     std::fs::write(&mbox_path, mbox()).expect("mbox");
     let c = config.to_string_lossy().to_string();

@@ -160,14 +160,10 @@ fn check_lists_every_problem_and_serve_exits_78() {
 /// email sent twice (its delivery result was journaled too).
 #[test]
 fn a_kill_9_between_checkpoints_is_recovered_exactly_from_the_journal() {
-    const ACK_NEW: &str = r#"
-[[workflow]]
-id = "ack-new"
-pipeline = "support"
-enroll = { status = "new" }
-actions = [ { send_email = "ticket_received" } ]
-"#;
-    let mut d = Daemon::start_with_env(ACK_NEW, &[("POSTDESK_CHECKPOINT_MS", "3600000")]);
+    let mut d = Daemon::start_with_env(
+        crate::support::ACK_NEW,
+        &[("POSTDESK_CHECKPOINT_MS", "3600000")],
+    );
     let mut sent = Vec::new();
     for (i, who) in [
         "Ann <ann@example.com>",

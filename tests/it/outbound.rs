@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use crate::support::eml::{self, footer, Eml};
 use crate::support::sink::{Sink, Transaction};
+use crate::support::ACK_NEW;
 use crate::support::{
     config_with, msg, timeline_events, timeline_kinds, wait_until, Daemon, DEADLINE,
 };
@@ -23,15 +24,6 @@ actions = [
   { send_email = "ticket_received" },
   { notify = { user = "alice" } },
 ]
-"#;
-
-/// Only the acknowledgement to the customer.
-const ACK_NEW: &str = r#"
-[[workflow]]
-id = "ack-new"
-pipeline = "support"
-enroll = { status = "new" }
-actions = [ { send_email = "ticket_received" } ]
 "#;
 
 /// How long a retry may take: the first retry is due within 30 s.

@@ -24,19 +24,11 @@ use serde_json::{json, Value};
 use crate::support::corpus::{corpus_dir, deliver, eml_files, envelope_sender, header_values};
 use crate::support::daemon::PreExec;
 use crate::support::eml;
+use crate::support::ACK_NEW;
 use crate::support::{
     message_ids, msg, smtp_data_content, timeline_events, timeline_kinds, to_smtp_data, unique_id,
     wait_until, Client, Daemon, Msg, Reply, DEADLINE,
 };
-
-/// Acknowledge every new (email) ticket.
-const ACK_NEW: &str = r#"
-[[workflow]]
-id = "ack-new"
-pipeline = "support"
-enroll = { status = "new" }
-actions = [ { send_email = "ticket_received" } ]
-"#;
 
 /// The subject of the shipped `ticket_received` template.
 const RECEIVED: &str = "We received your request";

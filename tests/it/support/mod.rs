@@ -35,6 +35,16 @@ pub use smtp::{msg, send_mail, smtp_data_content, to_smtp_data, unique_id, Clien
 /// How long any single wait in the harness may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
+/// A workflow that acknowledges every new ticket (`ticket_received`), to
+/// pass to [`Daemon::start`].
+pub const ACK_NEW: &str = r#"
+[[workflow]]
+id = "ack-new"
+pipeline = "support"
+enroll = { status = "new" }
+actions = [ { send_email = "ticket_received" } ]
+"#;
+
 /// Polls `f` until it returns `Some`, for at most `deadline`; panics with
 /// `what` (and whatever the last attempt said) when time runs out. The pause
 /// between attempts is short and grows, so a fast answer is seen fast.
