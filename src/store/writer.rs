@@ -262,49 +262,43 @@ impl Writer {
         };
         let mut last = durable;
         let mut applied = 0usize;
-        let txn = begin(db, Durability::Immediate)?;
-        {
-            let mut tables = Tables::open(&txn)?;
-            let mut failed = None;
-            let read = self.journal.read_after(durable, |seq, payload| {
-                let Some((now, entries)) = journal::decode(payload) else {
-                    tracing::error!(
-                        seq,
-                        "journal record cannot be decoded; recovery stops before it"
-                    );
-                    return false;
-                };
-                for entry in entries {
-                    let cmd = Self::command(&self.config, entry);
-                    // A record's entries were applied together once; only a
-                    // changed configuration could make one fail now. Keep
-                    // going: the rest of the journal matters more, unless
-                    // the store itself fails.
-                    match apply(&mut tables, &cmd, now) {
-                        Ok(_) => {}
-                        Err(e) if e.needs_reopen() => {
-                            failed = Some(e);
-                            return false;
-                        }
-                        Err(e) => {
-                            tracing::error!(seq, error = %e, "journal entry failed to apply; skipped");
-                        }
-                    }
+        let mut failed = None;
+        let config = self.config.clone();
+        let read = self.journal.read_after(durable, |seq, payload| {
+            let Some((now, entries)) = journal::decode(payload) else {
+                tracing::error!(
+                    seq,
+                    "journal record cannot be decoded; recovery stops before it"
+                );
+                return false;
+            };
+            let cmds: Vec<StoreCmd> = entries
+                .into_iter()
+                .map(|e| Self::command(&config, e))
+                .collect();
+            match replay(db, seq, now, &cmds) {
+                Ok(()) => {
+                    last = seq;
+                    applied += 1;
+                    true
                 }
-                last = seq;
-                applied += 1;
-                true
-            });
-            read.map_err(|e| StoreError::Journal {
-                path: self.journal.path().to_path_buf(),
-                source: e,
-            })?;
-            if let Some(e) = failed {
-                return Err(e);
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
             }
-            tables.meta_set(JOURNAL_SEQ, last)?;
-            tables.save_counters()?;
+        });
+        read.map_err(|e| StoreError::Journal {
+            path: self.journal.path().to_path_buf(),
+            source: e,
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
         }
+        // One durable commit makes every replayed record durable, and names
+        // the last one even if nothing was replayed.
+        let txn = begin(db, Durability::Immediate)?;
+        Tables::open(&txn)?.meta_set(JOURNAL_SEQ, last)?;
         txn.commit()?;
         if applied > 0 {
             tracing::info!(
@@ -404,14 +398,7 @@ impl Writer {
         }
         let started = Instant::now();
         let size = batch.len();
-        let result = self.ready().and_then(|db| {
-            let r = self.commit_batch(&db, &batch);
-            if let Err(e) = &r {
-                self.failed(db, e);
-            }
-            r
-        });
-        match result {
+        match self.try_commit(&batch) {
             Ok((outcomes, queued)) => {
                 let m = &crate::metrics::METRICS;
                 crate::metrics::inc(&m.store_commits);
@@ -435,14 +422,7 @@ impl Writer {
                 tracing::debug!(error = %e, batch = size, "batch commit failed; retrying one by one");
                 let mut queued = false;
                 for job in batch {
-                    let result = self.ready().and_then(|db| {
-                        let r = self.commit_batch(&db, std::slice::from_ref(&job));
-                        if let Err(e) = &r {
-                            self.failed(db, e);
-                        }
-                        r
-                    });
-                    match result {
+                    match self.try_commit(std::slice::from_ref(&job)) {
                         Ok((mut outcomes, q)) => {
                             queued |= q;
                             if let Some(o) = outcomes.pop() {
@@ -460,6 +440,17 @@ impl Writer {
                 queued
             }
         }
+    }
+
+    /// Commits `batch` on the database, made ready first; a failure is
+    /// handled ([`Writer::failed`]) before it is returned.
+    fn try_commit(&mut self, batch: &[Job]) -> Result<(Vec<Done>, bool), StoreError> {
+        let db = self.ready()?;
+        let r = self.commit_batch(&db, batch);
+        if let Err(e) = &r {
+            self.failed(db, e);
+        }
+        r
     }
 
     /// After a failed commit: an I/O error means reopening redb, which
@@ -492,7 +483,12 @@ impl Writer {
             Some(p) if !checkpoint_due && self.journal.fits(p.len()) => self.write_record(seq, &p),
             _ => None,
         };
-        let applied = apply_batch(db, batch, now, sets_seq.then_some(seq));
+        let applied = apply_batch(
+            db,
+            batch.iter().map(|j| &j.cmd),
+            now,
+            sets_seq.then_some(seq),
+        );
         let (mut txn, outcomes, queued) = match applied {
             Ok(x) => x,
             Err(e) => {
@@ -571,21 +567,21 @@ impl Writer {
     }
 }
 
-/// Applies a batch in a new write transaction (not yet committed); with
+/// Applies commands in a new write transaction (not yet committed); with
 /// `seq`, records that journal record `seq` is in it.
-fn apply_batch(
+fn apply_batch<'a>(
     db: &Database,
-    batch: &[Job],
+    cmds: impl IntoIterator<Item = &'a StoreCmd>,
     now: Millis,
     seq: Option<u64>,
 ) -> Result<(WriteTransaction, Vec<Done>, bool), StoreError> {
     let txn = begin(db, Durability::None)?;
-    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut outcomes = Vec::new();
     let queued;
     {
         let mut tables = Tables::open(&txn)?;
-        for job in batch {
-            outcomes.push(apply(&mut tables, &job.cmd, now)?);
+        for cmd in cmds {
+            outcomes.push(apply(&mut tables, cmd, now)?);
         }
         if let Some(seq) = seq {
             tables.meta_set(JOURNAL_SEQ, seq)?;
@@ -594,6 +590,35 @@ fn apply_batch(
         queued = tables.queued_mail;
     }
     Ok((txn, outcomes, queued))
+}
+
+/// Replays journal record `seq` as it was applied once: its entries in one
+/// transaction (`Durability::None`; recovery checkpoints at the end). If one
+/// fails now — only a changed configuration or a damaged store can make it
+/// — each entry gets a transaction of its own and a failing one is skipped,
+/// so that no message is ever half-written. Errors that need a reopen stop
+/// the recovery.
+fn replay(db: &Database, seq: u64, now: Millis, cmds: &[StoreCmd]) -> Result<(), StoreError> {
+    let commit = |cmds: &[StoreCmd]| -> Result<(), StoreError> {
+        let (txn, _, _) = apply_batch(db, cmds, now, Some(seq))?;
+        txn.commit()?;
+        Ok(())
+    };
+    match commit(cmds) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.needs_reopen() => return Err(e),
+        Err(e) => {
+            tracing::warn!(seq, error = %e, "journal record failed to apply as a whole; replaying its entries one by one");
+        }
+    }
+    for cmd in cmds {
+        match commit(std::slice::from_ref(cmd)) {
+            Ok(()) => {}
+            Err(e) if e.needs_reopen() => return Err(e),
+            Err(e) => tracing::error!(seq, error = %e, "journal entry failed to apply; skipped"),
+        }
+    }
+    Ok(())
 }
 
 /// The bytes a job holds (its raw message), for [`MAX_BATCH_BYTES`].
