@@ -49,17 +49,35 @@ const MAGIC: [u8; 4] = *b"PDJ1";
 /// length, sequence number and payload (4) · reserved, zero (4).
 pub const HEADER: usize = 24;
 
-/// A record's bytes: header and payload.
+/// A record's bytes: header and payload (the writer builds its records
+/// with [`record`]).
+#[cfg(test)]
 pub fn frame(seq: u64, payload: &[u8]) -> Vec<u8> {
-    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
     let mut out = Vec::with_capacity(HEADER + payload.len());
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(&checksum(len, seq, payload).to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&[0; HEADER]);
     out.extend_from_slice(payload);
+    seal(&mut out, seq);
     out
+}
+
+/// A batch's record: header and `encode`'s payload, built in one buffer
+/// (each raw message is copied once on the commit path, not twice).
+pub fn record(seq: u64, now: i64, entries: &[Entry<'_>]) -> Vec<u8> {
+    let mut out = vec![0; HEADER];
+    encode_into(&mut out, now, entries);
+    seal(&mut out, seq);
+    out
+}
+
+/// Fills in the header of `rec` (`HEADER` bytes, then the payload).
+fn seal(rec: &mut [u8], seq: u64) {
+    let (head, payload) = rec.split_at_mut(HEADER);
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    head[0..4].copy_from_slice(&MAGIC);
+    head[4..8].copy_from_slice(&len.to_le_bytes());
+    head[8..16].copy_from_slice(&seq.to_le_bytes());
+    head[16..20].copy_from_slice(&checksum(len, seq, payload).to_le_bytes());
+    head[20..24].copy_from_slice(&[0; 4]);
 }
 
 fn checksum(len: u32, seq: u64, payload: &[u8]) -> u32 {
@@ -245,8 +263,10 @@ impl Journal {
 
     /// Whether a record with a payload of `payload` bytes fits after the
     /// current position.
-    pub fn fits(&self, payload: usize) -> bool {
-        self.pos + (HEADER + payload) as u64 <= JOURNAL_BYTES
+    /// Whether a record of `len` bytes (header included) fits after the
+    /// current position.
+    pub fn fits(&self, len: usize) -> bool {
+        self.pos + len as u64 <= JOURNAL_BYTES
     }
 
     /// Writes one record at the current position and syncs it. On success
@@ -255,7 +275,7 @@ impl Journal {
     /// of this one reached the file).
     #[cfg(test)]
     pub fn append(&mut self, seq: u64, payload: &[u8]) -> io::Result<u64> {
-        let start = self.write(seq, payload)?;
+        let start = self.write(&frame(seq, payload))?;
         if let Err(e) = self.file.sync_data() {
             self.pos = start;
             return Err(e);
@@ -263,18 +283,17 @@ impl Journal {
         Ok(start)
     }
 
-    /// Writes one record at the current position without syncing it (the
-    /// writer syncs on another thread while it applies the batch; see
-    /// [`Journal::syncer`]). Returns its start offset; on failure the
-    /// position is unchanged.
-    pub fn write(&mut self, seq: u64, payload: &[u8]) -> io::Result<u64> {
-        let rec = frame(seq, payload);
+    /// Writes one record ([`record`]) at the current position
+    /// without syncing it (the writer syncs on another thread while it
+    /// applies the batch; see [`Journal::syncer`]). Returns its start
+    /// offset; on failure the position is unchanged.
+    pub fn write(&mut self, rec: &[u8]) -> io::Result<u64> {
         let start = self.pos;
         let end = start + rec.len() as u64;
         if end > self.len {
             self.grow(end)?;
         }
-        self.file.write_all_at(&rec, start)?;
+        self.file.write_all_at(rec, start)?;
         self.pos = end;
         Ok(start)
     }
@@ -337,7 +356,15 @@ const TAG_DELIVERED: u8 = 2;
 
 /// A batch's payload: the commit time it was applied with, then its
 /// entries. Integers little-endian; strings and bytes length-prefixed (u32).
+#[cfg(test)]
 pub fn encode(now: i64, entries: &[Entry<'_>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_into(&mut out, now, entries);
+    out
+}
+
+/// `encode`, appended to `out`.
+fn encode_into(out: &mut Vec<u8>, now: i64, entries: &[Entry<'_>]) {
     let size: usize = entries
         .iter()
         .map(|e| match e {
@@ -347,9 +374,9 @@ pub fn encode(now: i64, entries: &[Entry<'_>]) -> Vec<u8> {
             Entry::Delivered { detail, .. } => detail.len() + 16,
         })
         .sum();
-    let mut out = Vec::with_capacity(12 + size);
+    out.reserve(12 + size);
     out.extend_from_slice(&now.to_le_bytes());
-    put_u32(&mut out, entries.len());
+    put_u32(out, entries.len());
     for e in entries {
         match e {
             Entry::Ingest {
@@ -362,13 +389,13 @@ pub fn encode(now: i64, entries: &[Entry<'_>]) -> Vec<u8> {
                 imported,
             } => {
                 out.push(TAG_INGEST);
-                put_bytes(&mut out, raw);
-                put_bytes(&mut out, mail_from.as_bytes());
-                put_u32(&mut out, rcpt.len());
+                put_bytes(out, raw);
+                put_bytes(out, mail_from.as_bytes());
+                put_u32(out, rcpt.len());
                 for r in rcpt {
-                    put_bytes(&mut out, r.as_bytes());
+                    put_bytes(out, r.as_bytes());
                 }
-                put_bytes(&mut out, channel.as_bytes());
+                put_bytes(out, channel.as_bytes());
                 out.push(u8::from(plus.is_some()));
                 out.extend_from_slice(&plus.unwrap_or(0).to_le_bytes());
                 out.extend_from_slice(&received_at.to_le_bytes());
@@ -378,11 +405,10 @@ pub fn encode(now: i64, entries: &[Entry<'_>]) -> Vec<u8> {
                 out.push(TAG_DELIVERED);
                 out.extend_from_slice(&id.to_le_bytes());
                 out.push(*kind);
-                put_bytes(&mut out, detail.as_bytes());
+                put_bytes(out, detail.as_bytes());
             }
         }
     }
-    out
 }
 
 fn put_u32(out: &mut Vec<u8>, n: usize) {
@@ -394,7 +420,7 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
-/// The inverse of [`encode`]; `None` if the payload is not one (a record's
+/// The inverse of `encode`; `None` if the payload is not one (a record's
 /// checksum matched, so this means a bug or a journal from another version).
 pub fn decode(payload: &[u8]) -> Option<(i64, Vec<Entry<'_>>)> {
     let mut r = Reader(payload);
@@ -603,7 +629,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let j = Journal::open(&dir.path().join("j")).expect("open");
         assert!(j.fits(1000));
-        assert!(!j.fits(JOURNAL_BYTES as usize));
+        // a record's length includes its header
+        assert!(j.fits(JOURNAL_BYTES as usize));
+        assert!(!j.fits(JOURNAL_BYTES as usize + 1));
     }
 
     #[test]
@@ -634,6 +662,11 @@ mod tests {
             },
         ];
         let bytes = encode(99, &entries);
+        assert_eq!(
+            record(7, 99, &entries),
+            frame(7, &bytes),
+            "built in one buffer, the same"
+        );
         assert_eq!(decode(&bytes), Some((99, entries)));
         assert_eq!(decode(&encode(1, &[])), Some((1, vec![])));
         // truncated or extended payloads are refused, never misread

@@ -474,13 +474,13 @@ impl Writer {
         let entries: Option<Vec<Entry<'_>>> = batch.iter().map(|j| entry(&j.cmd)).collect();
         let sets_seq = entries.is_some();
         let seq = self.next_seq;
-        let payload = entries.map(|e| journal::encode(now, &e));
+        let rec = entries.map(|e| journal::record(seq, now, &e));
         let checkpoint_due = self.last_checkpoint.elapsed() >= self.checkpoint_every;
         // The record holds only the batch's inputs and `now`, so it is
         // written first and synced on the syncer thread while the batch is
         // applied: the two costs overlap instead of adding up.
-        let record = match payload {
-            Some(p) if !checkpoint_due && self.journal.fits(p.len()) => self.write_record(seq, &p),
+        let record = match rec {
+            Some(r) if !checkpoint_due && self.journal.fits(r.len()) => self.write_record(&r),
             _ => None,
         };
         let applied = apply_batch(
@@ -536,8 +536,8 @@ impl Writer {
 
     /// Writes the batch's record and starts its sync; `None` (the batch is
     /// then a checkpoint) if the journal cannot take it.
-    fn write_record(&mut self, seq: u64, payload: &[u8]) -> Option<u64> {
-        let at = match self.journal.write(seq, payload) {
+    fn write_record(&mut self, rec: &[u8]) -> Option<u64> {
+        let at = match self.journal.write(rec) {
             Ok(at) => at,
             Err(e) => {
                 tracing::error!(path = %self.journal.path().display(), error = %e, "journal write failed; committing to the database directly");
