@@ -419,7 +419,7 @@ async fn data(
     let Some(channel) = channel else {
         return Ok(Some(b"554 5.5.1 Error: no valid recipients\r\n".to_vec()));
     };
-    // Closed only when the daemon is going away: then the session ends.
+    // Nothing closes the semaphore; if something did, end like a shutdown.
     let Ok(_permit) = ctx.ingests.acquire().await else {
         return Ok(Some(
             b"421 4.3.0 Service shutting down, try again later\r\n".to_vec(),
