@@ -30,7 +30,7 @@ cd "$REPO" || exit 2
 C=${C:-32}; SIZE=${SIZE:-4096}; PER_CONN=${PER_CONN:-1}; CLIENT=${CLIENT:-source}
 DUR=${DUR:-5}; PERF=${PERF:-1}; PERF_FREQ=${PERF_FREQ:-999}; DAEMON_PORT=${DAEMON_PORT:-2525}
 OUT=${OUT:-${TMPDIR:-/tmp}/postdesk-profile.$(date +%Y%m%d-%H%M%S).$$}
-BIN=$REPO/target/release/postdesk
+BIN=${BIN:-$REPO/target/release/postdesk}
 [ -x "$BIN" ] || { echo "build first: cargo build --release --locked" >&2; exit 2; }
 mkdir -p "$OUT/data" || exit 2
 SP=""; DP=""; PP=""
@@ -86,7 +86,7 @@ stats() { "$BIN" ctl -c "$OUT/postdesk.toml" --json stats; }
 stats >"$OUT/stats-before.json"; threads >"$OUT/threads-before.txt"; c0=$(head -n1 /proc/stat)
 
 PSTAT=(); command -v perf >/dev/null && \
-  perf stat -e 'syscalls:sys_enter_fdatasync,syscalls:sys_enter_fsync' -p "$DP" -o "$OUT/perf-stat.txt" -- sleep "$DUR" >/dev/null 2>&1 &
+  perf stat -e "${PERF_EVENTS:-syscalls:sys_enter_fdatasync,syscalls:sys_enter_fsync}" -p "$DP" -o "$OUT/perf-stat.txt" -- sleep "$DUR" >/dev/null 2>&1 &
 PSTAT_PID=$!
 if [ "$PERF" = 1 ] && command -v perf >/dev/null; then
   perf record -e cpu-clock -F "$PERF_FREQ" --call-graph dwarf,16384 -p "$DP" -o "$OUT/perf.data" \

@@ -30,7 +30,7 @@ ${STORE_CACHE:+store_cache = \"$STORE_CACHE\"}
 
 [outbound]
 transport = "smtp"
-url = "smtp://127.0.0.1:2601"
+url = "smtp://127.0.0.1:${RELAY_PORT:-2601}"
 from = "Acme Support <support@acme.example>"
 
 [limits]

@@ -96,7 +96,7 @@ impl Inbound {
             rcpt: self.rcpt.clone(),
             channel: self.channel.clone(),
             size: self.raw.len() as u64,
-            text: p.text.clone(),
+            text: String::new(),
         }
     }
 }
@@ -136,6 +136,9 @@ pub(super) struct Tables<'txn> {
     /// Set when this batch queued an email: the outbox worker is woken
     /// after the commit.
     pub(super) queued_mail: bool,
+    /// The inbound message being applied (seq, decoded text), so that a
+    /// template quoting it does not parse its raw bytes again.
+    current_text: Option<(u64, String)>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -164,6 +167,7 @@ impl<'txn> Tables<'txn> {
             next_outbox,
             salt,
             queued_mail: false,
+            current_text: None,
         })
     }
 
@@ -192,6 +196,17 @@ impl<'txn> Tables<'txn> {
             Some(bytes) => Ok(Some(decode(bytes.value())?)),
             None => Ok(None),
         }
+    }
+
+    /// The decoded text of a stored message (see [`text_of`]).
+    pub(super) fn message_text(&self, rec: &MessageRec) -> Result<String, StoreError> {
+        if let Some((seq, text)) = &self.current_text {
+            if *seq == rec.seq {
+                return Ok(text.clone());
+            }
+        }
+        let raw = self.raw.get(rec.seq)?;
+        Ok(text_of(rec.text.clone(), raw.as_ref().map(|r| r.value())))
     }
 
     /// Stores a message row, its raw bytes and its Message-ID row; adds it
@@ -372,6 +387,7 @@ pub(super) fn apply_inbound(
     };
     let rec = inb.record(seq, ticket.as_ref().map(|t| t.id), kind);
     tables.put_message(&rec, &inb.raw)?;
+    tables.current_text = Some((seq, p.text.clone()));
 
     let Some(ticket) = ticket.as_mut() else {
         return Ok(Outcome::Kept { duplicate: false });
@@ -425,7 +441,7 @@ pub(super) fn apply_inbound(
         Event::Created
     } else if let Some(agent) = agent {
         if auto.is_none() {
-            relay_agent_email(tables, config, ticket, agent, &rec, now)?;
+            relay_agent_email(tables, config, ticket, agent, &rec, &p.text, now)?;
             Event::AgentEmailed
         } else {
             // An agent's out-of-office is never relayed to the customer.

@@ -297,11 +297,14 @@ fn vars(tables: &Tables<'_>, config: &Config, t: &TicketRec) -> Result<Vars, Sto
         .and_then(|p| p.status(&t.status))
         .map_or_else(|| t.status.clone(), |s| s.name.clone());
     let message = match t.last_inbound {
-        Some(seq) => tables.message(seq)?.map(|m| MessageVars {
-            from: m.from.map(|f| f.email).unwrap_or_default(),
-            subject: m.subject,
-            text: m.text,
-        }),
+        Some(seq) => match tables.message(seq)? {
+            Some(m) => Some(MessageVars {
+                text: tables.message_text(&m)?,
+                from: m.from.map(|f| f.email).unwrap_or_default(),
+                subject: m.subject,
+            }),
+            None => None,
+        },
         None => None,
     };
     let channel = config.channel(&t.channel);
@@ -423,7 +426,7 @@ pub(super) fn queue(
         rcpt: rcpt.clone(),
         channel: ticket.channel.clone(),
         size: raw.len() as u64,
-        text: mail.text.clone(),
+        text: String::new(),
     };
     tables.put_message(&rec, &raw)?;
     let out = OutboxRec {
@@ -486,6 +489,7 @@ pub(super) fn relay_agent_email(
     ticket: &mut TicketRec,
     agent: &User,
     message: &MessageRec,
+    text: &str,
     now: Millis,
 ) -> Result<(), StoreError> {
     agent_reply(
@@ -493,7 +497,7 @@ pub(super) fn relay_agent_email(
         config,
         ticket,
         agent,
-        &message.text,
+        text,
         now,
         json!({"relayed": bracketed(&message.message_id), "user": agent.id}),
     )

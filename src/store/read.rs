@@ -55,8 +55,10 @@ pub struct MessageView {
     pub text: String,
 }
 
-impl From<MessageRec> for MessageView {
-    fn from(m: MessageRec) -> Self {
+impl MessageView {
+    /// The view of a row and its raw bytes (the text is derived from them).
+    fn new(m: MessageRec, raw: Option<&[u8]>) -> Self {
+        let text = text_of(m.text, raw);
         MessageView {
             message_id: bracketed(&m.message_id),
             direction: m.direction,
@@ -68,7 +70,7 @@ impl From<MessageRec> for MessageView {
             date: m.date.map(rfc3339),
             received_at: rfc3339(m.received_at),
             size: m.size,
-            text: m.text,
+            text,
         }
     }
 }
@@ -131,13 +133,15 @@ pub fn ticket(txn: &ReadTransaction, id: TicketId) -> Result<Option<TicketDetail
     let t: TicketRec = decode(bytes.value())?;
     let index = txn.open_table(TICKET_MESSAGES)?;
     let messages_table = txn.open_table(MESSAGES)?;
+    let raw = txn.open_table(RAW)?;
     let mut messages = Vec::new();
     for row in index.range((id, 0)..=(id, u64::MAX))? {
         let (key, _) = row?;
         let (_, seq) = key.value();
         if let Some(m) = messages_table.get(seq)? {
             let rec: MessageRec = decode(m.value())?;
-            messages.push(MessageView::from(rec));
+            let bytes = raw.get(seq)?;
+            messages.push(MessageView::new(rec, bytes.as_ref().map(|b| b.value())));
         }
     }
     let timeline_table = txn.open_table(TIMELINE)?;
@@ -162,12 +166,14 @@ pub fn ticket(txn: &ReadTransaction, id: TicketId) -> Result<Option<TicketDetail
 pub fn conversations(txn: &ReadTransaction, limit: usize) -> Result<Vec<MessageView>, StoreError> {
     let index = txn.open_table(CONVERSATIONS)?;
     let messages = txn.open_table(MESSAGES)?;
+    let raw = txn.open_table(RAW)?;
     let mut out = Vec::new();
     for row in index.iter()?.rev().take(limit) {
         let (seq, _) = row?;
         if let Some(m) = messages.get(seq.value())? {
             let rec: MessageRec = decode(m.value())?;
-            out.push(MessageView::from(rec));
+            let bytes = raw.get(seq.value())?;
+            out.push(MessageView::new(rec, bytes.as_ref().map(|b| b.value())));
         }
     }
     Ok(out)
@@ -206,7 +212,7 @@ pub fn message(
         .unwrap_or_default();
     Ok(Some(StoredMessage {
         ticket: rec.ticket,
-        view: MessageView::from(rec),
+        view: MessageView::new(rec, Some(&bytes)),
         raw: bytes,
     }))
 }

@@ -128,7 +128,22 @@ pub struct MessageRec {
     pub rcpt: Vec<String>,
     pub channel: String,
     pub size: u64,
+    /// The decoded text, only in rows written by earlier builds: a row
+    /// leaves it empty now and the text is derived from the raw bytes when
+    /// a view or a template needs it ([`text_of`]), so that a message's
+    /// body is stored once, not twice.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub text: String,
+}
+
+/// The decoded text of a message: its row's own `stored` text (an old
+/// row), or parsed from its raw bytes (none: an empty text).
+pub fn text_of(stored: String, raw: Option<&[u8]>) -> String {
+    if !stored.is_empty() {
+        return stored;
+    }
+    raw.map(|raw| crate::ingest::parse(raw).text)
+        .unwrap_or_default()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,4 +190,50 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 
 pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, super::StoreError> {
     serde_json::from_slice(bytes).map_err(|e| super::StoreError::Corrupt(e.to_string()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn row(text: &str) -> MessageRec {
+        MessageRec {
+            seq: 7,
+            ticket: Some(3),
+            message_id: "a@example.com".into(),
+            direction: Direction::In,
+            kind: "email".into(),
+            from: None,
+            to: vec![],
+            subject: "Hi".into(),
+            date: None,
+            received_at: 0,
+            mail_from: String::new(),
+            rcpt: vec![],
+            channel: "support".into(),
+            size: 10,
+            text: text.into(),
+        }
+    }
+
+    const RAW: &[u8] = b"Message-ID: <a@example.com>\r\nSubject: Hi\r\n\r\nFrom the raw bytes.\r\n";
+
+    #[test]
+    fn a_new_row_keeps_no_text_and_the_text_comes_from_the_raw_bytes() {
+        let json = String::from_utf8(encode(&row(""))).unwrap();
+        assert!(!json.contains("\"text\""), "{json}");
+        let rec: MessageRec = decode(json.as_bytes()).unwrap();
+        assert_eq!(
+            text_of(rec.text, Some(RAW)).trim_end(),
+            "From the raw bytes."
+        );
+        assert_eq!(text_of(String::new(), None), "");
+    }
+
+    #[test]
+    fn an_old_row_keeps_its_own_text() {
+        let rec: MessageRec = decode(&encode(&row("Stored with the row."))).unwrap();
+        assert_eq!(text_of(rec.text, Some(RAW)), "Stored with the row.");
+    }
 }

@@ -157,6 +157,11 @@ fn a_new_ticket_gets_ticket_received_with_every_header_and_the_footer() {
         note.raw
     );
     assert_ne!(note.message_id(), ack.message_id());
+    assert!(
+        note.text().contains("The printer is on fire."),
+        "the notification quotes the customer's message (message.text):\n{}",
+        note.raw
+    );
 
     // The ticket knows what it sent.
     let t = wait_email_sent(&d, id, 2);
@@ -167,6 +172,17 @@ fn a_new_ticket_gets_ticket_received_with_every_header_and_the_footer() {
         .find(|m| bare(m["message_id"].as_str().unwrap_or_default()) == bare(&ack.message_id()))
         .unwrap_or_else(|| panic!("the ack is one of the ticket's messages: {t:#}"));
     assert_eq!(out["direction"], "out", "{out:#}");
+    let out_text = out["text"].as_str().unwrap_or_default();
+    assert!(
+        out_text.contains("Hello Carol Customer") && footer(out_text) == foot,
+        "the ticket shows the ack's text as sent, footer included: {out:#}"
+    );
+    let inbound = &t["messages"][0];
+    assert_eq!(
+        inbound["text"].as_str().map(str::trim_end),
+        Some("The printer is on fire."),
+        "{inbound:#}"
+    );
     let queued = timeline_events(&t, "email_queued");
     let ack_queued = queued
         .iter()
