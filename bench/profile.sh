@@ -22,6 +22,10 @@
 #   PRELOAD=<N> (N smtp-source messages from one sender before the window)
 #   RATE_GUESS=1500 (smtp-source message count = DUR x this)
 #   DAEMON_PORT=2525  OUT=<dir> (default ${TMPDIR:-/tmp}/postdesk-profile.<date>.<pid>)
+#   BIN=<path> (another postdesk build, for an A/B of two binaries)
+#   PERF_EVENTS=<list> (perf stat events; default the two sync syscalls, e.g.
+#     add syscalls:sys_enter_futex,context-switches to count wake-ups)
+#   RELAY_PORT=2601 (write-config.sh; smtp-sink always listens on 2601)
 #   KEEP_DATA=0
 set -u
 REPO=$(cd "$(dirname "$0")/.." && pwd)

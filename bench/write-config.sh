@@ -9,6 +9,7 @@
 #    in the same transaction as the ticket; customer_replied moves a ticket
 #  - per-contact auto-reply limit 1000000/h, so none is rate-limited away
 #  - max_sessions = max_sessions_per_client = 512: all load is from 127.0.0.1
+#  - RELAY_PORT (env, default 2601) is the outbound relay's port
 #  - STORE_CACHE (env, e.g. 32MiB) sets server.store_cache; default: postdesk's
 set -eu
 [ $# -ge 2 ] || { echo "usage: write-config.sh FILE DATA_DIR [PORT]" >&2; exit 2; }

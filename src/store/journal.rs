@@ -261,8 +261,6 @@ impl Journal {
         }
     }
 
-    /// Whether a record with a payload of `payload` bytes fits after the
-    /// current position.
     /// Whether a record of `len` bytes (header included) fits after the
     /// current position.
     pub fn fits(&self, len: usize) -> bool {
