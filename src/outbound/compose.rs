@@ -6,8 +6,9 @@
 //! for its message builder only (header encoding and folding, body transfer
 //! encoding), never for sending.
 //!
-//! [`message_id`] is the exception: it mixes in random bits so that ids stay
-//! unique across restarts.
+//! [`message_id`] is pure too: it hashes the ticket, a counter and a salt
+//! drawn once per store, so ids stay unique across restarts and stores, and
+//! replaying the journal re-creates them.
 
 use std::time::{Duration, SystemTime};
 
