@@ -14,13 +14,17 @@ Targets (4 KiB, 1 message per connection, ratios from the same run):
   Postfix's (smtp-load.py: the only client with latencies); peak RSS <= 64 MiB
   at C=32 and with 256 sessions open. smtp-source is the primary client for
   the throughput ratios (it is the cheapest: client CPU is CPU the servers
-  don't get); smtp-load.py's ratios are shown too.
+  don't get); smtp-load.py's ratios are shown too. A ratio made from a cell
+  where the hypervisor stole more than STEAL_WARN % of the CPU is flagged.
 """
 import json
 import os
 import sys
 
 MIB = 1024.0
+# Steal (whole-box median of a cell, %) above which a ratio is flagged: on a
+# shared host a stolen slice lands in the critical path of few sessions.
+STEAL_WARN = 10
 
 
 def jl(path):
@@ -105,6 +109,12 @@ def main():
         state = "n/a    " if ok is None else ("met    " if ok else "NOT met")
         print("  %-52s %s  %s" % (name, state, detail))
 
+    def steal(*cells):
+        """A warning when the hypervisor took more than STEAL_WARN % of the
+        CPU during one of the cells a ratio is made of."""
+        worst = max((r.get("box_steal_pct") or 0) for r in cells if r) if any(cells) else 0
+        return "  [steal up to %.0f%%: this ratio is unreliable]" % worst if worst > STEAL_WARN else ""
+
     print("targets (4 KiB, 1 msg/conn):")
     for client in ("source", "load"):
         label = {"source": "smtp-source", "load": "smtp-load.py"}[client]
@@ -113,13 +123,15 @@ def main():
             v = r and r.get("vs_postfix")
             line("%s: postdesk >= %.0fx Postfix at C=%d" % (label, want, c),
                  None if v is None else v >= want,
-                 "-" if v is None else "%.2fx (%.0f vs %.0f msgs/s)" % (
-                     v, r["msgs_per_s_median"], get(client, "postfix", c)["msgs_per_s_median"]))
+                 "-" if v is None else "%.2fx (%.0f vs %.0f msgs/s)%s" % (
+                     v, r["msgs_per_s_median"], get(client, "postfix", c)["msgs_per_s_median"],
+                     steal(r, get(client, "postfix", c))))
         r = get(client, "daemon", 32)
         v = r and r.get("vs_sink")
         line("%s: postdesk >= 0.5x smtp-sink at C=32" % label, None if v is None else v >= 0.5,
-             "-" if v is None else "%.2fx (%.0f vs %.0f msgs/s)" % (
-                 v, r["msgs_per_s_median"], get(client, "sink", 32)["msgs_per_s_median"]))
+             "-" if v is None else "%.2fx (%.0f vs %.0f msgs/s)%s" % (
+                 v, r["msgs_per_s_median"], get(client, "sink", 32)["msgs_per_s_median"],
+                 steal(r, get(client, "sink", 32))))
     r, p = get("load", "daemon", 32), get("load", "postfix", 32)
     if r and p and r.get("p99_ms") == r.get("p99_ms") and p.get("p99_ms"):
         line("p99 end of DATA -> 250 at C=32 <= 1/3 Postfix's", r["p99_ms"] <= p["p99_ms"] / 3,
