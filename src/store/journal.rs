@@ -22,6 +22,9 @@
 //!   at the first record that is torn (bad checksum), stale (from before the
 //!   last restart at offset 0: its sequence number is not the next one) or
 //!   absent (zeros).
+//! - A record that is intact but cannot be decoded fails the recovery (the
+//!   daemon does not start, or answers 451 after a reopen): the journal is
+//!   never restarted over acknowledged mail.
 
 use std::fs::{File, OpenOptions};
 use std::io;

@@ -264,12 +264,23 @@ impl Writer {
         let mut applied = 0usize;
         let mut failed = None;
         let config = self.config.clone();
+        let path = self.journal.path().to_path_buf();
         let read = self.journal.read_after(durable, |seq, payload| {
             let Some((now, entries)) = journal::decode(payload) else {
-                tracing::error!(
-                    seq,
-                    "journal record cannot be decoded; recovery stops before it"
-                );
+                // Its checksum is right, so it holds acknowledged mail:
+                // restarting the journal would overwrite it. Refuse instead.
+                failed = Some(StoreError::Journal {
+                    path: path.clone(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!(
+                            "record {seq} is intact but cannot be decoded (written by another \
+                             version of postdesk?); the journal is left as it is: run the \
+                             version that wrote it, or move the file aside to start without \
+                             the mail it holds"
+                        ),
+                    ),
+                });
                 return false;
             };
             let cmds: Vec<StoreCmd> = entries

@@ -233,3 +233,45 @@ fn a_kill_9_between_checkpoints_is_recovered_exactly_from_the_journal() {
         .in_reply_to(&sent[1].1.mid());
     assert_eq!(d.send_ok(&again), sent[1].0);
 }
+
+#[test]
+fn an_intact_journal_record_that_cannot_be_decoded_stops_the_start_and_is_kept() {
+    let mut d = Daemon::start_with_env("", &[("POSTDESK_CHECKPOINT_MS", "3600000")]);
+    d.send_ok(&msg().subject("Only in the journal"));
+    d.kill9();
+
+    // Replace the first record's payload with bytes that are no record
+    // payload, and seal it again: intact on disk, undecodable.
+    let path = d.dir().join("data/postdesk.journal");
+    let mut journal = std::fs::read(&path).unwrap();
+    assert_eq!(&journal[..4], b"PDJ1", "a record at offset 0");
+    let len = u32::from_le_bytes(journal[4..8].try_into().unwrap());
+    let payload = 24..24 + len as usize;
+    journal[payload.clone()].fill(0xff);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&journal[4..16]);
+    crc.update(&journal[payload]);
+    journal[16..20].copy_from_slice(&crc.finalize().to_le_bytes());
+    std::fs::write(&path, &journal).unwrap();
+
+    let out = run_cli(
+        &[
+            OsStr::new("serve"),
+            OsStr::new("-c"),
+            d.config_path().as_os_str(),
+        ],
+        d.dir(),
+    );
+    let stderr = &out.stderr;
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("postdesk.journal")
+            && stderr.contains("record 1 is intact but cannot be decoded"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        journal,
+        "the journal is left as it is"
+    );
+}
