@@ -387,7 +387,6 @@ pub(super) fn apply_inbound(
     };
     let rec = inb.record(seq, ticket.as_ref().map(|t| t.id), kind);
     tables.put_message(&rec, &inb.raw)?;
-    tables.current_text = Some((seq, p.text.clone()));
 
     let Some(ticket) = ticket.as_mut() else {
         return Ok(Outcome::Kept { duplicate: false });
@@ -434,6 +433,8 @@ pub(super) fn apply_inbound(
             by: matched.by,
         });
     }
+    // Templates run below may quote this message (`message.text`).
+    tables.current_text = Some((seq, p.text.clone()));
     let cause = Cause {
         auto: auto.as_ref(),
     };
