@@ -8,11 +8,11 @@
 #
 # DIR (default ${TMPDIR:-/tmp}/postdesk-fill-N) gets:
 #   postdesk.toml  the bench config (write-config.sh), data_dir = DIR/data
-#   data/postdesk.redb
+#   data/postdesk.redb, data/postdesk.blobs (the store and its raw messages)
 #   ids.jsonl      a sample of FILL_IDS stored Message-IDs (smtp-load --ids-in)
 #   fill.json      N, generation and import seconds, rates, database size
 # A DIR whose fill.json already says N tickets is reused as is (delete it to
-# rebuild). run.sh copies data/postdesk.redb before each measurement, so the
+# rebuild). run.sh copies the store's files before each measurement, so the
 # fill itself is never written to by a benchmark.
 #
 # Knobs: FILL_CHUNK=100000 (messages per mbox / import call), FILL_SIZE=2048
@@ -72,7 +72,9 @@ out = {"requested": int(n), "imported": int(imp), "tickets_created": int(created
        "complete": complete == "1" and int(created) == int(n), "body_bytes": int(size),
        "gen_s": round(t1 - t0, 1), "import_s": round(t2 - t1, 1),
        "import_msgs_per_s": round(int(imp) / (t2 - t1), 1) if t2 > t1 else None,
-       "db_bytes": os.path.getsize(db) if os.path.exists(db) else None}
+       "db_bytes": os.path.getsize(db) if os.path.exists(db) else None,
+       "blob_bytes": os.path.getsize(db[:-len("redb")] + "blobs")
+       if os.path.exists(db[:-len("redb")] + "blobs") else None}
 json.dump(out, open(os.path.join(d, "fill.json"), "w"))
 print(json.dumps(out))
 PY

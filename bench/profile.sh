@@ -63,6 +63,10 @@ if [ -n "${FILL:-}" ]; then
   fd=${FILL_DIR_BASE:-${TMPDIR:-/tmp}}/postdesk-fill-$FILL
   bash "$HERE/fill.sh" "$FILL" "$fd" || exit 1
   cp --sparse=always "$fd/data/postdesk.redb" "$OUT/data/postdesk.redb" || exit 1
+  # the raw messages (fills made before the blob file have none)
+  if [ -f "$fd/data/postdesk.blobs" ]; then
+    cp "$fd/data/postdesk.blobs" "$OUT/data/postdesk.blobs" || exit 1
+  fi
 fi
 bash "$HERE/write-config.sh" "$OUT/postdesk.toml" "$OUT/data" "$DAEMON_PORT" || exit 1
 U=(); [ "$(id -u)" = 0 ] && U=(-u nobody)

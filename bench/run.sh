@@ -120,8 +120,12 @@ measure() {
     wait_quiet "fill $n"
     bash "$HERE/fill.sh" "$n" "$fd" || return 1
     cp "$fd/fill.json" "$w/fill.json"
-    echo "# copying the $n-ticket store ($(du -h "$fd/data/postdesk.redb" | cut -f1))" >&2
+    echo "# copying the $n-ticket store ($(du -ch "$fd"/data/postdesk.{redb,blobs} 2>/dev/null | tail -1 | cut -f1))" >&2
     cp --sparse=always "$fd/data/postdesk.redb" "$w/data/postdesk.redb" || return 1
+    # the raw messages (fills made before the blob file have none)
+    if [ -f "$fd/data/postdesk.blobs" ]; then
+      cp "$fd/data/postdesk.blobs" "$w/data/postdesk.blobs" || return 1
+    fi
     ids=$fd/ids.jsonl
   fi
   bash "$HERE/write-config.sh" "$w/postdesk.toml" "$w/data" "$DAEMON_PORT" || return 1

@@ -76,9 +76,10 @@ def main():
         peak = max([m.get("peak_rss_kib") or 0 for m in mem] or [0]) / 1024.0
         hwm = (max(s[0].get(k, {}).get("vmhwm_kib") or 0 for k in ("idle", "in_data", "committed", "after"))
                / 1024.0) if s else 0
-        print("  %9d tickets (db %.2f GiB): peak RSS during C=32 runs %.1f MiB; "
+        print("  %9d tickets (db %.2f GiB + blobs %.2f GiB): peak RSS during C=32 runs %.1f MiB; "
               "VmHWM with %s sessions open %.1f MiB" % (
-                  n, (fill.get("db_bytes") or 0) / 2**30, peak, s[0]["k"] if s else "-", hwm))
+                  n, (fill.get("db_bytes") or 0) / 2**30, (fill.get("blob_bytes") or 0) / 2**30,
+                  peak, s[0]["k"] if s else "-", hwm))
     print("\nfills (bulk import, daemon stopped) and foreign CPU during each measurement:")
     for n in ns:
         d = os.path.join(out, "fill-%d" % n)

@@ -82,8 +82,10 @@ def main():
                   f["steal_max_pct"]))
     if fill:
         print("store pre-filled with %d tickets (bulk import: %.1f s for %d messages = %.0f msgs/s; "
-              "database %.2f GiB)" % (fill["tickets_created"], fill["import_s"], fill["imported"],
-                                      fill["import_msgs_per_s"] or 0, (fill["db_bytes"] or 0) / 2**30))
+              "database %.2f GiB, blobs %.2f GiB)" % (
+                  fill["tickets_created"], fill["import_s"], fill["imported"],
+                  fill["import_msgs_per_s"] or 0, (fill["db_bytes"] or 0) / 2**30,
+                  (fill.get("blob_bytes") or 0) / 2**30))
     if stats:
         s = stats[0].get("data", {})
         h = stats[1].get("data", {}) if len(stats) > 1 else {}

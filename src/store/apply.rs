@@ -8,6 +8,7 @@ use std::sync::Arc;
 use redb::{ReadableTable, Table, WriteTransaction};
 use serde_json::json;
 
+use super::blobs::{BlobFile, Pending};
 use super::effects::{apply_effects, relay_agent_email, Cause};
 use super::schema::*;
 use super::writer::counter;
@@ -97,6 +98,7 @@ impl Inbound {
             channel: self.channel.clone(),
             size: self.raw.len() as u64,
             text: String::new(),
+            blob: None,
         }
     }
 }
@@ -114,7 +116,8 @@ pub enum Outcome {
     Kept { duplicate: bool },
 }
 
-/// Every table a write needs, opened once per batch, plus the id counters.
+/// Every table a write needs, opened once per batch, plus the id counters
+/// and the raw bytes the batch adds to the blob file.
 pub(super) struct Tables<'txn> {
     meta: Table<'txn, &'static str, u64>,
     tickets: Table<'txn, u64, &'static [u8]>,
@@ -139,11 +142,19 @@ pub(super) struct Tables<'txn> {
     /// The inbound message being applied (seq, decoded text), so that a
     /// template quoting it does not parse its raw bytes again.
     current_text: Option<(u64, String)>,
+    blobs: &'txn BlobFile,
+    /// Raw bytes of this transaction's messages, to be written at the
+    /// transaction's `blob_len` before it commits ([`Tables::finish`]).
+    pending: Pending,
 }
 
 impl<'txn> Tables<'txn> {
-    pub(super) fn open(txn: &'txn WriteTransaction) -> Result<Self, StoreError> {
+    pub(super) fn open(
+        txn: &'txn WriteTransaction,
+        blobs: &'txn BlobFile,
+    ) -> Result<Self, StoreError> {
         let meta = txn.open_table(META)?;
+        let blob_len = meta.get(BLOB_LEN)?.map_or(0, |v| v.value());
         let next_ticket = counter(&meta, NEXT_TICKET)?;
         let next_message = counter(&meta, NEXT_MESSAGE)?;
         let next_event = counter(&meta, NEXT_EVENT)?;
@@ -168,6 +179,8 @@ impl<'txn> Tables<'txn> {
             salt,
             queued_mail: false,
             current_text: None,
+            blobs,
+            pending: Pending::new(blob_len),
         })
     }
 
@@ -176,12 +189,17 @@ impl<'txn> Tables<'txn> {
         Ok(())
     }
 
-    pub(super) fn save_counters(&mut self) -> Result<(), StoreError> {
+    /// Saves the counters and the blob file's new length; returns the raw
+    /// bytes the caller must write (at [`Pending::base`]) before it commits.
+    pub(super) fn finish(mut self) -> Result<Pending, StoreError> {
         self.meta.insert(NEXT_TICKET, self.next_ticket)?;
         self.meta.insert(NEXT_MESSAGE, self.next_message)?;
         self.meta.insert(NEXT_EVENT, self.next_event)?;
         self.meta.insert(NEXT_OUTBOX, self.next_outbox)?;
-        Ok(())
+        if !self.pending.bytes.is_empty() {
+            self.meta.insert(BLOB_LEN, self.pending.end())?;
+        }
+        Ok(self.pending)
     }
 
     pub(super) fn ticket(&self, id: TicketId) -> Result<Option<TicketRec>, StoreError> {
@@ -205,15 +223,28 @@ impl<'txn> Tables<'txn> {
                 return Ok(text.clone());
             }
         }
-        let raw = self.raw.get(rec.seq)?;
-        Ok(text_of(rec.text.clone(), raw.as_ref().map(|r| r.value())))
+        if !rec.text.is_empty() {
+            return Ok(rec.text.clone());
+        }
+        Ok(match &rec.blob {
+            Some(r) => text_of(String::new(), Some(&self.pending.read(self.blobs, r)?)),
+            None => {
+                let raw = self.raw.get(rec.seq)?;
+                text_of(String::new(), raw.as_ref().map(|r| r.value()))
+            }
+        })
     }
 
-    /// Stores a message row, its raw bytes and its Message-ID row; adds it
-    /// to its ticket's messages or to the conversations.
-    pub(super) fn put_message(&mut self, rec: &MessageRec, raw: &[u8]) -> Result<(), StoreError> {
+    /// Stores a message row (naming its raw bytes, queued for the blob
+    /// file) and its Message-ID row; adds it to its ticket's messages or to
+    /// the conversations.
+    pub(super) fn put_message(
+        &mut self,
+        rec: &mut MessageRec,
+        raw: &[u8],
+    ) -> Result<(), StoreError> {
+        rec.blob = Some(self.pending.push(raw));
         self.messages.insert(rec.seq, encode(rec).as_slice())?;
-        self.raw.insert(rec.seq, raw)?;
         self.message_ids
             .insert(rec.message_id.as_str(), (rec.ticket.unwrap_or(0), rec.seq))?;
         match rec.ticket {
@@ -385,8 +416,8 @@ pub(super) fn apply_inbound(
     } else {
         "email"
     };
-    let rec = inb.record(seq, ticket.as_ref().map(|t| t.id), kind);
-    tables.put_message(&rec, &inb.raw)?;
+    let mut rec = inb.record(seq, ticket.as_ref().map(|t| t.id), kind);
+    tables.put_message(&mut rec, &inb.raw)?;
 
     let Some(ticket) = ticket.as_mut() else {
         return Ok(Outcome::Kept { duplicate: false });
@@ -511,8 +542,8 @@ fn apply_bounce(
         None => None,
     };
     let seq = tables.next_message_seq();
-    let rec = inb.record(seq, ticket.as_ref().map(|t| t.id), "bounce");
-    tables.put_message(&rec, &inb.raw)?;
+    let mut rec = inb.record(seq, ticket.as_ref().map(|t| t.id), "bounce");
+    tables.put_message(&mut rec, &inb.raw)?;
     crate::metrics::inc(&crate::metrics::METRICS.bounces);
     let Some(mut ticket) = ticket else {
         return Ok(Outcome::Kept { duplicate: false });

@@ -411,7 +411,7 @@ pub(super) fn queue(
     };
     let rcpt: Vec<String> = draft.to.iter().map(|(_, a)| a.clone()).collect();
     let seq = tables.next_message_seq();
-    let rec = MessageRec {
+    let mut rec = MessageRec {
         seq,
         ticket: Some(ticket.id),
         message_id: message_id.clone(),
@@ -427,8 +427,9 @@ pub(super) fn queue(
         channel: ticket.channel.clone(),
         size: raw.len() as u64,
         text: String::new(),
+        blob: None,
     };
-    tables.put_message(&rec, &raw)?;
+    tables.put_message(&mut rec, &raw)?;
     let out = OutboxRec {
         id: out_id,
         ticket: ticket.id,

@@ -1,16 +1,18 @@
 //! SHELL: the redb database.
 //!
-//! Owns: every table ([`schema`]), the one writer thread ([`writer`]) that
-//! performs all write transactions, and the read views the admin socket
-//! uses ([`read`]).
+//! Owns: every table ([`schema`]), the raw messages' file ([`blobs`]), the
+//! one writer thread ([`writer`]) that performs all write transactions, and
+//! the read views the admin socket uses ([`read`]).
 //!
 //! Invariants:
 //! - Durability is decided here and nowhere else: a [`Store::ingest`] call
 //!   returns `Ok` only after the message is on disk — in the [`journal`]
 //!   (synced) with redb committed in memory, or in redb committed with
 //!   `Durability::Immediate`. Callers may say `250` then, and only then.
-//! - Everything one message causes (message, raw bytes, Message-ID rows,
-//!   ticket, timeline) is written in the same transaction.
+//! - Everything one message causes (message, Message-ID rows, ticket,
+//!   timeline) is written in the same transaction; its raw bytes go to the
+//!   blob file just before that transaction commits, and are made durable
+//!   before any durable commit that names them.
 //! - Messages that arrive together share one commit (group commit); each
 //!   caller waits only for the commit that holds its message.
 //! - After an I/O error redb refuses writes (`PreviousIo`) until reopened:
@@ -18,6 +20,7 @@
 //!   caller meanwhile gets an error (→ `451`), never a false success.
 
 mod apply;
+mod blobs;
 mod effects;
 mod journal;
 mod ops;
@@ -34,6 +37,7 @@ use tokio::sync::{oneshot, Notify};
 
 use crate::config::Config;
 use crate::ingest::TicketId;
+use blobs::BlobFile;
 
 pub use apply::{Inbound, Outcome};
 pub use ops::Delivery;
@@ -57,6 +61,11 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("blob file {path}: {source}")]
+    Blobs {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot create data directory {path}: {source}")]
     DataDir {
         path: PathBuf,
@@ -75,6 +84,7 @@ impl StoreError {
                     | redb::Error::DatabaseClosed
                     | redb::Error::Backend(_)
             ) | StoreError::Journal { .. }
+                | StoreError::Blobs { .. }
         )
     }
 }
@@ -101,6 +111,8 @@ struct DbSlot {
     path: PathBuf,
     cache: usize,
     db: RwLock<Option<Arc<Database>>>,
+    /// The raw messages ([`blobs`]); never reopened.
+    blobs: Arc<BlobFile>,
 }
 
 impl DbSlot {
@@ -188,6 +200,7 @@ impl Store {
         })?;
         let path = data_dir.join("postdesk.redb");
         let cache = usize::try_from(config.server.store_cache).unwrap_or(usize::MAX);
+        let blobs = Arc::new(BlobFile::open(&data_dir.join("postdesk.blobs"))?);
         let db = open_db(&path, cache)?;
         writer::init_tables(&db)?;
         let db = Arc::new(db);
@@ -195,6 +208,7 @@ impl Store {
             path,
             cache,
             db: RwLock::new(Some(db.clone())),
+            blobs,
         });
         let w = writer::Writer::open(slot.clone(), &db, config)?;
         drop(db);
@@ -272,13 +286,13 @@ impl Store {
     pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&redb::ReadTransaction) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&read::Snapshot) -> Result<T, StoreError> + Send + 'static,
     {
         let slot = self.slot.clone();
         let task = tokio::task::spawn_blocking(move || {
             let db = slot.get()?;
             let txn = redb::ReadableDatabase::begin_read(&*db)?;
-            f(&txn)
+            f(&read::Snapshot::new(txn, &slot.blobs))
         });
         task.await.map_err(|_| StoreError::Unavailable)?
     }

@@ -1,13 +1,54 @@
 //! Read views for the admin socket: the shapes of SPEC §7, built from one
 //! read transaction each.
 
-use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata};
+use std::ops::Deref;
+
+use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, ReadableTableMetadata};
 use serde::Serialize;
 
+use super::blobs::BlobFile;
 use super::schema::*;
 use super::StoreError;
 use crate::clock::rfc3339;
 use crate::ingest::{bracketed, Mailbox, TicketId};
+
+/// A read transaction and the blob file: what a view reads from. It is a
+/// [`ReadTransaction`] for views that need no raw bytes.
+pub struct Snapshot<'a> {
+    txn: ReadTransaction,
+    blobs: &'a BlobFile,
+}
+
+impl Deref for Snapshot<'_> {
+    type Target = ReadTransaction;
+    fn deref(&self) -> &ReadTransaction {
+        &self.txn
+    }
+}
+
+impl<'a> Snapshot<'a> {
+    pub(super) fn new(txn: ReadTransaction, blobs: &'a BlobFile) -> Self {
+        Snapshot { txn, blobs }
+    }
+
+    /// The `raw` table, where rows written by earlier builds keep their bytes.
+    fn raw_table(&self) -> Result<ReadOnlyTable<u64, &'static [u8]>, StoreError> {
+        Ok(self.txn.open_table(RAW)?)
+    }
+
+    /// A message's raw bytes: from the blob file, or from `raw_table` for a
+    /// row written before the blob file existed.
+    fn raw(
+        &self,
+        rec: &MessageRec,
+        raw_table: &ReadOnlyTable<u64, &'static [u8]>,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        match &rec.blob {
+            Some(r) => self.blobs.read(r).map(Some),
+            None => Ok(raw_table.get(rec.seq)?.map(|v| v.value().to_vec())),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TicketView {
@@ -125,7 +166,7 @@ pub fn tickets(
     Ok(out)
 }
 
-pub fn ticket(txn: &ReadTransaction, id: TicketId) -> Result<Option<TicketDetail>, StoreError> {
+pub fn ticket(txn: &Snapshot, id: TicketId) -> Result<Option<TicketDetail>, StoreError> {
     let tickets = txn.open_table(TICKETS)?;
     let Some(bytes) = tickets.get(id)? else {
         return Ok(None);
@@ -133,15 +174,15 @@ pub fn ticket(txn: &ReadTransaction, id: TicketId) -> Result<Option<TicketDetail
     let t: TicketRec = decode(bytes.value())?;
     let index = txn.open_table(TICKET_MESSAGES)?;
     let messages_table = txn.open_table(MESSAGES)?;
-    let raw = txn.open_table(RAW)?;
+    let raw = txn.raw_table()?;
     let mut messages = Vec::new();
     for row in index.range((id, 0)..=(id, u64::MAX))? {
         let (key, _) = row?;
         let (_, seq) = key.value();
         if let Some(m) = messages_table.get(seq)? {
             let rec: MessageRec = decode(m.value())?;
-            let bytes = raw.get(seq)?;
-            messages.push(MessageView::new(rec, bytes.as_ref().map(|b| b.value())));
+            let bytes = txn.raw(&rec, &raw)?;
+            messages.push(MessageView::new(rec, bytes.as_deref()));
         }
     }
     let timeline_table = txn.open_table(TIMELINE)?;
@@ -163,17 +204,17 @@ pub fn ticket(txn: &ReadTransaction, id: TicketId) -> Result<Option<TicketDetail
 }
 
 /// Messages kept without a ticket, newest first.
-pub fn conversations(txn: &ReadTransaction, limit: usize) -> Result<Vec<MessageView>, StoreError> {
+pub fn conversations(txn: &Snapshot, limit: usize) -> Result<Vec<MessageView>, StoreError> {
     let index = txn.open_table(CONVERSATIONS)?;
     let messages = txn.open_table(MESSAGES)?;
-    let raw = txn.open_table(RAW)?;
+    let raw = txn.raw_table()?;
     let mut out = Vec::new();
     for row in index.iter()?.rev().take(limit) {
         let (seq, _) = row?;
         if let Some(m) = messages.get(seq.value())? {
             let rec: MessageRec = decode(m.value())?;
-            let bytes = raw.get(seq.value())?;
-            out.push(MessageView::new(rec, bytes.as_ref().map(|b| b.value())));
+            let bytes = txn.raw(&rec, &raw)?;
+            out.push(MessageView::new(rec, bytes.as_deref()));
         }
     }
     Ok(out)
@@ -188,10 +229,7 @@ pub struct StoredMessage {
 }
 
 /// One stored message (inbound or outbound) by its normalised Message-ID.
-pub fn message(
-    txn: &ReadTransaction,
-    message_id: &str,
-) -> Result<Option<StoredMessage>, StoreError> {
+pub fn message(txn: &Snapshot, message_id: &str) -> Result<Option<StoredMessage>, StoreError> {
     let ids = txn.open_table(MESSAGE_IDS)?;
     let Some(row) = ids.get(message_id)? else {
         return Ok(None);
@@ -205,11 +243,7 @@ pub fn message(
         return Ok(None);
     };
     let rec: MessageRec = decode(m.value())?;
-    let raw = txn.open_table(RAW)?;
-    let bytes = raw
-        .get(seq)?
-        .map(|v| v.value().to_vec())
-        .unwrap_or_default();
+    let bytes = txn.raw(&rec, &txn.raw_table()?)?.unwrap_or_default();
     Ok(Some(StoredMessage {
         ticket: rec.ticket,
         view: MessageView::new(rec, Some(&bytes)),
@@ -294,13 +328,14 @@ pub struct DueMail {
 /// Up to `limit` emails due at `now`, and when the next one after them is
 /// due (if any).
 pub fn due(
-    txn: &ReadTransaction,
+    txn: &Snapshot,
     now: i64,
     limit: usize,
 ) -> Result<(Vec<DueMail>, Option<i64>), StoreError> {
     let due = txn.open_table(OUTBOX_DUE)?;
     let outbox = txn.open_table(OUTBOX)?;
-    let raw = txn.open_table(RAW)?;
+    let messages = txn.open_table(MESSAGES)?;
+    let raw = txn.raw_table()?;
     let mut out = Vec::new();
     let mut next = None;
     for row in due.iter()? {
@@ -312,10 +347,10 @@ pub fn due(
         }
         let Some(v) = outbox.get(id)? else { continue };
         let rec: OutboxRec = decode(v.value())?;
-        let bytes = raw
-            .get(rec.message_seq)?
-            .map(|v| v.value().to_vec())
-            .unwrap_or_default();
+        let bytes = match messages.get(rec.message_seq)? {
+            Some(m) => txn.raw(&decode(m.value())?, &raw)?.unwrap_or_default(),
+            None => Vec::new(),
+        };
         out.push(DueMail {
             id,
             ticket: rec.ticket,
@@ -334,5 +369,97 @@ pub fn outbox_one(txn: &ReadTransaction, id: u64) -> Result<Option<OutboxView>, 
     match table.get(id)? {
         Some(v) => Ok(Some(OutboxView::from(decode::<OutboxRec>(v.value())?))),
         None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use redb::{Database, ReadableDatabase};
+
+    use super::*;
+    use crate::store::blobs::{BlobFile, Pending};
+
+    const OLD: &[u8] =
+        b"Message-ID: <old@example.com>\r\nSubject: Old\r\n\r\nKept in the raw table.\r\n";
+    const NEW: &[u8] =
+        b"Message-ID: <new@example.com>\r\nSubject: New\r\n\r\nKept in the blob file.\r\n";
+
+    fn row(seq: u64, message_id: &str, blob: Option<crate::store::blobs::BlobRef>) -> MessageRec {
+        MessageRec {
+            seq,
+            ticket: None,
+            message_id: message_id.into(),
+            direction: Direction::In,
+            kind: "email".into(),
+            from: None,
+            to: vec![],
+            subject: String::new(),
+            date: None,
+            received_at: 0,
+            mail_from: String::new(),
+            rcpt: vec![],
+            channel: "support".into(),
+            size: 0,
+            text: String::new(),
+            blob,
+        }
+    }
+
+    #[test]
+    fn a_message_reads_its_bytes_from_the_blob_file_and_an_old_row_from_the_raw_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("postdesk.redb")).unwrap();
+        crate::store::writer::init_tables(&db).unwrap();
+        let blobs = BlobFile::open(&dir.path().join("postdesk.blobs")).unwrap();
+        let mut pending = Pending::new(0);
+        let r = pending.push(NEW);
+        blobs.write_at(&pending.bytes, pending.base).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut messages = txn.open_table(MESSAGES).unwrap();
+            let mut ids = txn.open_table(MESSAGE_IDS).unwrap();
+            // A row of an earlier build: no blob, bytes in the raw table.
+            messages
+                .insert(1, encode(&row(1, "old@example.com", None)).as_slice())
+                .unwrap();
+            txn.open_table(RAW).unwrap().insert(1, OLD).unwrap();
+            ids.insert("old@example.com", (0, 1)).unwrap();
+            messages
+                .insert(2, encode(&row(2, "new@example.com", Some(r))).as_slice())
+                .unwrap();
+            ids.insert("new@example.com", (0, 2)).unwrap();
+            txn.open_table(CONVERSATIONS)
+                .unwrap()
+                .insert(1, ())
+                .unwrap();
+            txn.open_table(CONVERSATIONS)
+                .unwrap()
+                .insert(2, ())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+
+        let snap = Snapshot::new(db.begin_read().unwrap(), &blobs);
+        let old = message(&snap, "old@example.com").unwrap().unwrap();
+        assert_eq!(old.raw, OLD);
+        assert_eq!(old.view.text.trim_end(), "Kept in the raw table.");
+        let new = message(&snap, "new@example.com").unwrap().unwrap();
+        assert_eq!(new.raw, NEW);
+        assert_eq!(new.view.text.trim_end(), "Kept in the blob file.");
+        let texts: Vec<String> = conversations(&snap, 10)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.text.trim_end().to_string())
+            .collect();
+        assert_eq!(texts, ["Kept in the blob file.", "Kept in the raw table."]);
+
+        // A damaged byte is an error, never another message's text.
+        blobs.write_at(b"X", r.at + 3).unwrap();
+        let e = message(&snap, "new@example.com").err().unwrap().to_string();
+        assert!(
+            e.contains("postdesk.blobs") && e.contains("checksum mismatch"),
+            "{e}"
+        );
     }
 }

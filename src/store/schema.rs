@@ -1,8 +1,9 @@
 //! Every table and every record type of the database, in one place.
 //!
 //! Records are stored as JSON (small, self-describing, easy to migrate by
-//! adding `#[serde(default)]` fields). Raw messages are stored byte-exact in
-//! their own table so that listing tickets never touches them.
+//! adding `#[serde(default)]` fields). Raw messages are stored byte-exact
+//! outside the database, in the blob file ([`super::blobs`]), named by
+//! their message row; rows of earlier builds keep theirs in [`RAW`].
 
 use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
@@ -16,7 +17,8 @@ pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub const TICKETS: TableDefinition<u64, &[u8]> = TableDefinition::new("tickets");
 /// message seq → [`MessageRec`].
 pub const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
-/// message seq → the raw bytes as received (or as sent).
+/// message seq → the raw bytes as received (or as sent), for rows written
+/// before the blob file ([`MessageRec::blob`]) existed; no longer written.
 pub const RAW: TableDefinition<u64, &[u8]> = TableDefinition::new("raw");
 /// Normalised Message-ID → (ticket id or 0, message seq or 0). A message seq
 /// of 0 means the id was only *named* (In-Reply-To/References of a ticket's
@@ -51,6 +53,8 @@ pub const NEXT_OUTBOX: &str = "next_outbox";
 pub const MESSAGE_ID_SALT: &str = "message_id_salt";
 /// The last journal record applied (see [`super::journal`]).
 pub const JOURNAL_SEQ: &str = "journal_seq";
+/// The committed length of the blob file: where the next raw bytes go.
+pub const BLOB_LEN: &str = "blob_len";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -134,6 +138,10 @@ pub struct MessageRec {
     /// body is stored once, not twice.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub text: String,
+    /// Where the raw bytes are in the blob file; `None` in rows written
+    /// before it existed (their bytes are in [`RAW`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob: Option<super::blobs::BlobRef>,
 }
 
 /// The decoded text of a message: its row's own `stored` text (an old
@@ -158,7 +166,7 @@ pub enum OutState {
 pub struct OutboxRec {
     pub id: u64,
     pub ticket: TicketId,
-    /// The outbound message's row (its raw bytes are in [`RAW`]).
+    /// The outbound message's row (it names its raw bytes).
     pub message_seq: u64,
     /// Normalised, without brackets.
     pub message_id: String,
@@ -214,6 +222,7 @@ mod tests {
             channel: "support".into(),
             size: 10,
             text: text.into(),
+            blob: None,
         }
     }
 

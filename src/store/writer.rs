@@ -10,7 +10,11 @@
 //!   thread meanwhile, and the jobs are answered once both are done);
 //! - redb committed it with `Durability::Immediate` — a checkpoint, which
 //!   also makes every earlier journaled batch durable in redb, after which
-//!   the journal starts over. A batch is a checkpoint when it holds an admin
+//!   the journal starts over.
+//!
+//! Either way the batch's raw messages are written to the blob file
+//! ([`super::blobs`]) just before its transaction commits, and the blob file
+//! is synced before every `Immediate` commit. A batch is a checkpoint when it holds an admin
 //!   command, when the journal is full or failing, and at least every
 //!   [`CHECKPOINT_INTERVAL`]; an idle writer checkpoints what is pending
 //!   after [`IDLE_CHECKPOINT`].
@@ -27,6 +31,7 @@ use std::time::{Duration, Instant};
 use redb::{Database, Durability, ReadableTable, WriteTransaction};
 
 use super::apply::{apply_inbound, Inbound, Tables};
+use super::blobs::{BlobFile, Pending};
 use super::journal::{self, Entry, Journal, CHECKPOINT_INTERVAL, IDLE_CHECKPOINT};
 use super::schema::*;
 use super::{open_db, ops, DbSlot, Delivery, Done, Job, StoreCmd, StoreError, WriterMsg};
@@ -254,12 +259,15 @@ impl Writer {
     /// order, and checkpoints them. After this, redb holds every batch that
     /// was ever answered.
     fn recover(&mut self, db: &Database) -> Result<(), StoreError> {
-        let durable = {
+        let (durable, blob_len) = {
             let txn = redb::ReadableDatabase::begin_read(db)?;
             let meta = txn.open_table(META)?;
             let seq = meta.get(JOURNAL_SEQ)?.map_or(0, |v| v.value());
-            seq
+            let blob_len = meta.get(BLOB_LEN)?.map_or(0, |v| v.value());
+            (seq, blob_len)
         };
+        let blobs = &*self.slot.blobs;
+        blobs.check_len(blob_len)?;
         let mut last = durable;
         let mut applied = 0usize;
         let mut failed = None;
@@ -287,7 +295,7 @@ impl Writer {
                 .into_iter()
                 .map(|e| Self::command(&config, e))
                 .collect();
-            match replay(db, seq, now, &cmds) {
+            match replay(db, blobs, seq, now, &cmds) {
                 Ok(()) => {
                     last = seq;
                     applied += 1;
@@ -309,7 +317,8 @@ impl Writer {
         // One durable commit makes every replayed record durable, and names
         // the last one even if nothing was replayed.
         let txn = begin(db, Durability::Immediate)?;
-        Tables::open(&txn)?.meta_set(JOURNAL_SEQ, last)?;
+        txn.open_table(META)?.insert(JOURNAL_SEQ, last)?;
+        blobs.sync()?;
         txn.commit()?;
         if applied > 0 {
             tracing::info!(
@@ -365,6 +374,7 @@ impl Writer {
         let result = self.ready().and_then(|db| {
             let txn = begin(&db, Durability::Immediate)?;
             let started = Instant::now();
+            self.slot.blobs.sync()?;
             txn.commit()?;
             crate::metrics::METRICS
                 .checkpoint_ms
@@ -494,14 +504,15 @@ impl Writer {
             Some(r) if !checkpoint_due && self.journal.fits(r.len()) => self.write_record(&r),
             _ => None,
         };
-        let applied = apply_batch(
+        let blobs = &*self.slot.blobs;
+        let applied = match apply_batch(
             db,
+            blobs,
             batch.iter().map(|j| &j.cmd),
             now,
             sets_seq.then_some(seq),
-        );
-        let (mut txn, outcomes, queued) = match applied {
-            Ok(x) => x,
+        ) {
+            Ok(a) => a,
             Err(e) => {
                 if let Some(at) = record {
                     self.abandon_record(at);
@@ -512,10 +523,8 @@ impl Writer {
         let Some(at) = record else {
             // A checkpoint. If the batch took a journal number, redb now
             // holds it durably and the next record follows it.
-            txn.set_durability(Durability::Immediate)?;
-            txn.set_quick_repair(true);
             let started = Instant::now();
-            txn.commit()?;
+            let done = applied.commit(blobs, true)?;
             crate::metrics::METRICS
                 .checkpoint_ms
                 .observe(started.elapsed().as_millis() as u64);
@@ -523,12 +532,15 @@ impl Writer {
                 self.next_seq = seq + 1;
             }
             self.checkpointed();
-            return Ok((outcomes, queued));
+            return Ok(done);
         };
-        if let Err(e) = txn.commit() {
-            self.abandon_record(at);
-            return Err(e.into());
-        }
+        let (outcomes, queued) = match applied.commit(blobs, false) {
+            Ok(done) => done,
+            Err(e) => {
+                self.abandon_record(at);
+                return Err(e);
+            }
+        };
         // redb holds the batch (in memory) and says it holds record `seq`.
         self.next_seq = seq + 1;
         self.pending = true;
@@ -539,6 +551,7 @@ impl Writer {
             // kept is a duplicate).
             tracing::error!(path = %self.journal.path().display(), error = %e, "journal sync failed; checkpointing instead");
             let txn = begin(db, Durability::Immediate)?;
+            self.slot.blobs.sync()?;
             txn.commit()?;
             self.checkpointed();
         }
@@ -578,29 +591,61 @@ impl Writer {
     }
 }
 
+/// A batch applied in a write transaction that is not committed yet.
+struct Applied {
+    txn: WriteTransaction,
+    outcomes: Vec<Done>,
+    queued: bool,
+    blobs: Pending,
+}
+
+impl Applied {
+    /// Writes the batch's raw bytes to the blob file (where its transaction
+    /// says they are) and commits: after this, a reader that sees a row
+    /// finds its bytes. A `durable` commit (a checkpoint) syncs the blob
+    /// file first and commits with `Durability::Immediate`.
+    fn commit(mut self, blobs: &BlobFile, durable: bool) -> Result<(Vec<Done>, bool), StoreError> {
+        blobs.write_at(&self.blobs.bytes, self.blobs.base)?;
+        if durable {
+            self.txn.set_durability(Durability::Immediate)?;
+            self.txn.set_quick_repair(true);
+            blobs.sync()?;
+        }
+        self.txn.commit()?;
+        Ok((self.outcomes, self.queued))
+    }
+}
+
 /// Applies commands in a new write transaction (not yet committed); with
 /// `seq`, records that journal record `seq` is in it.
 fn apply_batch<'a>(
     db: &Database,
+    blobs: &BlobFile,
     cmds: impl IntoIterator<Item = &'a StoreCmd>,
     now: Millis,
     seq: Option<u64>,
-) -> Result<(WriteTransaction, Vec<Done>, bool), StoreError> {
+) -> Result<Applied, StoreError> {
     let txn = begin(db, Durability::None)?;
     let mut outcomes = Vec::new();
     let queued;
+    let pending;
     {
-        let mut tables = Tables::open(&txn)?;
+        let mut tables = Tables::open(&txn, blobs)?;
         for cmd in cmds {
             outcomes.push(apply(&mut tables, cmd, now)?);
         }
         if let Some(seq) = seq {
             tables.meta_set(JOURNAL_SEQ, seq)?;
         }
-        tables.save_counters()?;
         queued = tables.queued_mail;
+        pending = tables.finish()?;
     }
-    Ok((txn, outcomes, queued))
+    Ok(Applied {
+        txn,
+        outcomes,
+        queued,
+        blobs: pending,
+    })
 }
 
 /// Replays journal record `seq` as it was applied once: its entries in one
@@ -609,10 +654,15 @@ fn apply_batch<'a>(
 /// — each entry gets a transaction of its own and a failing one is skipped,
 /// so that no message is ever half-written. Errors that need a reopen stop
 /// the recovery.
-fn replay(db: &Database, seq: u64, now: Millis, cmds: &[StoreCmd]) -> Result<(), StoreError> {
+fn replay(
+    db: &Database,
+    blobs: &BlobFile,
+    seq: u64,
+    now: Millis,
+    cmds: &[StoreCmd],
+) -> Result<(), StoreError> {
     let commit = |cmds: &[StoreCmd]| -> Result<(), StoreError> {
-        let (txn, _, _) = apply_batch(db, cmds, now, Some(seq))?;
-        txn.commit()?;
+        apply_batch(db, blobs, cmds, now, Some(seq))?.commit(blobs, false)?;
         Ok(())
     };
     match commit(cmds) {

@@ -189,6 +189,31 @@ fn a_kill_9_between_checkpoints_is_recovered_exactly_from_the_journal() {
     assert_eq!(emails_before, 3, "one acknowledgement per new ticket");
     let tickets_before = d.all_tickets();
     let outbox_before = d.outbox_all();
+    // Every message, inbound and outbound, with its raw bytes: replay
+    // writes them to the blob file again.
+    let mut mids: Vec<String> = sent.iter().map(|(_, m)| m.mid()).collect();
+    mids.push(reply.mid());
+    mids.extend(
+        outbox_before
+            .iter()
+            .filter_map(|o| o["message_id"].as_str().map(String::from)),
+    );
+    assert_eq!(mids.len(), 7, "{outbox_before:?}");
+    let messages = |d: &Daemon| -> Vec<serde_json::Value> {
+        mids.iter()
+            .map(|mid| {
+                d.message(mid)
+                    .unwrap_or_else(|| d.fail(format!("{mid} is not stored")))
+            })
+            .collect()
+    };
+    let messages_before = messages(&d);
+    for m in &messages_before {
+        assert!(
+            m["raw_base64"].as_str().is_some_and(|r| r.len() > 100),
+            "{m}"
+        );
+    }
     assert!(
         !d.logs().contains("store recovered from the journal"),
         "{}",
@@ -196,6 +221,15 @@ fn a_kill_9_between_checkpoints_is_recovered_exactly_from_the_journal() {
     );
 
     d.kill9();
+    // What a power loss may leave of the blob file: nothing written since
+    // the last checkpoint (the start's) was synced. The journal was, and
+    // replay must write every message's bytes again.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(d.dir().join("data/postdesk.blobs"))
+        .unwrap()
+        .set_len(0)
+        .unwrap();
     d.start_again();
 
     // stderr is read by its own thread: the line may trail `ready`.
@@ -213,6 +247,7 @@ fn a_kill_9_between_checkpoints_is_recovered_exactly_from_the_journal() {
     );
     assert_eq!(d.all_tickets(), tickets_before, "tickets after recovery");
     assert_eq!(d.outbox_all(), outbox_before, "outbox after recovery");
+    assert_eq!(messages(&d), messages_before, "messages after recovery");
     for (id, m) in &sent {
         assert_eq!(
             d.message(&m.mid()).map(|v| v["ticket"].clone()),
@@ -274,4 +309,52 @@ fn an_intact_journal_record_that_cannot_be_decoded_stops_the_start_and_is_kept()
         journal,
         "the journal is left as it is"
     );
+}
+
+/// The raw messages live in `postdesk.blobs`, named by the database; a
+/// database whose blob file lacks bytes it names (a backup or restore that
+/// left the file out) must not start as if nothing were missing.
+#[test]
+fn a_blob_file_shorter_than_the_database_names_stops_the_start() {
+    let mut d = Daemon::start("");
+    let m = msg().subject("Bytes in the blob file");
+    d.send_ok(&m);
+    let raw = d.message(&m.mid()).expect("stored")["raw_base64"].clone();
+    assert!(raw.as_str().is_some_and(|r| !r.is_empty()), "{raw}");
+    assert!(d.terminate().success());
+
+    let path = d.dir().join("data/postdesk.blobs");
+    let len = std::fs::metadata(&path).unwrap().len();
+    assert!(len > 0, "the message's bytes are in {}", path.display());
+    let serve = |d: &Daemon| {
+        run_cli(
+            &[
+                OsStr::new("serve"),
+                OsStr::new("-c"),
+                d.config_path().as_os_str(),
+            ],
+            d.dir(),
+        )
+    };
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len - 1)
+        .unwrap();
+    let out = serve(&d);
+    let stderr = &out.stderr;
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("postdesk.blobs")
+            && stderr.contains(&format!(
+                "holds {} bytes but the database names {len}",
+                len - 1
+            )),
+        "{stderr}"
+    );
+    std::fs::remove_file(&path).unwrap();
+    let out = serve(&d);
+    assert!(!out.status.success(), "{}", out.stderr);
+    assert!(out.stderr.contains("holds 0 bytes"), "{}", out.stderr);
 }
