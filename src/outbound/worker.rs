@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::transport::Transport;
+use super::transport::{SendError, Transport};
 use crate::clock;
 use crate::daemon::ConfigCell;
 use crate::store::{read, Delivery, Store};
@@ -94,8 +94,26 @@ pub async fn run(store: Store, config: Arc<ConfigCell>, shutdown: CancellationTo
 
 /// Sends one email and records the result with the store writer.
 async fn deliver(store: Store, transport: Arc<Transport>, mail: read::DueMail) {
-    let result = transport.send(&mail.mail_from, &mail.rcpt, &mail.raw).await;
-    let delivery = match result {
+    let delivery = match &mail.raw {
+        Ok(raw) => {
+            let result = transport.send(&mail.mail_from, &mail.rcpt, raw).await;
+            outcome(&mail, result)
+        }
+        Err(e) => {
+            tracing::error!(ticket = mail.ticket, message_id = %mail.message_id, error = %e, "mail failed permanently: its stored copy cannot be read");
+            crate::metrics::inc(&crate::metrics::METRICS.emails_failed);
+            Delivery::Permanent(format!("the stored email cannot be read: {e}"))
+        }
+    };
+    if let Err(e) = store.delivered(mail.id, delivery).await {
+        // The email stays queued and is tried again: at-least-once.
+        tracing::error!(outbox = mail.id, error = %e, "outbox: cannot record the delivery result");
+    }
+}
+
+/// What one send attempt means for the outbox (and its log line).
+fn outcome(mail: &read::DueMail, result: Result<(), SendError>) -> Delivery {
+    match result {
         Ok(()) => {
             tracing::info!(ticket = mail.ticket, message_id = %mail.message_id, kind = %mail.kind, to = %mail.rcpt.join(","), "mail sent");
             crate::metrics::inc(&crate::metrics::METRICS.emails_sent);
@@ -111,10 +129,6 @@ async fn deliver(store: Store, transport: Arc<Transport>, mail: read::DueMail) {
             crate::metrics::inc(&crate::metrics::METRICS.emails_failed);
             Delivery::Permanent(e.to_string())
         }
-    };
-    if let Err(e) = store.delivered(mail.id, delivery).await {
-        // The email stays queued and is tried again: at-least-once.
-        tracing::error!(outbox = mail.id, error = %e, "outbox: cannot record the delivery result");
     }
 }
 

@@ -13,8 +13,9 @@
 //!   its bytes; bytes beyond the committed `blob_len` belong to a batch
 //!   that did not commit and are overwritten by the next one.
 //! - The file is `fdatasync`ed before every durable (`Immediate`) redb
-//!   commit, so redb's durable state never names bytes that are not on
-//!   disk. Batches after that commit are in the journal: replaying them
+//!   commit and before a database handle is closed (closing makes pending
+//!   in-memory commits durable), so redb's durable state never names bytes
+//!   that are not on disk; a failed sync stops the process ([`BlobFile::sync`]). Batches after that commit are in the journal: replaying them
 //!   writes their bytes again from the durable `blob_len`.
 //! - The file never shrinks; its length is at least the durable
 //!   `blob_len`, or the store refuses to open (bytes it names are missing).
@@ -98,9 +99,24 @@ impl BlobFile {
             .map_err(|e| blob_error(&self.path, e))
     }
 
-    /// Makes every byte written so far durable.
-    pub fn sync(&self) -> Result<(), StoreError> {
-        self.file.sync_data().map_err(|e| blob_error(&self.path, e))
+    /// Makes every byte written so far durable, or stops the process.
+    ///
+    /// A failed `fdatasync` may have dropped the pages it could not write
+    /// (a later one then succeeds without them), and closing redb makes its
+    /// pending in-memory commits durable: going on, or closing, could leave
+    /// a durable database naming bytes that never reached the disk. Stopping
+    /// without closing leaves redb at its last checkpoint and the journal
+    /// holding every batch since; the restart replays them and writes their
+    /// bytes again (PostgreSQL treats a failed fsync the same way).
+    pub fn sync(&self) {
+        if let Err(e) = self.file.sync_data() {
+            tracing::error!(
+                path = %self.path.display(),
+                error = %e,
+                "cannot sync the blob file; stopping without closing the database (the restart replays the journal)"
+            );
+            std::process::abort();
+        }
     }
 
     /// The bytes `r` names, checked against its CRC.

@@ -84,7 +84,6 @@ impl StoreError {
                     | redb::Error::DatabaseClosed
                     | redb::Error::Backend(_)
             ) | StoreError::Journal { .. }
-                | StoreError::Blobs { .. }
         )
     }
 }
@@ -113,6 +112,15 @@ struct DbSlot {
     db: RwLock<Option<Arc<Database>>>,
     /// The raw messages ([`blobs`]); never reopened.
     blobs: Arc<BlobFile>,
+}
+
+impl Drop for DbSlot {
+    /// The last handle to redb may close with the slot (at shutdown, or a
+    /// failed open), making pending in-memory commits durable: the bytes
+    /// they name go to disk first.
+    fn drop(&mut self) {
+        self.blobs.sync();
+    }
 }
 
 impl DbSlot {

@@ -48,6 +48,24 @@ impl<'a> Snapshot<'a> {
             None => Ok(raw_table.get(rec.seq)?.map(|v| v.value().to_vec())),
         }
     }
+
+    /// [`Snapshot::raw`] for a list view: bytes that fail their checksum
+    /// (or lie beyond the file) are logged and shown as no text, so that one
+    /// damaged message does not hide its whole ticket; `message` still
+    /// answers the error for it.
+    fn raw_for_view(
+        &self,
+        rec: &MessageRec,
+        raw_table: &ReadOnlyTable<u64, &'static [u8]>,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.raw(rec, raw_table) {
+            Err(StoreError::Corrupt(e)) => {
+                tracing::error!(message_id = %rec.message_id, error = %e, "a stored message cannot be read");
+                Ok(None)
+            }
+            other => other,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -181,7 +199,7 @@ pub fn ticket(txn: &Snapshot, id: TicketId) -> Result<Option<TicketDetail>, Stor
         let (_, seq) = key.value();
         if let Some(m) = messages_table.get(seq)? {
             let rec: MessageRec = decode(m.value())?;
-            let bytes = txn.raw(&rec, &raw)?;
+            let bytes = txn.raw_for_view(&rec, &raw)?;
             messages.push(MessageView::new(rec, bytes.as_deref()));
         }
     }
@@ -213,7 +231,7 @@ pub fn conversations(txn: &Snapshot, limit: usize) -> Result<Vec<MessageView>, S
         let (seq, _) = row?;
         if let Some(m) = messages.get(seq.value())? {
             let rec: MessageRec = decode(m.value())?;
-            let bytes = txn.raw(&rec, &raw)?;
+            let bytes = txn.raw_for_view(&rec, &raw)?;
             out.push(MessageView::new(rec, bytes.as_deref()));
         }
     }
@@ -322,7 +340,9 @@ pub struct DueMail {
     pub kind: String,
     pub mail_from: String,
     pub rcpt: Vec<String>,
-    pub raw: Vec<u8>,
+    /// The email's bytes, or why they cannot be read (a damaged or missing
+    /// copy: the email cannot be sent, ever).
+    pub raw: Result<Vec<u8>, String>,
 }
 
 /// Up to `limit` emails due at `now`, and when the next one after them is
@@ -348,8 +368,13 @@ pub fn due(
         let Some(v) = outbox.get(id)? else { continue };
         let rec: OutboxRec = decode(v.value())?;
         let bytes = match messages.get(rec.message_seq)? {
-            Some(m) => txn.raw(&decode(m.value())?, &raw)?.unwrap_or_default(),
-            None => Vec::new(),
+            Some(m) => match txn.raw(&decode(m.value())?, &raw) {
+                Ok(Some(bytes)) => Ok(bytes),
+                Ok(None) => Err("no stored bytes".to_string()),
+                Err(StoreError::Corrupt(e)) => Err(e),
+                Err(e) => return Err(e),
+            },
+            None => Err(format!("no stored message {}", rec.message_seq)),
         };
         out.push(DueMail {
             id,
@@ -454,12 +479,72 @@ mod tests {
             .collect();
         assert_eq!(texts, ["Kept in the blob file.", "Kept in the raw table."]);
 
-        // A damaged byte is an error, never another message's text.
+        // A damaged byte is an error, never another message's text; a list
+        // view shows the message without text rather than failing whole.
         blobs.write_at(b"X", r.at + 3).unwrap();
         let e = message(&snap, "new@example.com").err().unwrap().to_string();
         assert!(
             e.contains("postdesk.blobs") && e.contains("checksum mismatch"),
             "{e}"
         );
+        let texts: Vec<String> = conversations(&snap, 10)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.text.trim_end().to_string())
+            .collect();
+        assert_eq!(texts, ["", "Kept in the raw table."]);
+    }
+
+    #[test]
+    fn an_email_whose_stored_copy_is_damaged_is_due_with_the_reason_not_an_empty_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("postdesk.redb")).unwrap();
+        crate::store::writer::init_tables(&db).unwrap();
+        let blobs = BlobFile::open(&dir.path().join("postdesk.blobs")).unwrap();
+        let mut pending = Pending::new(0);
+        let good = pending.push(NEW);
+        let bad = pending.push(OLD);
+        blobs.write_at(&pending.bytes, pending.base).unwrap();
+        blobs.write_at(b"X", bad.at).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut messages = txn.open_table(MESSAGES).unwrap();
+            let mut outbox = txn.open_table(OUTBOX).unwrap();
+            let mut due_rows = txn.open_table(OUTBOX_DUE).unwrap();
+            for (id, blob) in [(1u64, good), (2, bad)] {
+                let mid = format!("{id}@example.com");
+                messages
+                    .insert(id, encode(&row(id, &mid, Some(blob))).as_slice())
+                    .unwrap();
+                let out = OutboxRec {
+                    id,
+                    ticket: 1,
+                    message_seq: id,
+                    message_id: mid,
+                    kind: "auto_reply".into(),
+                    mail_from: "support@acme.example".into(),
+                    rcpt: vec!["jane@example.com".into()],
+                    subject: String::new(),
+                    state: OutState::Queued,
+                    attempts: 0,
+                    created_at: 0,
+                    next_attempt_at: None,
+                    sent_at: None,
+                    last_error: None,
+                };
+                outbox.insert(id, encode(&out).as_slice()).unwrap();
+                due_rows.insert((id, id), ()).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+
+        let snap = Snapshot::new(db.begin_read().unwrap(), &blobs);
+        let (mails, next) = due(&snap, 10, 10).unwrap();
+        assert_eq!(next, None);
+        let raws: Vec<_> = mails.iter().map(|m| (m.id, m.raw.clone())).collect();
+        assert_eq!(raws[0], (1, Ok(NEW.to_vec())));
+        assert_eq!(raws[1].0, 2);
+        let e = raws[1].1.clone().unwrap_err();
+        assert!(e.contains("checksum mismatch"), "{e}");
     }
 }

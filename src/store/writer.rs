@@ -10,14 +10,15 @@
 //!   thread meanwhile, and the jobs are answered once both are done);
 //! - redb committed it with `Durability::Immediate` — a checkpoint, which
 //!   also makes every earlier journaled batch durable in redb, after which
-//!   the journal starts over.
-//!
-//! Either way the batch's raw messages are written to the blob file
-//! ([`super::blobs`]) just before its transaction commits, and the blob file
-//! is synced before every `Immediate` commit. A batch is a checkpoint when it holds an admin
+//!   the journal starts over. A batch is a checkpoint when it holds an admin
 //!   command, when the journal is full or failing, and at least every
 //!   [`CHECKPOINT_INTERVAL`]; an idle writer checkpoints what is pending
 //!   after [`IDLE_CHECKPOINT`].
+//!
+//! Either way the batch's raw messages are written to the blob file
+//! ([`super::blobs`]) just before its transaction commits, and the blob file
+//! is synced before every `Immediate` commit and before a database handle
+//! is closed (closing makes redb's pending commits durable).
 //!
 //! If the batch fails, each job is retried alone so one bad message cannot
 //! fail its neighbours; a storage error answers only its own job. After an
@@ -318,7 +319,7 @@ impl Writer {
         // the last one even if nothing was replayed.
         let txn = begin(db, Durability::Immediate)?;
         txn.open_table(META)?.insert(JOURNAL_SEQ, last)?;
-        blobs.sync()?;
+        blobs.sync();
         txn.commit()?;
         if applied > 0 {
             tracing::info!(
@@ -374,7 +375,7 @@ impl Writer {
         let result = self.ready().and_then(|db| {
             let txn = begin(&db, Durability::Immediate)?;
             let started = Instant::now();
-            self.slot.blobs.sync()?;
+            self.slot.blobs.sync();
             txn.commit()?;
             crate::metrics::METRICS
                 .checkpoint_ms
@@ -551,7 +552,7 @@ impl Writer {
             // kept is a duplicate).
             tracing::error!(path = %self.journal.path().display(), error = %e, "journal sync failed; checkpointing instead");
             let txn = begin(db, Durability::Immediate)?;
-            self.slot.blobs.sync()?;
+            self.slot.blobs.sync();
             txn.commit()?;
             self.checkpointed();
         }
@@ -609,7 +610,7 @@ impl Applied {
         if durable {
             self.txn.set_durability(Durability::Immediate)?;
             self.txn.set_quick_repair(true);
-            blobs.sync()?;
+            blobs.sync();
         }
         self.txn.commit()?;
         Ok((self.outcomes, self.queued))
@@ -811,6 +812,9 @@ fn reopen_if_needed(slot: &DbSlot, db: Arc<Database>, e: &StoreError) {
     if let Ok(mut guard) = slot.db.write() {
         *guard = None;
     }
+    // Closing this handle (here, or by the last reader) makes its pending
+    // in-memory commits durable: the bytes they name must be on disk first.
+    slot.blobs.sync();
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut db = db;
     loop {
