@@ -6,8 +6,9 @@
 //! - the batch's inputs were appended to the [`journal`](super::journal) and
 //!   synced, and redb committed it with `Durability::None` (the usual case:
 //!   one small sequential write and one `fdatasync` per batch; the record is
-//!   written before the batch is applied and synced by the `store-syncer`
-//!   thread meanwhile, and the jobs are answered once both are done);
+//!   written, and its writeback started, before the batch is applied, and
+//!   synced after redb's commit, so the disk writes while the batch is
+//!   applied);
 //! - redb committed it with `Durability::Immediate` — a checkpoint, which
 //!   also makes every earlier journaled batch durable in redb, after which
 //!   the journal starts over. A batch is a checkpoint when it holds an admin
@@ -63,50 +64,10 @@ impl WriterHandle {
     }
 }
 
-/// A thread that `fdatasync`s the journal on request, so that the writer
-/// applies a batch while the batch's record is being synced.
-struct Syncer {
-    req: mpsc::Sender<()>,
-    done: mpsc::Receiver<Result<(), String>>,
-}
-
-impl Syncer {
-    fn spawn(file: std::fs::File) -> std::io::Result<Syncer> {
-        let (req, req_rx) = mpsc::channel::<()>();
-        let (done_tx, done) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("store-syncer".into())
-            .spawn(move || {
-                while req_rx.recv().is_ok() {
-                    let r = file.sync_data().map_err(|e| e.to_string());
-                    if done_tx.send(r).is_err() {
-                        break;
-                    }
-                }
-            })?;
-        Ok(Syncer { req, done })
-    }
-
-    /// Starts one sync; [`Syncer::wait`] must follow.
-    fn start(&self) -> Result<(), String> {
-        self.req
-            .send(())
-            .map_err(|_| "the journal syncer thread is gone".to_string())
-    }
-
-    /// The result of the sync started last.
-    fn wait(&self) -> Result<(), String> {
-        self.done
-            .recv()
-            .unwrap_or_else(|_| Err("the journal syncer thread is gone".into()))
-    }
-}
-
 /// The writer's state besides the database slot.
 pub(super) struct Writer {
     slot: Arc<DbSlot>,
     journal: Journal,
-    syncer: Syncer,
     /// The sequence number of the next journal record.
     next_seq: u64,
     /// Batches committed without `Durability::Immediate` since the last
@@ -140,17 +101,9 @@ impl Writer {
             path: path.clone(),
             source: e,
         })?;
-        let syncer = journal
-            .syncer()
-            .and_then(Syncer::spawn)
-            .map_err(|e| StoreError::Journal {
-                path: path.clone(),
-                source: e,
-            })?;
         let mut w = Writer {
             slot,
             journal,
-            syncer,
             next_seq: 1,
             pending: false,
             last_checkpoint: Instant::now(),
@@ -499,8 +452,9 @@ impl Writer {
         let rec = entries.map(|e| journal::record(seq, now, &e));
         let checkpoint_due = self.last_checkpoint.elapsed() >= self.checkpoint_every;
         // The record holds only the batch's inputs and `now`, so it is
-        // written first and synced on the syncer thread while the batch is
-        // applied: the two costs overlap instead of adding up.
+        // written first and its writeback started; the disk writes it while
+        // the batch is applied, and the sync after the commit mostly waits
+        // for the disk's cache flush.
         let record = match rec {
             Some(r) if !checkpoint_due && self.journal.fits(r.len()) => self.write_record(&r),
             _ => None,
@@ -545,7 +499,7 @@ impl Writer {
         // redb holds the batch (in memory) and says it holds record `seq`.
         self.next_seq = seq + 1;
         self.pending = true;
-        if let Err(e) = self.syncer.wait() {
+        if let Err(e) = self.journal.sync() {
             // The record may not be on disk: make the batch durable through
             // redb instead (or fail it; recovery after the reopen decides
             // what the journal still holds, and a retried message that was
@@ -559,33 +513,22 @@ impl Writer {
         Ok((outcomes, queued))
     }
 
-    /// Writes the batch's record and starts its sync; `None` (the batch is
-    /// then a checkpoint) if the journal cannot take it.
+    /// Writes the batch's record and starts its writeback; `None` (the
+    /// batch is then a checkpoint, which names its journal number, so a
+    /// record left behind is never replayed) if the journal cannot take it.
     fn write_record(&mut self, rec: &[u8]) -> Option<u64> {
-        let at = match self.journal.write(rec) {
-            Ok(at) => at,
+        match self.journal.write(rec) {
+            Ok(at) => Some(at),
             Err(e) => {
                 tracing::error!(path = %self.journal.path().display(), error = %e, "journal write failed; committing to the database directly");
-                return None;
+                None
             }
-        };
-        if let Err(e) = self.syncer.start() {
-            tracing::error!(error = %e, "committing to the database directly");
-            self.abandon_written(at);
-            return None;
         }
-        Some(at)
     }
 
-    /// The batch of the record at `at` (sync in flight) failed: wait for
-    /// the sync, then undo the record so that recovery does not apply it;
-    /// the next record takes its number.
+    /// The batch of the record at `at` failed: undo the record so that
+    /// recovery does not apply it; the next record takes its number.
     fn abandon_record(&mut self, at: u64) {
-        let _ = self.syncer.wait();
-        self.abandon_written(at);
-    }
-
-    fn abandon_written(&mut self, at: u64) {
         if let Err(e) = self.journal.retract(at) {
             tracing::error!(error = %e, "cannot retract a journal record; a message may be stored twice after a crash");
         }
