@@ -51,7 +51,10 @@ pub struct BlobFile {
 }
 
 impl BlobFile {
+    /// Opens (or creates) the file; a new file's directory entry is synced
+    /// at once, since durable rows will name bytes in it.
     pub fn open(path: &Path) -> Result<BlobFile, StoreError> {
+        let existed = path.exists();
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -59,6 +62,13 @@ impl BlobFile {
             .truncate(false)
             .open(path)
             .map_err(|e| blob_error(path, e))?;
+        if !existed {
+            if let Some(dir) = path.parent() {
+                File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| blob_error(path, e))?;
+            }
+        }
         Ok(BlobFile {
             path: path.to_path_buf(),
             file,
