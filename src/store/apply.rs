@@ -751,3 +751,76 @@ fn message_in_detail(
         "imported": inb.imported,
     })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use redb::Database;
+
+    use super::*;
+
+    fn row(seq: u64) -> MessageRec {
+        MessageRec {
+            seq,
+            ticket: Some(1),
+            message_id: format!("{seq}@example.com"),
+            direction: Direction::In,
+            kind: "email".into(),
+            from: None,
+            to: vec![],
+            subject: String::new(),
+            date: None,
+            received_at: 0,
+            mail_from: String::new(),
+            rcpt: vec![],
+            channel: "support".into(),
+            size: 0,
+            text: String::new(),
+            blob: None,
+        }
+    }
+
+    /// Templates quote a ticket's last inbound message: after an upgrade
+    /// that may be a row of an earlier build (bytes in the `raw` table),
+    /// one committed in the blob file, or one of this very transaction.
+    #[test]
+    fn a_message_text_comes_from_the_raw_table_the_blob_file_or_this_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("postdesk.redb")).unwrap();
+        super::super::writer::init_tables(&db).unwrap();
+        let blobs = BlobFile::open(&dir.path().join("postdesk.blobs")).unwrap();
+
+        let txn = db.begin_write().unwrap();
+        let (old, committed) = {
+            let mut t = Tables::open(&txn, &blobs).unwrap();
+            let old = row(1);
+            t.messages.insert(1, encode(&old).as_slice()).unwrap();
+            t.raw
+                .insert(1, b"Subject: a\r\n\r\nFrom the raw table.\r\n".as_slice())
+                .unwrap();
+            let mut committed = row(2);
+            t.put_message(&mut committed, b"Subject: b\r\n\r\nFrom the blob file.\r\n")
+                .unwrap();
+            let pending = t.finish().unwrap();
+            blobs.write_at(&pending.bytes, pending.base).unwrap();
+            (old, committed)
+        };
+        txn.commit().unwrap();
+
+        let txn = db.begin_write().unwrap();
+        let mut t = Tables::open(&txn, &blobs).unwrap();
+        let mut current = row(3);
+        t.put_message(
+            &mut current,
+            b"Subject: c\r\n\r\nFrom this transaction.\r\n",
+        )
+        .unwrap();
+        let text = |t: &Tables<'_>, rec: &MessageRec| t.message_text(rec).unwrap();
+        assert_eq!(text(&t, &old).trim_end(), "From the raw table.");
+        assert_eq!(text(&t, &committed).trim_end(), "From the blob file.");
+        assert_eq!(text(&t, &current).trim_end(), "From this transaction.");
+        // The second transaction's bytes go where the first one's ended.
+        let (c, n) = (committed.blob.unwrap(), current.blob.unwrap());
+        assert_eq!(n.at, c.at + c.len);
+    }
+}
