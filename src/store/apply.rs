@@ -755,28 +755,12 @@ fn message_in_detail(
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use redb::Database;
-
     use super::*;
 
     fn row(seq: u64) -> MessageRec {
         MessageRec {
-            seq,
             ticket: Some(1),
-            message_id: format!("{seq}@example.com"),
-            direction: Direction::In,
-            kind: "email".into(),
-            from: None,
-            to: vec![],
-            subject: String::new(),
-            date: None,
-            received_at: 0,
-            mail_from: String::new(),
-            rcpt: vec![],
-            channel: "support".into(),
-            size: 0,
-            text: String::new(),
-            blob: None,
+            ..MessageRec::for_test(seq, &format!("{seq}@example.com"))
         }
     }
 
@@ -786,9 +770,7 @@ mod tests {
     #[test]
     fn a_message_text_comes_from_the_raw_table_the_blob_file_or_this_transaction() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Database::create(dir.path().join("postdesk.redb")).unwrap();
-        super::super::writer::init_tables(&db).unwrap();
-        let blobs = BlobFile::open(&dir.path().join("postdesk.blobs")).unwrap();
+        let (db, blobs) = super::super::scratch_store(dir.path());
 
         let txn = db.begin_write().unwrap();
         let (old, committed) = {

@@ -24,7 +24,7 @@
 //! `raw` table and are read from there.
 
 use std::borrow::Cow;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -54,21 +54,7 @@ impl BlobFile {
     /// Opens (or creates) the file; a new file's directory entry is synced
     /// at once, since durable rows will name bytes in it.
     pub fn open(path: &Path) -> Result<BlobFile, StoreError> {
-        let existed = path.exists();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|e| blob_error(path, e))?;
-        if !existed {
-            if let Some(dir) = path.parent() {
-                File::open(dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(|e| blob_error(path, e))?;
-            }
-        }
+        let file = super::open_store_file(path).map_err(|e| blob_error(path, e))?;
         Ok(BlobFile {
             path: path.to_path_buf(),
             file,
@@ -131,6 +117,16 @@ impl BlobFile {
 
     /// The bytes `r` names, checked against its CRC.
     pub fn read(&self, r: &BlobRef) -> Result<Vec<u8>, StoreError> {
+        // Checked before allocating: a damaged length must not ask for
+        // gigabytes.
+        let file_len = self
+            .file
+            .metadata()
+            .map_err(|e| blob_error(&self.path, e))?
+            .len();
+        if r.at.checked_add(r.len).is_none_or(|end| end > file_len) {
+            return Err(self.corrupt(r, "beyond the end of the file"));
+        }
         let len = usize::try_from(r.len).map_err(|_| self.corrupt(r, "too long"))?;
         let mut buf = vec![0; len];
         self.file.read_exact_at(&mut buf, r.at).map_err(|e| {
@@ -243,6 +239,14 @@ mod tests {
             crc: 0,
         };
         let e = file.read(&beyond).unwrap_err().to_string();
+        assert!(e.contains("beyond the end"), "{e}");
+        // A damaged length is refused before anything is allocated for it.
+        let huge = BlobRef {
+            at: 0,
+            len: u64::MAX / 2,
+            crc: 0,
+        };
+        let e = file.read(&huge).unwrap_err().to_string();
         assert!(e.contains("beyond the end"), "{e}");
     }
 

@@ -26,7 +26,7 @@
 //!   daemon does not start, or answers 451 after a reopen): the journal is
 //!   never restarted over acknowledged mail.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 #[cfg(target_os = "linux")]
 use std::os::fd::AsRawFd;
@@ -199,18 +199,7 @@ impl Journal {
     /// Opens (or creates) the journal at `path`. The position is 0: call
     /// [`Journal::read_all`] first to recover what it holds.
     pub fn open(path: &Path) -> io::Result<Journal> {
-        let existed = path.exists();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
-        if !existed {
-            if let Some(dir) = path.parent() {
-                File::open(dir)?.sync_all()?;
-            }
-        }
+        let file = super::open_store_file(path)?;
         let len = file.metadata()?.len();
         Ok(Journal {
             file,

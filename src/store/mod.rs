@@ -132,6 +132,35 @@ impl DbSlot {
     }
 }
 
+/// Opens (or creates) a file of the store for reading and writing; a new
+/// file's directory entry is synced at once, since durable state will
+/// depend on the file being there.
+fn open_store_file(path: &Path) -> std::io::Result<std::fs::File> {
+    let existed = path.exists();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    if !existed {
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+    }
+    Ok(file)
+}
+
+/// A scratch database with every table, and its blob file, in `dir`.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+fn scratch_store(dir: &Path) -> (Database, BlobFile) {
+    let db = Database::create(dir.join("postdesk.redb")).unwrap();
+    writer::init_tables(&db).unwrap();
+    let blobs = BlobFile::open(&dir.join("postdesk.blobs")).unwrap();
+    (db, blobs)
+}
+
 /// `cache` is redb's page cache (`server.store_cache`).
 fn open_db(path: &Path, cache: usize) -> Result<Database, StoreError> {
     let db = Database::builder().set_cache_size(cache).create(path)?;

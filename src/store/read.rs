@@ -400,10 +400,10 @@ pub fn outbox_one(txn: &ReadTransaction, id: u64) -> Result<Option<OutboxView>, 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use redb::{Database, ReadableDatabase};
+    use redb::ReadableDatabase;
 
     use super::*;
-    use crate::store::blobs::{BlobFile, Pending};
+    use crate::store::blobs::Pending;
 
     const OLD: &[u8] =
         b"Message-ID: <old@example.com>\r\nSubject: Old\r\n\r\nKept in the raw table.\r\n";
@@ -412,31 +412,15 @@ mod tests {
 
     fn row(seq: u64, message_id: &str, blob: Option<crate::store::blobs::BlobRef>) -> MessageRec {
         MessageRec {
-            seq,
-            ticket: None,
-            message_id: message_id.into(),
-            direction: Direction::In,
-            kind: "email".into(),
-            from: None,
-            to: vec![],
-            subject: String::new(),
-            date: None,
-            received_at: 0,
-            mail_from: String::new(),
-            rcpt: vec![],
-            channel: "support".into(),
-            size: 0,
-            text: String::new(),
             blob,
+            ..MessageRec::for_test(seq, message_id)
         }
     }
 
     #[test]
     fn a_message_reads_its_bytes_from_the_blob_file_and_an_old_row_from_the_raw_table() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Database::create(dir.path().join("postdesk.redb")).unwrap();
-        crate::store::writer::init_tables(&db).unwrap();
-        let blobs = BlobFile::open(&dir.path().join("postdesk.blobs")).unwrap();
+        let (db, blobs) = crate::store::scratch_store(dir.path());
         let mut pending = Pending::new(0);
         let r = pending.push(NEW);
         blobs.write_at(&pending.bytes, pending.base).unwrap();
@@ -498,9 +482,7 @@ mod tests {
     #[test]
     fn an_email_whose_stored_copy_is_damaged_is_due_with_the_reason_not_an_empty_message() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Database::create(dir.path().join("postdesk.redb")).unwrap();
-        crate::store::writer::init_tables(&db).unwrap();
-        let blobs = BlobFile::open(&dir.path().join("postdesk.blobs")).unwrap();
+        let (db, blobs) = crate::store::scratch_store(dir.path());
         let mut pending = Pending::new(0);
         let good = pending.push(NEW);
         let bad = pending.push(OLD);

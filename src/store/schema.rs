@@ -201,28 +201,40 @@ pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, super::St
 }
 
 #[cfg(test)]
+impl MessageRec {
+    /// An inbound row with `seq` and `message_id` and nothing else, for
+    /// tests of the store.
+    pub(super) fn for_test(seq: u64, message_id: &str) -> MessageRec {
+        MessageRec {
+            seq,
+            ticket: None,
+            message_id: message_id.into(),
+            direction: Direction::In,
+            kind: "email".into(),
+            from: None,
+            to: vec![],
+            subject: String::new(),
+            date: None,
+            received_at: 0,
+            mail_from: String::new(),
+            rcpt: vec![],
+            channel: "support".into(),
+            size: 0,
+            text: String::new(),
+            blob: None,
+        }
+    }
+}
+
+#[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     fn row(text: &str) -> MessageRec {
         MessageRec {
-            seq: 7,
-            ticket: Some(3),
-            message_id: "a@example.com".into(),
-            direction: Direction::In,
-            kind: "email".into(),
-            from: None,
-            to: vec![],
-            subject: "Hi".into(),
-            date: None,
-            received_at: 0,
-            mail_from: String::new(),
-            rcpt: vec![],
-            channel: "support".into(),
-            size: 10,
             text: text.into(),
-            blob: None,
+            ..MessageRec::for_test(7, "a@example.com")
         }
     }
 
