@@ -160,7 +160,40 @@ enum CtlCommand {
     },
 }
 
+/// mimalloc instead of glibc's malloc: about 10 % less daemon CPU per
+/// message (BENCHMARKS.md, "Allocator").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// mimalloc's defaults keep freed memory mapped and committed: 256 sessions
+/// finishing 60 KiB messages peaked at 71 MiB with them (glibc: 46 MiB).
+/// Committing its arenas on demand and returning freed pages after 2 ms
+/// (instead of 10) brings that to 41 MiB for about 4 % of the CPU saved.
+///
+/// Arenas take the commit option when they are reserved, and the first one
+/// is reserved by the first allocation, before `main`: so this runs as an
+/// ELF constructor, after mimalloc's own (priority 101) and before the
+/// Rust runtime allocates.
+extern "C" fn tune_allocator() {
+    // Option numbers of mimalloc.h (v2, the version libmimalloc-sys builds).
+    const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    // SAFETY: plain setters of mimalloc's global options; they take
+    // integers, allocate nothing and touch no memory of ours.
+    unsafe {
+        libmimalloc_sys::mi_option_set(ARENA_EAGER_COMMIT, 0);
+        libmimalloc_sys::mi_option_set(PURGE_DELAY, 2);
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[used]
+#[link_section = ".init_array"]
+static TUNE_ALLOCATOR: extern "C" fn() = tune_allocator;
+
 fn main() -> ExitCode {
+    #[cfg(not(target_os = "linux"))]
+    tune_allocator();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(s) => serve(&s.config.path(), s.log_format.as_deref() == Some("json")),
