@@ -150,7 +150,13 @@ fn outbox_table(rows: &[Value]) -> String {
                     .map(|a| a.iter().map(s).collect::<Vec<_>>().join(","))
                     .unwrap_or_default(),
                 s(&o["created_at"]),
-                truncate(&s(&o["last_error"]), 40),
+                // A sent email's last error is a failure it got past (the
+                // record and `--json` keep it); here it would read as one.
+                if o["state"] == "sent" {
+                    String::new()
+                } else {
+                    truncate(&s(&o["last_error"]), 40)
+                },
             ]
         })
         .collect();
@@ -247,4 +253,24 @@ pub fn build(cmd: &str, args: &[(&str, Option<Value>)]) -> Value {
         }
     }
     req
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_outbox_table_shows_the_last_error_of_unsent_emails_only() {
+        let row = |id: u64, state: &str| {
+            json!({"id": id, "ticket": 7, "state": state, "kind": "auto_reply", "attempts": 2,
+                   "to": ["a@example.com"], "created_at": "2026-12-06 02:00",
+                   "last_error": "sending through relay:25: connection refused"})
+        };
+        let out = outbox_table(&[row(1, "sent"), row(2, "queued"), row(3, "failed")]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 4, "{out}");
+        assert!(!lines[1].contains("relay:25"), "{out}");
+        assert!(lines[2].contains("relay:25"), "{out}");
+        assert!(lines[3].contains("relay:25"), "{out}");
+    }
 }
