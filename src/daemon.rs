@@ -168,11 +168,11 @@ impl Bound {
             shutdown: shutdown.clone(),
         });
         tracker.spawn(admin::serve(self.admin, admin_ctx, tracker.clone()));
-        tracker.spawn(crate::outbound::worker::run(
+        tracker.spawn(crate::outbound::worker::spawn(
             self.store.clone(),
             self.config.clone(),
             shutdown.clone(),
-        ));
+        )?);
         tracing::info!(smtp = ?self.smtp_addrs, admin = %self.admin_path.display(), "postdesk ready");
         crate::sdnotify::notify("READY=1\nSTATUS=accepting mail");
 

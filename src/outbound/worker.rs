@@ -19,11 +19,59 @@ use crate::store::{read, Delivery, Store};
 
 /// Emails taken per pass.
 const BATCH: usize = 32;
-/// Deliveries in flight at once. A relay answers each email's data only
-/// after a round trip or two (and lettre's separate write of the final dot
-/// meets the relay's delayed ACK: ~40 ms per email), so one at a time
-/// caps a burst of auto-replies at a few dozen per second.
+/// Deliveries in flight at once: each email costs the relay's round trips
+/// (connect, greeting, EHLO, MAIL, RCPT, DATA, the data's answer), so one
+/// at a time would leave the link idle most of the time.
 const IN_FLIGHT: usize = 8;
+/// The worker thread's nice value (Linux): under a CPU shortage, taking
+/// mail — where a client waits for the `250` — goes before sending the
+/// acknowledgements, which can wait a little; on an idle CPU the worker
+/// gets all of it.
+const NICE: i32 = 10;
+
+/// Starts the worker on a thread of its own, with its own (single-thread)
+/// runtime and a lower CPU priority ([`NICE`]). The returned future
+/// resolves once the worker has stopped (after `shutdown`).
+pub fn spawn(
+    store: Store,
+    config: Arc<ConfigCell>,
+    shutdown: CancellationToken,
+) -> std::io::Result<impl std::future::Future<Output = ()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("outbox-blocking")
+        .build()?;
+    let (done, stopped) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("outbox".into())
+        .spawn(move || {
+            lower_priority();
+            runtime.block_on(run(store, config, shutdown));
+            // Waits for blocking work in flight (a file transport's write).
+            drop(runtime);
+            let _ = done.send(());
+        })?;
+    Ok(async move {
+        let _ = stopped.await;
+    })
+}
+
+/// Sets this thread's nice value to [`NICE`] (threads it starts inherit it).
+#[cfg(target_os = "linux")]
+fn lower_priority() {
+    // SAFETY: gettid(2) and setpriority(2) take and return integers only;
+    // on Linux the nice value is per thread, so this one alone changes.
+    let rc = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, NICE)
+    };
+    if rc != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "outbox: cannot lower the worker's CPU priority; it competes with taking mail");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_priority() {}
 /// Longest sleep between passes when nothing is due (a safety net; commits
 /// that queue mail wake the worker at once).
 const IDLE: Duration = Duration::from_secs(60);

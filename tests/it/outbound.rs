@@ -462,6 +462,47 @@ fn mail_goes_through_the_smtp_relay() {
         eml::read_dir(&d.sent_dir()).is_empty(),
         "the smtp transport writes no .eml files"
     );
+    // Sending runs at a lower CPU priority than taking mail.
+    #[cfg(target_os = "linux")]
+    {
+        let nice = thread_nice(d.pid());
+        assert!(
+            nice.iter()
+                .filter(|(name, _)| name.starts_with("outbox"))
+                .all(|(_, n)| *n == 10),
+            "{nice:?}"
+        );
+        assert!(nice.iter().any(|(name, _)| name == "outbox"), "{nice:?}");
+        let takers: Vec<_> = nice
+            .iter()
+            .filter(|(name, _)| name == "tokio-rt-worker" || name == "store-writer")
+            .collect();
+        assert!(takers.len() >= 2, "{nice:?}");
+        assert!(takers.iter().all(|(_, n)| *n == 0), "{nice:?}");
+    }
+}
+
+/// Each thread of process `pid`: its name and nice value (/proc).
+#[cfg(target_os = "linux")]
+fn thread_nice(pid: u32) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc") {
+        let Ok(stat) = std::fs::read_to_string(task.expect("task").path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: the nice value is field 19.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_string();
+        let nice = stat[close + 1..]
+            .split_whitespace()
+            .nth(16)
+            .and_then(|n| n.parse().ok())
+            .expect("nice field");
+        out.push((name, nice));
+    }
+    out
 }
 
 #[test]
