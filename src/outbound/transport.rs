@@ -102,8 +102,8 @@ pub enum Transport {
     Smtp(SmtpRelay),
 }
 
-/// An SMTP relay, one connection per send, spoken to with lettre's SMTP
-/// client connection.
+/// An SMTP relay, spoken to with lettre's SMTP client connection (one per
+/// email, or one per [`Link`]).
 ///
 /// The TCP connection is ours (lettre's transport offers no way to set
 /// `TCP_NODELAY`): lettre writes a message's data and its final `.` in two
@@ -196,12 +196,29 @@ impl Transport {
     }
 
     /// Sends `raw` (a complete RFC 5322 message) from `mail_from` (empty:
-    /// the null sender `<>`) to every address in `rcpt`.
+    /// the null sender `<>`) to every address in `rcpt`, on a connection of
+    /// its own.
     ///
     /// `Ok` means the relay accepted the message (`250` after the data), or
     /// the file is durably in place.
+    #[cfg(test)]
     pub async fn send(
         &self,
+        mail_from: &str,
+        rcpt: &[String],
+        raw: &[u8],
+    ) -> Result<(), SendError> {
+        let mut link = Link::default();
+        let result = self.send_on(&mut link, mail_from, rcpt, raw).await;
+        link.close().await;
+        result
+    }
+
+    /// [`Transport::send`] on `link`: a relay connection it holds from an
+    /// earlier send is used again (see [`Link`]).
+    pub async fn send_on(
+        &self,
+        link: &mut Link,
         mail_from: &str,
         rcpt: &[String],
         raw: &[u8],
@@ -215,8 +232,50 @@ impl Transport {
                     .map_err(|e| SendError::transient(format!("writing the email file: {e}")))?
                     .map(drop)
             }
-            Transport::Smtp(relay) => relay.send(mail_from, rcpt, raw).await,
+            Transport::Smtp(relay) => relay.send(link, mail_from, rcpt, raw).await,
         }
+    }
+}
+
+/// An SMTP connection to the relay kept between the emails of one outbox
+/// pass, so that a burst of emails does not pay connect, greeting, EHLO,
+/// (TLS, AUTH) and QUIT for each one.
+///
+/// A connection is used again only after its last email was accepted,
+/// for at most [`SENDS_PER_CONNECTION`] emails, and only if it answers a
+/// NOOP first (a relay may close a connection it finds idle or has served
+/// enough); after any error it is dropped and the next email connects
+/// afresh. [`Link::close`] says QUIT.
+#[derive(Default)]
+pub struct Link {
+    conn: Option<AsyncSmtpConnection>,
+    /// Emails sent on `conn`.
+    sent: u32,
+}
+
+/// The most emails sent on one relay connection (relays limit it too:
+/// Postfix's `smtpd` does not by default, Exim at 1000, others lower).
+const SENDS_PER_CONNECTION: u32 = 100;
+
+impl Link {
+    /// Says QUIT on the connection, if there is one (without waiting long
+    /// for the answer: every email on it was already accepted).
+    pub async fn close(&mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn.abort()).await;
+        }
+        self.sent = 0;
+    }
+
+    /// The held connection if it may carry another email and still answers.
+    async fn reuse(&mut self) -> Option<AsyncSmtpConnection> {
+        let mut conn = self.conn.take()?;
+        if self.sent < SENDS_PER_CONNECTION && !conn.has_broken() && conn.test_connected().await {
+            return Some(conn);
+        }
+        conn.abort().await;
+        self.sent = 0;
+        None
     }
 }
 
@@ -286,7 +345,13 @@ impl SmtpRelay {
         })
     }
 
-    async fn send(&self, mail_from: &str, rcpt: &[String], raw: &[u8]) -> Result<(), SendError> {
+    async fn send(
+        &self,
+        link: &mut Link,
+        mail_from: &str,
+        rcpt: &[String],
+        raw: &[u8],
+    ) -> Result<(), SendError> {
         let parse = |addr: &str| {
             addr.trim().parse::<Address>().map_err(|e| {
                 SendError::permanent(format!("invalid envelope address \"{addr}\": {e}"))
@@ -307,7 +372,8 @@ impl SmtpRelay {
         // an empty line.
         let data = raw.strip_suffix(b"\r\n").unwrap_or(raw);
         let deadline = self.timeout + Duration::from_secs(raw.len() as u64 / BYTES_PER_SECOND);
-        match tokio::time::timeout(deadline, self.transaction(&envelope, data)).await {
+        // Past the deadline the connection, taken out of `link`, is dropped.
+        match tokio::time::timeout(deadline, self.transaction(link, &envelope, data)).await {
             Ok(result) => result,
             Err(_elapsed) => Err(SendError::transient(format!(
                 "sending through {}: no answer within {} s",
@@ -317,8 +383,37 @@ impl SmtpRelay {
         }
     }
 
-    /// Connect, greet, secure, authenticate, send, quit.
-    async fn transaction(&self, envelope: &Envelope, data: &[u8]) -> Result<(), SendError> {
+    /// One email on `link`'s connection, or on a new one (connected,
+    /// greeted, secured, authenticated). The connection goes back into
+    /// `link` only if the relay accepted the email.
+    async fn transaction(
+        &self,
+        link: &mut Link,
+        envelope: &Envelope,
+        data: &[u8],
+    ) -> Result<(), SendError> {
+        let mut conn = match link.reuse().await {
+            Some(conn) => conn,
+            None => self.open().await?,
+        };
+        match conn.send(envelope, data).await {
+            Ok(_) => {
+                link.conn = Some(conn);
+                link.sent += 1;
+                Ok(())
+            }
+            Err(e) => {
+                // QUIT without waiting on its answer, as lettre's transport
+                // does.
+                conn.abort().await;
+                link.sent = 0;
+                Err(self.failed(&e))
+            }
+        }
+    }
+
+    /// A new connection, ready for MAIL FROM.
+    async fn open(&self) -> Result<AsyncSmtpConnection, SendError> {
         let tcp = self.connect().await.map_err(|e| {
             SendError::transient(format!(
                 "sending through {}: connection error: {}",
@@ -327,21 +422,16 @@ impl SmtpRelay {
             ))
         })?;
         let mut conn = self.greet(tcp).await.map_err(|e| self.failed(&e))?;
-        let sent = match &self.credentials {
-            Some(credentials) => conn
+        if let Some(credentials) = &self.credentials {
+            if let Err(e) = conn
                 .auth(&[Mechanism::Plain, Mechanism::Login], credentials)
                 .await
-                .map(drop),
-            None => Ok(()),
-        };
-        let sent = match sent {
-            Ok(()) => conn.send(envelope, data).await.map(drop),
-            Err(e) => Err(e),
-        };
-        // QUIT without waiting on its answer, as lettre's transport does:
-        // the message is the relay's once it answered the data.
-        conn.abort().await;
-        sent.map_err(|e| self.failed(&e))
+            {
+                conn.abort().await;
+                return Err(self.failed(&e));
+            }
+        }
+        Ok(conn)
     }
 
     /// A TCP connection to the relay's first address that answers, with
@@ -707,6 +797,8 @@ mod tests {
     #[derive(Clone, Copy)]
     enum Fail {
         Never,
+        /// Closes the connection after accepting each message.
+        CloseAfterData,
         Rcpt(u16),
         Data(u16),
         DataEnd(u16),
@@ -714,6 +806,8 @@ mod tests {
 
     #[derive(Debug, Default)]
     struct Received {
+        /// Which connection it came on (1, 2, …).
+        connection: usize,
         ehlo: String,
         mail_from: String,
         rcpt: Vec<String>,
@@ -728,10 +822,12 @@ mod tests {
         let received = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::clone(&received);
         tokio::spawn(async move {
+            let mut connection = 0;
             while let Ok((stream, _)) = listener.accept().await {
                 let log = Arc::clone(&log);
+                connection += 1;
                 tokio::spawn(async move {
-                    let _ = session(stream, fail, &log).await;
+                    let _ = session(stream, connection, fail, &log).await;
                 });
             }
         });
@@ -740,12 +836,16 @@ mod tests {
 
     async fn session(
         stream: TcpStream,
+        connection: usize,
         fail: Fail,
         log: &Mutex<Vec<Received>>,
     ) -> std::io::Result<()> {
         let (read, mut write) = stream.into_split();
         let mut read = BufReader::new(read);
-        let mut got = Received::default();
+        let mut got = Received {
+            connection,
+            ..Received::default()
+        };
         write.write_all(b"220 sink ESMTP\r\n").await?;
         let mut line = String::new();
         loop {
@@ -791,8 +891,21 @@ mod tests {
                         got.data = std::mem::take(&mut data);
                         match fail {
                             Fail::DataEnd(code) => format!("{code} 4.3.0 try later\r\n"),
-                            _ => {
+                            Fail::CloseAfterData => {
                                 log.lock().unwrap().push(std::mem::take(&mut got));
+                                write.write_all(b"250 2.0.0 queued\r\n").await?;
+                                return Ok(());
+                            }
+                            _ => {
+                                let ehlo = got.ehlo.clone();
+                                log.lock().unwrap().push(std::mem::replace(
+                                    &mut got,
+                                    Received {
+                                        connection,
+                                        ehlo,
+                                        ..Received::default()
+                                    },
+                                ));
                                 "250 2.0.0 queued\r\n".into()
                             }
                         }
@@ -882,6 +995,75 @@ mod tests {
             unreachable!()
         };
         assert!(relay.connect().await.unwrap().nodelay().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_link_sends_one_email_after_another_on_one_connection() {
+        let (addr, received) = sink(Fail::Never).await;
+        let t = relay(addr, SMTP_TIMEOUT);
+        let mut link = Link::default();
+        for to in ["a@example.com", "b@example.com", "c@example.com"] {
+            t.send_on(&mut link, "support@acme.example", &[to.into()], RAW)
+                .await
+                .unwrap();
+        }
+        link.close().await;
+        let received = received.lock().unwrap();
+        let seen: Vec<_> = received
+            .iter()
+            .map(|r| (r.connection, r.rcpt.clone()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (1, vec!["RCPT TO:<a@example.com>".to_string()]),
+                (1, vec!["RCPT TO:<b@example.com>".to_string()]),
+                (1, vec!["RCPT TO:<c@example.com>".to_string()]),
+            ]
+        );
+        assert!(received
+            .iter()
+            .all(|r| r.data == RAW && r.ehlo == "desk.acme.example"));
+    }
+
+    #[tokio::test]
+    async fn a_link_whose_relay_hung_up_connects_again() {
+        let (addr, received) = sink(Fail::CloseAfterData).await;
+        let t = relay(addr, SMTP_TIMEOUT);
+        let mut link = Link::default();
+        for to in ["a@example.com", "b@example.com"] {
+            t.send_on(&mut link, "support@acme.example", &[to.into()], RAW)
+                .await
+                .unwrap();
+        }
+        let connections: Vec<_> = received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.connection)
+            .collect();
+        assert_eq!(connections, [1, 2]);
+    }
+
+    #[tokio::test]
+    async fn a_link_drops_its_connection_after_a_refusal() {
+        let (addr, received) = sink(Fail::Rcpt(550)).await;
+        let t = relay(addr, SMTP_TIMEOUT);
+        let mut link = Link::default();
+        for _ in 0..2 {
+            let e = t
+                .send_on(
+                    &mut link,
+                    "support@acme.example",
+                    &["a@example.com".into()],
+                    RAW,
+                )
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind, SendErrorKind::Permanent, "{e}");
+            assert!(link.conn.is_none());
+        }
+        assert!(received.lock().unwrap().is_empty());
     }
 
     #[tokio::test]

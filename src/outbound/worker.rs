@@ -7,12 +7,13 @@
 //! accepted it; a crash between the two sends it again after restart. It is
 //! never lost: the outbox row was committed with the decision that queued it.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::transport::{SendError, Transport};
+use super::transport::{Link, SendError, Transport};
 use crate::clock;
 use crate::daemon::ConfigCell;
 use crate::store::{read, Delivery, Store};
@@ -111,18 +112,19 @@ pub async fn run(store: Store, config: Arc<ConfigCell>, shutdown: CancellationTo
                 }
                 continue;
             };
-            let mut in_flight = tokio::task::JoinSet::new();
-            for mail in due {
-                if shutdown.is_cancelled() {
-                    // Dropping the set aborts the sends in flight: at-least-once.
-                    return;
-                }
-                while in_flight.len() >= IN_FLIGHT {
-                    in_flight.join_next().await;
-                }
-                in_flight.spawn(deliver(store.clone(), transport.clone(), mail));
+            // IN_FLIGHT lanes take the pass's emails in order, each keeping
+            // its relay connection from one email to the next.
+            let n = due.len().min(IN_FLIGHT);
+            let queue = Arc::new(std::sync::Mutex::new(VecDeque::from(due)));
+            let mut lanes = tokio::task::JoinSet::new();
+            for _ in 0..n {
+                lanes.spawn(lane(store.clone(), transport.clone(), queue.clone()));
             }
-            while in_flight.join_next().await.is_some() {}
+            tokio::select! {
+                () = async { while lanes.join_next().await.is_some() {} } => {}
+                // Dropping the lanes aborts the sends in flight: at-least-once.
+                () = shutdown.cancelled() => return,
+            }
             // Read the queue again: more may be due, and a deferred email's
             // retry time must count in the next sleep.
             continue;
@@ -140,11 +142,32 @@ pub async fn run(store: Store, config: Arc<ConfigCell>, shutdown: CancellationTo
     }
 }
 
+/// Delivers emails from `queue` until it is empty, on one relay
+/// connection where it can ([`Link`]), then closes it.
+async fn lane(
+    store: Store,
+    transport: Arc<Transport>,
+    queue: Arc<std::sync::Mutex<VecDeque<read::DueMail>>>,
+) {
+    let mut link = Link::default();
+    loop {
+        let next = match queue.lock() {
+            Ok(mut q) => q.pop_front(),
+            Err(_) => None,
+        };
+        let Some(mail) = next else { break };
+        deliver(&store, &transport, &mut link, mail).await;
+    }
+    link.close().await;
+}
+
 /// Sends one email and records the result with the store writer.
-async fn deliver(store: Store, transport: Arc<Transport>, mail: read::DueMail) {
+async fn deliver(store: &Store, transport: &Transport, link: &mut Link, mail: read::DueMail) {
     let delivery = match &mail.raw {
         Ok(raw) => {
-            let result = transport.send(&mail.mail_from, &mail.rcpt, raw).await;
+            let result = transport
+                .send_on(link, &mail.mail_from, &mail.rcpt, raw)
+                .await;
             outcome(&mail, result)
         }
         Err(e) => {
