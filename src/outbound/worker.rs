@@ -20,6 +20,8 @@ use crate::store::{read, Delivery, Store};
 
 /// Emails taken per pass.
 const BATCH: usize = 32;
+/// Delivery results handed to the store writer at once (one commit).
+const RECORD_CHUNK: usize = 8;
 /// Deliveries in flight at once: each email costs the relay's round trips
 /// (connect, greeting, EHLO, MAIL, RCPT, DATA, the data's answer), so one
 /// at a time would leave the link idle most of the time.
@@ -29,6 +31,15 @@ const IN_FLIGHT: usize = 8;
 /// acknowledgements, which can wait a little; on an idle CPU the worker
 /// gets all of it.
 const NICE: i32 = 10;
+
+/// Longest sleep between passes when nothing is due (a safety net; commits
+/// that queue mail wake the worker).
+const IDLE: Duration = Duration::from_secs(60);
+/// Woken by a commit that queued mail, the worker waits this long before
+/// it reads the queue: under a stream of new tickets a pass then takes
+/// the emails of many commits (on the same relay connections, with their
+/// results recorded together) instead of one email per pass.
+const LINGER: Duration = Duration::from_millis(20);
 
 /// Starts the worker on a thread of its own, with its own (single-thread)
 /// runtime and a lower CPU priority ([`NICE`]). The returned future
@@ -73,9 +84,6 @@ fn lower_priority() {
 
 #[cfg(not(target_os = "linux"))]
 fn lower_priority() {}
-/// Longest sleep between passes when nothing is due (a safety net; commits
-/// that queue mail wake the worker at once).
-const IDLE: Duration = Duration::from_secs(60);
 
 pub async fn run(store: Store, config: Arc<ConfigCell>, shutdown: CancellationToken) {
     let mut current: Option<(String, Arc<Transport>)> = None;
@@ -114,19 +122,45 @@ pub async fn run(store: Store, config: Arc<ConfigCell>, shutdown: CancellationTo
             };
             // IN_FLIGHT lanes take the pass's emails in order, each keeping
             // its relay connection from one email to the next.
+            let full = due.len() >= BATCH;
             let n = due.len().min(IN_FLIGHT);
             let queue = Arc::new(std::sync::Mutex::new(VecDeque::from(due)));
             let mut lanes = tokio::task::JoinSet::new();
             for _ in 0..n {
-                lanes.spawn(lane(store.clone(), transport.clone(), queue.clone()));
+                lanes.spawn(lane(transport.clone(), queue.clone()));
             }
+            let mut results = Vec::new();
+            let pass = async {
+                while let Some(done) = lanes.join_next().await {
+                    results.extend(done.unwrap_or_default());
+                }
+            };
             tokio::select! {
-                () = async { while lanes.join_next().await.is_some() {} } => {}
+                () = pass => {}
                 // Dropping the lanes aborts the sends in flight: at-least-once.
                 () = shutdown.cancelled() => return,
             }
+            // The pass's results in bursts of RECORD_CHUNK: the store
+            // writer commits each burst together, and mail arriving
+            // meanwhile waits behind one burst at most.
+            while !results.is_empty() {
+                let rest = results.split_off(results.len().min(RECORD_CHUNK));
+                for (id, result) in store
+                    .delivered_all(std::mem::replace(&mut results, rest))
+                    .await
+                {
+                    if let Err(e) = result {
+                        // The email stays queued and is tried again: at-least-once.
+                        tracing::error!(outbox = id, error = %e, "outbox: cannot record the delivery result");
+                    }
+                }
+            }
             // Read the queue again: more may be due, and a deferred email's
-            // retry time must count in the next sleep.
+            // retry time must count in the next sleep. Unless the pass was
+            // full, let more mail gather first.
+            if !full && linger(&shutdown).await {
+                return;
+            }
             continue;
         }
         let sleep = next
@@ -143,42 +177,41 @@ pub async fn run(store: Store, config: Arc<ConfigCell>, shutdown: CancellationTo
 }
 
 /// Delivers emails from `queue` until it is empty, on one relay
-/// connection where it can ([`Link`]), then closes it.
+/// connection where it can ([`Link`]), then closes it. Returns each email's
+/// outbox id and result.
 async fn lane(
-    store: Store,
     transport: Arc<Transport>,
     queue: Arc<std::sync::Mutex<VecDeque<read::DueMail>>>,
-) {
+) -> Vec<(u64, Delivery)> {
     let mut link = Link::default();
+    let mut results = Vec::new();
     loop {
         let next = match queue.lock() {
             Ok(mut q) => q.pop_front(),
             Err(_) => None,
         };
         let Some(mail) = next else { break };
-        deliver(&store, &transport, &mut link, mail).await;
+        let delivery = deliver(&transport, &mut link, &mail).await;
+        results.push((mail.id, delivery));
     }
     link.close().await;
+    results
 }
 
-/// Sends one email and records the result with the store writer.
-async fn deliver(store: &Store, transport: &Transport, link: &mut Link, mail: read::DueMail) {
-    let delivery = match &mail.raw {
+/// Sends one email; what the outbox should record.
+async fn deliver(transport: &Transport, link: &mut Link, mail: &read::DueMail) -> Delivery {
+    match &mail.raw {
         Ok(raw) => {
             let result = transport
                 .send_on(link, &mail.mail_from, &mail.rcpt, raw)
                 .await;
-            outcome(&mail, result)
+            outcome(mail, result)
         }
         Err(e) => {
             tracing::error!(ticket = mail.ticket, message_id = %mail.message_id, error = %e, "mail failed permanently: its stored copy cannot be read");
             crate::metrics::inc(&crate::metrics::METRICS.emails_failed);
             Delivery::Permanent(format!("the stored email cannot be read: {e}"))
         }
-    };
-    if let Err(e) = store.delivered(mail.id, delivery).await {
-        // The email stays queued and is tried again: at-least-once.
-        tracing::error!(outbox = mail.id, error = %e, "outbox: cannot record the delivery result");
     }
 }
 
@@ -203,12 +236,20 @@ fn outcome(mail: &read::DueMail, result: Result<(), SendError>) -> Delivery {
     }
 }
 
-/// Sleeps up to `d`, waking early when a commit queues mail. Returns true on
-/// shutdown.
+/// Sleeps up to `d`, or until [`LINGER`] after a commit queued mail.
+/// Returns true on shutdown.
 async fn wait(store: &Store, shutdown: &CancellationToken, d: Duration) -> bool {
     tokio::select! {
-        () = store.outbox_notified() => false,
+        () = store.outbox_notified() => linger(shutdown).await,
         () = tokio::time::sleep(d) => false,
+        () = shutdown.cancelled() => true,
+    }
+}
+
+/// Sleeps [`LINGER`]. Returns true on shutdown.
+async fn linger(shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(LINGER) => false,
         () = shutdown.cancelled() => true,
     }
 }

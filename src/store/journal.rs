@@ -12,7 +12,8 @@
 //! a checkpoint — and the journal starts again at offset 0.
 //!
 //! Invariants:
-//! - A record is answered (`250`) only after its bytes are on disk.
+//! - A record is answered (`250`) only after its bytes are on disk. (A
+//!   record of delivery results only is answered before: see the writer.)
 //! - Records carry consecutive sequence numbers; redb's `meta.journal_seq`
 //!   names the last one applied, in the same transaction. After a crash (or
 //!   a reopen after an I/O error), the records after the durable

@@ -307,11 +307,38 @@ impl Store {
         self.run(cmd).await
     }
 
-    /// Records the result of one delivery attempt.
-    pub async fn delivered(&self, id: u64, result: Delivery) -> Result<(), StoreError> {
-        self.run(StoreCmd::Delivered { id, result })
-            .await
-            .map(|_| ())
+    /// Records what became of outbox emails (sent, retry later, failed).
+    /// Every result is handed to the writer before any answer is awaited,
+    /// so they share a commit.
+    pub async fn delivered_all(
+        &self,
+        results: Vec<(u64, Delivery)>,
+    ) -> Vec<(u64, Result<(), StoreError>)> {
+        let mut waiting = Vec::with_capacity(results.len());
+        for (id, result) in results {
+            let (reply, rx) = oneshot::channel();
+            let job = Job {
+                cmd: StoreCmd::Delivered { id, result },
+                reply,
+            };
+            let sent = self
+                .tx
+                .send(WriterMsg::Job(job))
+                .map_err(|_| StoreError::Unavailable);
+            waiting.push((id, sent.map(|()| rx)));
+        }
+        let mut out = Vec::with_capacity(waiting.len());
+        for (id, rx) in waiting {
+            let result = match rx {
+                Ok(rx) => rx
+                    .await
+                    .map_err(|_| StoreError::Unavailable)
+                    .and_then(|r| r.map(drop)),
+                Err(e) => Err(e),
+            };
+            out.push((id, result));
+        }
+        out
     }
 
     /// Resolves when a commit queued an email (or was already signalled).

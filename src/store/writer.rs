@@ -16,6 +16,12 @@
 //!   [`CHECKPOINT_INTERVAL`]; an idle writer checkpoints what is pending
 //!   after [`IDLE_CHECKPOINT`].
 //!
+//! One exception: a batch of delivery results only (the outbox worker's
+//! reports) is answered once redb committed it in memory, without waiting
+//! for the journal's sync — the next sync or checkpoint (within
+//! [`IDLE_CHECKPOINT`]) makes it durable, and losing it to a crash only
+//! means sending those emails again.
+//!
 //! Either way the batch's raw messages are written to the blob file
 //! ([`super::blobs`]) just before its transaction commits, and the blob file
 //! is synced before every `Immediate` commit and before a database handle
@@ -499,6 +505,19 @@ impl Writer {
         // redb holds the batch (in memory) and says it holds record `seq`.
         self.next_seq = seq + 1;
         self.pending = true;
+        if batch
+            .iter()
+            .all(|j| matches!(j.cmd, StoreCmd::Delivered { .. }))
+        {
+            // Only delivery results: nobody waits on these for a `250`, so
+            // they are answered without waiting for the disk. The next
+            // batch's sync, or the idle checkpoint, makes them durable; a
+            // crash before that sends those emails again after the restart
+            // (at-least-once, as a crash between the relay's answer and
+            // this commit always did). Inbound mail arriving meanwhile does
+            // not wait behind an fdatasync made for delivery results.
+            return Ok((outcomes, queued));
+        }
         if let Err(e) = self.journal.sync() {
             // The record may not be on disk: make the batch durable through
             // redb instead (or fail it; recovery after the reopen decides
