@@ -261,8 +261,8 @@ impl Link {
     /// Says QUIT on the connection, if there is one (without waiting long
     /// for the answer: every email on it was already accepted).
     pub async fn close(&mut self) {
-        if let Some(mut conn) = self.conn.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(5), conn.abort()).await;
+        if let Some(conn) = self.conn.take() {
+            quit(conn).await;
         }
         self.sent = 0;
     }
@@ -270,13 +270,27 @@ impl Link {
     /// The held connection if it may carry another email and still answers.
     async fn reuse(&mut self) -> Option<AsyncSmtpConnection> {
         let mut conn = self.conn.take()?;
-        if self.sent < SENDS_PER_CONNECTION && !conn.has_broken() && conn.test_connected().await {
-            return Some(conn);
+        if self.sent < SENDS_PER_CONNECTION && !conn.has_broken() {
+            // A connection the relay dropped without a word would leave the
+            // NOOP unanswered: a short wait, then a new connection.
+            let alive = tokio::time::timeout(NOOP_WAIT, conn.test_connected()).await;
+            if alive == Ok(true) {
+                return Some(conn);
+            }
         }
-        conn.abort().await;
+        quit(conn).await;
         self.sent = 0;
         None
     }
+}
+
+/// How long a reused connection may take to answer its NOOP, and a QUIT.
+const NOOP_WAIT: Duration = Duration::from_secs(5);
+
+/// Says QUIT and closes, without waiting long for the answer (whatever was
+/// sent on the connection is settled already).
+async fn quit(mut conn: AsyncSmtpConnection) {
+    let _ = tokio::time::timeout(NOOP_WAIT, conn.abort()).await;
 }
 
 impl SmtpRelay {
@@ -403,9 +417,8 @@ impl SmtpRelay {
                 Ok(())
             }
             Err(e) => {
-                // QUIT without waiting on its answer, as lettre's transport
-                // does.
-                conn.abort().await;
+                // After any error the connection is not used again.
+                quit(conn).await;
                 link.sent = 0;
                 Err(self.failed(&e))
             }
@@ -427,7 +440,7 @@ impl SmtpRelay {
                 .auth(&[Mechanism::Plain, Mechanism::Login], credentials)
                 .await
             {
-                conn.abort().await;
+                quit(conn).await;
                 return Err(self.failed(&e));
             }
         }

@@ -8,7 +8,7 @@
 //! never lost: the outbox row was committed with the decision that queued it.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -124,36 +124,27 @@ pub async fn run(store: Store, config: Arc<ConfigCell>, shutdown: CancellationTo
             // its relay connection from one email to the next.
             let full = due.len() >= BATCH;
             let n = due.len().min(IN_FLIGHT);
-            let queue = Arc::new(std::sync::Mutex::new(VecDeque::from(due)));
+            let queue = Arc::new(Mutex::new(VecDeque::from(due)));
+            let results = Arc::new(Mutex::new(Vec::new()));
             let mut lanes = tokio::task::JoinSet::new();
             for _ in 0..n {
-                lanes.spawn(lane(transport.clone(), queue.clone()));
+                lanes.spawn(lane(transport.clone(), queue.clone(), results.clone()));
             }
-            let mut results = Vec::new();
-            let pass = async {
-                while let Some(done) = lanes.join_next().await {
-                    results.extend(done.unwrap_or_default());
-                }
+            let stopping = tokio::select! {
+                () = async { while lanes.join_next().await.is_some() {} } => false,
+                () = shutdown.cancelled() => true,
             };
-            tokio::select! {
-                () = pass => {}
-                // Dropping the lanes aborts the sends in flight: at-least-once.
-                () = shutdown.cancelled() => return,
-            }
-            // The pass's results in bursts of RECORD_CHUNK: the store
-            // writer commits each burst together, and mail arriving
-            // meanwhile waits behind one burst at most.
-            while !results.is_empty() {
-                let rest = results.split_off(results.len().min(RECORD_CHUNK));
-                for (id, result) in store
-                    .delivered_all(std::mem::replace(&mut results, rest))
-                    .await
-                {
-                    if let Err(e) = result {
-                        // The email stays queued and is tried again: at-least-once.
-                        tracing::error!(outbox = id, error = %e, "outbox: cannot record the delivery result");
-                    }
-                }
+            // On shutdown, the sends in flight are abandoned (at-least-once:
+            // they are tried again after the restart); what was already
+            // sent is still recorded.
+            drop(lanes);
+            let done = match results.lock() {
+                Ok(mut r) => std::mem::take(&mut *r),
+                Err(_) => Vec::new(),
+            };
+            record(&store, done).await;
+            if stopping {
+                return;
             }
             // Read the queue again: more may be due, and a deferred email's
             // retry time must count in the next sleep. Unless the pass was
@@ -177,14 +168,14 @@ pub async fn run(store: Store, config: Arc<ConfigCell>, shutdown: CancellationTo
 }
 
 /// Delivers emails from `queue` until it is empty, on one relay
-/// connection where it can ([`Link`]), then closes it. Returns each email's
-/// outbox id and result.
+/// connection where it can ([`Link`]), then closes it. Each email's outbox
+/// id and result go to `results`.
 async fn lane(
     transport: Arc<Transport>,
-    queue: Arc<std::sync::Mutex<VecDeque<read::DueMail>>>,
-) -> Vec<(u64, Delivery)> {
+    queue: Arc<Mutex<VecDeque<read::DueMail>>>,
+    results: Arc<Mutex<Vec<(u64, Delivery)>>>,
+) {
     let mut link = Link::default();
-    let mut results = Vec::new();
     loop {
         let next = match queue.lock() {
             Ok(mut q) => q.pop_front(),
@@ -192,10 +183,29 @@ async fn lane(
         };
         let Some(mail) = next else { break };
         let delivery = deliver(&transport, &mut link, &mail).await;
-        results.push((mail.id, delivery));
+        if let Ok(mut r) = results.lock() {
+            r.push((mail.id, delivery));
+        }
     }
     link.close().await;
-    results
+}
+
+/// Records a pass's results in bursts of [`RECORD_CHUNK`]: the store writer
+/// commits each burst together, and mail arriving meanwhile waits behind
+/// one burst at most.
+async fn record(store: &Store, mut results: Vec<(u64, Delivery)>) {
+    while !results.is_empty() {
+        let rest = results.split_off(results.len().min(RECORD_CHUNK));
+        for (id, result) in store
+            .delivered_all(std::mem::replace(&mut results, rest))
+            .await
+        {
+            if let Err(e) = result {
+                // The email stays queued and is tried again: at-least-once.
+                tracing::error!(outbox = id, error = %e, "outbox: cannot record the delivery result");
+            }
+        }
+    }
 }
 
 /// Sends one email; what the outbox should record.

@@ -18,9 +18,9 @@
 //!
 //! One exception: a batch of delivery results only (the outbox worker's
 //! reports) is answered once redb committed it in memory, without waiting
-//! for the journal's sync — the next sync or checkpoint (within
-//! [`IDLE_CHECKPOINT`]) makes it durable, and losing it to a crash only
-//! means sending those emails again.
+//! for the journal's sync, if the journal was synced less than
+//! [`IDLE_CHECKPOINT`] ago — the next sync or checkpoint makes it durable,
+//! and losing it to a crash only means sending those emails again.
 //!
 //! Either way the batch's raw messages are written to the blob file
 //! ([`super::blobs`]) just before its transaction commits, and the blob file
@@ -80,6 +80,8 @@ pub(super) struct Writer {
     /// checkpoint (they are durable in the journal only).
     pending: bool,
     last_checkpoint: Instant,
+    /// When the journal was last synced (or the store checkpointed).
+    last_sync: Instant,
     /// [`CHECKPOINT_INTERVAL`] and [`IDLE_CHECKPOINT`], unless
     /// `POSTDESK_CHECKPOINT_MS` sets both (tests use it to crash between
     /// checkpoints on purpose).
@@ -113,6 +115,7 @@ impl Writer {
             next_seq: 1,
             pending: false,
             last_checkpoint: Instant::now(),
+            last_sync: Instant::now(),
             checkpoint_every: CHECKPOINT_INTERVAL,
             checkpoint_idle: IDLE_CHECKPOINT,
             idle_retry_after: None,
@@ -360,6 +363,7 @@ impl Writer {
     }
 
     fn checkpointed(&mut self) {
+        self.last_sync = Instant::now();
         self.idle_retry_after = None;
         self.journal.restart();
         self.pending = false;
@@ -505,19 +509,23 @@ impl Writer {
         // redb holds the batch (in memory) and says it holds record `seq`.
         self.next_seq = seq + 1;
         self.pending = true;
-        if batch
-            .iter()
-            .all(|j| matches!(j.cmd, StoreCmd::Delivered { .. }))
+        if self.last_sync.elapsed() < self.checkpoint_idle
+            && batch
+                .iter()
+                .all(|j| matches!(j.cmd, StoreCmd::Delivered { .. }))
         {
             // Only delivery results: nobody waits on these for a `250`, so
             // they are answered without waiting for the disk. The next
-            // batch's sync, or the idle checkpoint, makes them durable; a
-            // crash before that sends those emails again after the restart
-            // (at-least-once, as a crash between the relay's answer and
-            // this commit always did). Inbound mail arriving meanwhile does
-            // not wait behind an fdatasync made for delivery results.
+            // batch's sync (at the latest after the idle interval: a stream
+            // of results alone still syncs that often), or the idle
+            // checkpoint, makes them durable; a crash before that sends
+            // those emails again after the restart (at-least-once, as a
+            // crash between the relay's answer and this commit always did).
+            // Inbound mail arriving meanwhile does not wait behind an
+            // fdatasync made for delivery results.
             return Ok((outcomes, queued));
         }
+        self.last_sync = Instant::now();
         if let Err(e) = self.journal.sync() {
             // The record may not be on disk: make the batch durable through
             // redb instead (or fail it; recovery after the reopen decides

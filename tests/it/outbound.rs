@@ -506,6 +506,37 @@ fn thread_nice(pid: u32) -> Vec<(String, i64)> {
 }
 
 #[test]
+fn a_shutdown_mid_pass_records_what_was_already_sent() {
+    // One new ticket queues two emails (the acknowledgement to carol, the
+    // notification to alice): one pass. The relay takes carol's and hangs
+    // on alice's; the daemon is stopped meanwhile. Carol's must be recorded
+    // as sent (not sent again after the restart); alice's is sent then.
+    let sink = Sink::start();
+    sink.set_hang_rcpt(Some("alice@acme.example"));
+    let mut d = Daemon::start(&relay_config(&sink, ACK_AND_NOTIFY));
+    let id = d.send_ok(&msg().subject("Two emails"));
+    sink.wait_accepted(1, DEADLINE);
+    wait_until(DEADLINE, "alice's notification to hang at RCPT", || {
+        if sink.transactions().len() == 1 && sink.accepted()[0].rcpt == ["carol@example.com"] {
+            Ok(())
+        } else {
+            Err(sink.describe())
+        }
+    });
+    // The sink records the message before its 250 reaches the daemon.
+    std::thread::sleep(Duration::from_millis(300));
+    d.terminate();
+    sink.set_hang_rcpt(None);
+    d.start_again();
+    let t = wait_email_sent(&d, id, 2);
+    let accepted = sink.accepted();
+    let to = |addr: &str| accepted.iter().filter(|t| t.rcpt == [addr]).count();
+    assert_eq!(to("carol@example.com"), 1, "{}", sink.describe());
+    assert_eq!(to("alice@acme.example"), 1, "{}", sink.describe());
+    assert_eq!(timeline_events(&t, "email_sent").len(), 2, "{t:#}");
+}
+
+#[test]
 fn a_deferred_email_survives_a_restart_and_is_delivered_once() {
     let sink = Sink::start();
     sink.set_data_reply(451);

@@ -50,6 +50,8 @@ struct Shared {
     rcpt_reply: AtomicU16,
     data_reply: AtomicU16,
     stopped: AtomicBool,
+    /// `RCPT TO` this address gets no answer while it is set.
+    hang_rcpt: Mutex<Option<String>>,
 }
 
 pub struct Sink {
@@ -103,6 +105,16 @@ impl Sink {
     /// The answer to the end of `DATA` from now on (250 accepts).
     pub fn set_data_reply(&self, code: u16) {
         self.shared.data_reply.store(code, Ordering::SeqCst);
+    }
+
+    /// From now on `RCPT TO:<addr>` gets no answer (a relay that hangs
+    /// mid-transaction) until this is called with `None` or the sink stops.
+    pub fn set_hang_rcpt(&self, addr: Option<&str>) {
+        *self
+            .shared
+            .hang_rcpt
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = addr.map(String::from);
     }
 
     /// Every transaction so far.
@@ -294,6 +306,13 @@ fn session(stream: TcpStream, shared: &Shared) -> io::Result<()> {
                 say(&mut writer, "250 2.1.0 Ok")?;
             }
             "RCPT" => {
+                let hung = |shared: &Shared| {
+                    let hang = shared.hang_rcpt.lock().unwrap_or_else(|e| e.into_inner());
+                    hang.as_deref() == Some(path_arg(&cmd).as_str())
+                };
+                while hung(shared) && !shared.stopped.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
                 let Some(t) = current.as_mut() else {
                     say(&mut writer, "503 5.5.1 MAIL first")?;
                     continue;
