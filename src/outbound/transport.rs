@@ -2,17 +2,17 @@
 //!
 //! SHELL. [`Transport::File`] writes one `.eml` per email into a folder
 //! (the default: nothing leaves the machine); [`Transport::Smtp`] hands the
-//! email to a relay with lettre's async SMTP client. Both take the bytes
+//! email to a relay with lettre's async SMTP client connection, on a TCP
+//! connection of ours (see [`SmtpRelay`]). Both take the bytes
 //! exactly as `compose` made them and an explicit envelope; neither retries
 //! — the outbox worker does, guided by [`SendError::is_transient`].
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
-
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
