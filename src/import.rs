@@ -11,6 +11,7 @@
 //! The mailbox readers ([`split_mbox`], [`maildir_files`]) and the mapping
 //! to an [`Inbound`] are plain functions; the runner is the shell.
 
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -23,20 +24,78 @@ use crate::store::{Inbound, Outcome};
 /// beginning with `From ` at the start of the file or after a blank line;
 /// the `From ` line itself is dropped and `>From ` quoting is undone one
 /// level. Line endings are kept as they are in the file.
+#[cfg(test)]
 pub fn split_mbox(data: &[u8]) -> Vec<Vec<u8>> {
-    let mut messages = Vec::new();
-    let mut current: Option<Vec<u8>> = None;
-    let mut prev_blank = true;
-    for line in data.split_inclusive(|b| *b == b'\n') {
-        let is_separator = prev_blank && line.starts_with(b"From ");
-        let blank = line == b"\n" || line == b"\r\n";
-        if is_separator {
-            if let Some(mut m) = current.take() {
-                trim_separator_blank(&mut m);
-                messages.push(m);
+    MboxReader::new(data)
+        .collect::<std::io::Result<Vec<_>>>()
+        .unwrap_or_default()
+}
+
+/// Reads an mbox one message at a time, by [`split_mbox`]'s rules, so that
+/// a mailbox larger than memory imports in the memory of its largest
+/// message.
+pub struct MboxReader<R> {
+    r: R,
+    /// The message being read (`None` before the first `From ` line).
+    current: Option<Vec<u8>>,
+    prev_blank: bool,
+    line: Vec<u8>,
+    /// Bytes consumed so far.
+    pos: u64,
+    done: bool,
+}
+
+impl<R: BufRead> MboxReader<R> {
+    pub fn new(r: R) -> MboxReader<R> {
+        MboxReader {
+            r,
+            current: None,
+            prev_blank: true,
+            line: Vec::new(),
+            pos: 0,
+            done: false,
+        }
+    }
+
+    /// Bytes of the mbox read so far.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// The next message, blank ones skipped; `None` at the end.
+    fn next_message(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        loop {
+            if self.done {
+                return Ok(None);
             }
-            current = Some(Vec::new());
-        } else if let Some(m) = current.as_mut() {
+            self.line.clear();
+            let n = self.r.read_until(b'\n', &mut self.line)?;
+            self.pos += n as u64;
+            let finished = if n == 0 {
+                self.done = true;
+                self.current.take()
+            } else {
+                self.take_line()
+            };
+            if let Some(mut m) = finished {
+                trim_separator_blank(&mut m);
+                if !m.iter().all(u8::is_ascii_whitespace) {
+                    return Ok(Some(m));
+                }
+            }
+        }
+    }
+
+    /// Adds `self.line` to the current message; returns the previous
+    /// message if the line starts a new one.
+    fn take_line(&mut self) -> Option<Vec<u8>> {
+        let line = &self.line;
+        let is_separator = self.prev_blank && line.starts_with(b"From ");
+        self.prev_blank = line == b"\n" || line == b"\r\n";
+        if is_separator {
+            return self.current.replace(Vec::new());
+        }
+        if let Some(m) = self.current.as_mut() {
             let quoted = line.iter().take_while(|b| **b == b'>').count();
             if quoted > 0 && line[quoted..].starts_with(b"From ") {
                 m.extend_from_slice(&line[1..]);
@@ -44,14 +103,22 @@ pub fn split_mbox(data: &[u8]) -> Vec<Vec<u8>> {
                 m.extend_from_slice(line);
             }
         }
-        prev_blank = blank;
+        None
     }
-    if let Some(mut m) = current {
-        trim_separator_blank(&mut m);
-        messages.push(m);
+}
+
+impl<R: BufRead> Iterator for MboxReader<R> {
+    type Item = std::io::Result<Vec<u8>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.next_message() {
+            Ok(m) => m.map(Ok),
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
     }
-    messages.retain(|m| !m.iter().all(u8::is_ascii_whitespace));
-    messages
 }
 
 /// The blank line before the next `From ` belongs to the mbox format.
@@ -227,36 +294,48 @@ pub async fn run(
             .map(|c| c.id.clone())
             .ok_or_else(|| "the config has no channel".to_string())?,
     };
-    // Messages are read one at a time for a Maildir; an mbox is split in
-    // memory (mbox files larger than memory are not supported).
-    let items: Vec<Item> = match &source {
+    // Messages are read one at a time, from an mbox as from a Maildir.
+    let mut source = match &source {
         Mailbox::Mbox(path) => {
-            let data =
-                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            split_mbox(&data).into_iter().map(Item::Bytes).collect()
+            let file = std::fs::File::open(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+            Source::Mbox {
+                path: path.clone(),
+                reader: MboxReader::new(std::io::BufReader::with_capacity(1 << 16, file)),
+                len,
+            }
         }
-        Mailbox::Maildir(dir) => maildir_files(dir)
-            .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
-            .into_iter()
-            .map(Item::File)
-            .collect(),
+        Mailbox::Maildir(dir) => Source::Maildir {
+            files: maildir_files(dir)
+                .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
+                .into_iter(),
+            read: 0,
+        },
     };
-    let bar = progress_bar(items.len() as u64);
+    let bar = source.progress_bar();
     let socket = config.server.admin_socket.clone();
     let daemon_running = std::os::unix::net::UnixStream::connect(&socket).is_ok();
     let mut summary = Summary::default();
+    // A read error in an mbox ends the import (what follows cannot be
+    // split reliably); an unreadable Maildir file is counted and skipped.
+    let mut fatal = None;
     if daemon_running {
         bar.println(format!(
             "daemon running: importing through {}",
             socket.display()
         ));
-        for item in items {
-            let raw = match item.read() {
+        while let Some(item) = source.next() {
+            bar.set_position(source.position());
+            let raw = match item {
                 Ok(r) => r,
+                Err(e) if source.is_mbox() => {
+                    fatal = Some(e);
+                    break;
+                }
                 Err(e) => {
                     bar.println(e);
                     summary.failed += 1;
-                    bar.inc(1);
                     continue;
                 }
             };
@@ -283,7 +362,6 @@ pub async fn run(
                 Ok(Err(e)) => return Err(format!("admin socket: {e}")),
                 Err(e) => return Err(e.to_string()),
             }
-            bar.inc(1);
         }
     } else {
         let (store, writer) = crate::store::Store::open(&config.server.data_dir, config.clone())
@@ -295,18 +373,22 @@ pub async fn run(
             })?;
         // Keep up to 64 messages in flight so the writer can group-commit.
         let mut in_flight = tokio::task::JoinSet::new();
-        for item in items {
+        while let Some(item) = source.next() {
+            bar.set_position(source.position());
             while in_flight.len() >= 64 {
                 if let Some(done) = in_flight.join_next().await {
                     tally(&mut summary, done, &bar);
                 }
             }
-            let raw = match item.read() {
+            let raw = match item {
                 Ok(r) => r,
+                Err(e) if source.is_mbox() => {
+                    fatal = Some(e);
+                    break;
+                }
                 Err(e) => {
                     bar.println(e);
                     summary.failed += 1;
-                    bar.inc(1);
                     continue;
                 }
             };
@@ -323,7 +405,12 @@ pub async fn run(
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     }
     bar.finish_and_clear();
-    Ok(summary)
+    match fatal {
+        Some(e) => Err(format!(
+            "{e} (stopped there; the messages before it were imported: {summary})"
+        )),
+        None => Ok(summary),
+    }
 }
 
 type Joined = Result<Result<Outcome, String>, tokio::task::JoinError>;
@@ -340,40 +427,77 @@ fn tally(summary: &mut Summary, done: Joined, bar: &indicatif::ProgressBar) {
             summary.failed += 1;
         }
     }
-    bar.inc(1);
 }
 
-enum Item {
-    Bytes(Vec<u8>),
-    File(PathBuf),
+/// Where the messages come from, one at a time.
+enum Source {
+    Mbox {
+        path: PathBuf,
+        reader: MboxReader<std::io::BufReader<std::fs::File>>,
+        /// The file's size, for the progress bar.
+        len: u64,
+    },
+    Maildir {
+        files: std::vec::IntoIter<PathBuf>,
+        read: u64,
+    },
 }
 
-impl Item {
-    fn read(self) -> Result<Vec<u8>, String> {
+impl Source {
+    /// The next message's bytes, or why it cannot be read. An mbox that
+    /// fails to read ends the import there (after this error).
+    fn next(&mut self) -> Option<Result<Vec<u8>, String>> {
         match self {
-            Item::Bytes(b) => Ok(b),
-            Item::File(p) => {
-                std::fs::read(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+            Source::Mbox { path, reader, .. } => reader
+                .next()
+                .map(|r| r.map_err(|e| format!("cannot read {}: {e}", path.display()))),
+            Source::Maildir { files, read } => {
+                let p = files.next()?;
+                *read += 1;
+                Some(std::fs::read(&p).map_err(|e| format!("cannot read {}: {e}", p.display())))
             }
         }
     }
-}
 
-fn progress_bar(len: u64) -> indicatif::ProgressBar {
-    use std::io::IsTerminal;
-    if !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
+    fn is_mbox(&self) -> bool {
+        matches!(self, Source::Mbox { .. })
     }
-    let bar = indicatif::ProgressBar::new(len);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{bar:40} {pos}/{len} messages ({per_sec}, eta {eta})",
-    ) {
-        bar.set_style(style);
+
+    /// Bytes read (mbox) or messages read (Maildir).
+    fn position(&self) -> u64 {
+        match self {
+            Source::Mbox { reader, .. } => reader.position(),
+            Source::Maildir { read, .. } => *read,
+        }
     }
-    bar
+
+    /// A progress bar on stderr when it is a terminal (hidden otherwise):
+    /// by bytes for an mbox, by messages for a Maildir.
+    fn progress_bar(&self) -> indicatif::ProgressBar {
+        use std::io::IsTerminal;
+        if !std::io::stderr().is_terminal() {
+            return indicatif::ProgressBar::hidden();
+        }
+        let (len, template) = match self {
+            Source::Mbox { len, .. } => (
+                *len,
+                "{bar:40} {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})",
+            ),
+            Source::Maildir { files, .. } => (
+                files.len() as u64,
+                "{bar:40} {pos}/{len} messages ({per_sec}, eta {eta})",
+            ),
+        };
+        let bar = indicatif::ProgressBar::new(len);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+            bar.set_style(style);
+        }
+        bar
+    }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -396,6 +520,54 @@ mod tests {
         assert_eq!(split_mbox(mbox).len(), 1);
         assert!(split_mbox(b"").is_empty());
         assert!(split_mbox(b"no separator at all\n").is_empty());
+    }
+
+    #[test]
+    fn the_mbox_reader_streams_with_any_buffer_size() {
+        let mbox: &[u8] = b"From a@x Mon Jan  1 00:00:00 2024\r\nSubject: one\r\n\r\nhello\r\n>From quoted\r\n\r\nFrom b@x Mon Jan  1 00:00:01 2024\r\nSubject: two\r\n\r\nno newline at the end";
+        for cap in [1, 3, 7, 64, 1 << 16] {
+            let mut reader = MboxReader::new(std::io::BufReader::with_capacity(cap, mbox));
+            let msgs: Vec<Vec<u8>> = reader.by_ref().map(Result::unwrap).collect();
+            assert_eq!(
+                msgs,
+                vec![
+                    b"Subject: one\r\n\r\nhello\r\nFrom quoted\r\n".to_vec(),
+                    b"Subject: two\r\n\r\nno newline at the end".to_vec(),
+                ],
+                "buffer of {cap}"
+            );
+            assert_eq!(reader.position(), mbox.len() as u64);
+        }
+    }
+
+    /// Reads `data`, then fails.
+    struct ThenFail<'a>(&'a [u8]);
+
+    impl std::io::Read for ThenFail<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.0.is_empty() {
+                return Err(std::io::Error::other("disk gone"));
+            }
+            let n = buf.len().min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn the_mbox_reader_yields_each_message_before_reading_on_and_stops_at_an_error() {
+        // The second message is cut off by a read error: the first comes
+        // out whole (so nothing needs the whole file), then the error, then
+        // nothing.
+        let data = b"From a@x\nSubject: one\n\nbody\n\nFrom b@x\nSubject: tw";
+        let mut reader = MboxReader::new(std::io::BufReader::with_capacity(8, ThenFail(data)));
+        assert_eq!(
+            reader.next().unwrap().unwrap(),
+            b"Subject: one\n\nbody\n".to_vec()
+        );
+        assert_eq!(reader.next().unwrap().unwrap_err().to_string(), "disk gone");
+        assert!(reader.next().is_none());
     }
 
     #[test]
