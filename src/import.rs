@@ -406,6 +406,7 @@ pub async fn run(
     }
     bar.finish_and_clear();
     match fatal {
+        Some(e) if summary.messages + summary.failed == 0 => Err(e),
         Some(e) => Err(format!(
             "{e} (stopped there; the messages before it were imported: {summary})"
         )),

@@ -123,3 +123,23 @@ fn mbox_import_threads_sends_nothing_and_is_idempotent() {
     assert!(d.outbox_all().is_empty(), "import must send nothing");
     d.restart();
 }
+
+#[test]
+fn an_mbox_that_cannot_be_read_fails_with_its_name() {
+    let dir = temp_dir();
+    let config = dir.path().join("postdesk.toml");
+    std::fs::write(
+        &config,
+        render_config(&default_config("", ACK_NEW), dir.path()),
+    )
+    .expect("config");
+    // A directory opens like a file but fails at the first read.
+    let not_a_file = dir.path().join("a-folder.mbox");
+    std::fs::create_dir_all(&not_a_file).expect("dir");
+    let c = config.to_string_lossy().to_string();
+    let m = not_a_file.to_string_lossy().to_string();
+    let out = run_cli(&["import", "-c", &c, "--mbox", &m], dir.path());
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains(&format!("cannot read {m}")), "{out:?}");
+    assert!(!out.stderr.contains("stopped there"), "{out:?}");
+}
