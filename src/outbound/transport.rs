@@ -237,9 +237,10 @@ impl Transport {
     }
 }
 
-/// An SMTP connection to the relay kept between the emails of one outbox
-/// pass, so that a burst of emails does not pay connect, greeting, EHLO,
-/// (TLS, AUTH) and QUIT for each one.
+/// An SMTP connection to the relay kept from one email to the next (the
+/// outbox worker keeps its lanes' links while mail keeps coming), so that a
+/// burst of emails does not pay connect, greeting, EHLO, (TLS, AUTH) and
+/// QUIT for each one.
 ///
 /// A connection is used again only after its last email was accepted,
 /// for at most [`SENDS_PER_CONNECTION`] emails, and only if it answers a

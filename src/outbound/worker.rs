@@ -87,6 +87,9 @@ fn lower_priority() {}
 
 pub async fn run(store: Store, config: Arc<ConfigCell>, shutdown: CancellationToken) {
     let mut current: Option<(String, Arc<Transport>)> = None;
+    // The lanes' relay connections, kept from one pass to the next while
+    // mail keeps coming; closed when the worker goes to sleep.
+    let mut links: Vec<Link> = Vec::new();
     loop {
         if shutdown.is_cancelled() {
             return;
@@ -103,6 +106,7 @@ pub async fn run(store: Store, config: Arc<ConfigCell>, shutdown: CancellationTo
             let cfg = config.get();
             let key = format!("{:?}", cfg.outbound.transport);
             if current.as_ref().is_none_or(|(k, _)| *k != key) {
+                close_all(&mut links).await;
                 match Transport::from_config_with_hello(
                     &cfg.outbound.transport,
                     Some(&cfg.server.hostname),
@@ -128,12 +132,24 @@ pub async fn run(store: Store, config: Arc<ConfigCell>, shutdown: CancellationTo
             let results = Arc::new(Mutex::new(Vec::new()));
             let mut lanes = tokio::task::JoinSet::new();
             for _ in 0..n {
-                lanes.spawn(lane(transport.clone(), queue.clone(), results.clone()));
+                let link = links.pop().unwrap_or_default();
+                lanes.spawn(lane(
+                    transport.clone(),
+                    queue.clone(),
+                    results.clone(),
+                    link,
+                ));
             }
+            let mut returned = Vec::new();
             let stopping = tokio::select! {
-                () = async { while lanes.join_next().await.is_some() {} } => false,
+                () = async {
+                    while let Some(done) = lanes.join_next().await {
+                        returned.extend(done.ok());
+                    }
+                } => false,
                 () = shutdown.cancelled() => true,
             };
+            links.extend(returned);
             // On shutdown, the sends in flight are abandoned (at-least-once:
             // they are tried again after the restart); what was already
             // sent is still recorded.
@@ -161,21 +177,22 @@ pub async fn run(store: Store, config: Arc<ConfigCell>, shutdown: CancellationTo
                 )
             })
             .unwrap_or(IDLE);
+        close_all(&mut links).await;
         if !sleep.is_zero() && wait(&store, &shutdown, sleep).await {
             return;
         }
     }
 }
 
-/// Delivers emails from `queue` until it is empty, on one relay
-/// connection where it can ([`Link`]), then closes it. Each email's outbox
-/// id and result go to `results`.
+/// Delivers emails from `queue` until it is empty, on `link`'s relay
+/// connection where it can; returns the link (its connection still open)
+/// for the next pass. Each email's outbox id and result go to `results`.
 async fn lane(
     transport: Arc<Transport>,
     queue: Arc<Mutex<VecDeque<read::DueMail>>>,
     results: Arc<Mutex<Vec<(u64, Delivery)>>>,
-) {
-    let mut link = Link::default();
+    mut link: Link,
+) -> Link {
     loop {
         let next = match queue.lock() {
             Ok(mut q) => q.pop_front(),
@@ -187,7 +204,14 @@ async fn lane(
             r.push((mail.id, delivery));
         }
     }
-    link.close().await;
+    link
+}
+
+/// Says QUIT on every kept relay connection.
+async fn close_all(links: &mut Vec<Link>) {
+    for mut link in links.drain(..) {
+        link.close().await;
+    }
 }
 
 /// Records a pass's results in bursts of [`RECORD_CHUNK`]: the store writer

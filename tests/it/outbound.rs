@@ -462,6 +462,9 @@ fn mail_goes_through_the_smtp_relay() {
         eml::read_dir(&d.sent_dir()).is_empty(),
         "the smtp transport writes no .eml files"
     );
+    // With nothing more to send, the worker closes its relay connections
+    // (the sink would hold an idle one for 60 s).
+    sink.wait_no_open_sessions(DEADLINE);
     // Sending runs at a lower CPU priority than taking mail.
     #[cfg(target_os = "linux")]
     {

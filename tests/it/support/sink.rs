@@ -8,7 +8,7 @@
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -52,6 +52,17 @@ struct Shared {
     stopped: AtomicBool,
     /// `RCPT TO` this address gets no answer while it is set.
     hang_rcpt: Mutex<Option<String>>,
+    /// Sessions open now.
+    open: AtomicUsize,
+}
+
+/// Counts a session as open while it lives.
+struct OpenSession<'a>(&'a AtomicUsize);
+
+impl Drop for OpenSession<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 pub struct Sink {
@@ -115,6 +126,16 @@ impl Sink {
             .hang_rcpt
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = addr.map(String::from);
+    }
+
+    /// Waits until no session is open (the client said QUIT or hung up).
+    pub fn wait_no_open_sessions(&self, deadline: Duration) {
+        wait_until(deadline, "the relay's sessions to close", || {
+            match self.shared.open.load(Ordering::SeqCst) {
+                0 => Ok(()),
+                n => Err(format!("{n} open")),
+            }
+        });
     }
 
     /// Every transaction so far.
@@ -265,6 +286,8 @@ fn say(w: &mut TcpStream, line: &str) -> io::Result<()> {
 
 /// One SMTP session, until QUIT or the connection ends.
 fn session(stream: TcpStream, shared: &Shared) -> io::Result<()> {
+    shared.open.fetch_add(1, Ordering::SeqCst);
+    let _open = OpenSession(&shared.open);
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     shared
