@@ -48,8 +48,8 @@ fn mbox() -> String {
     .join("\n")
 }
 
-#[test]
-fn mbox_import_threads_sends_nothing_and_is_idempotent() {
+/// A scratch folder holding `postdesk.toml` (data under the folder).
+fn with_config() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = temp_dir();
     let config = dir.path().join("postdesk.toml");
     std::fs::write(
@@ -57,6 +57,12 @@ fn mbox_import_threads_sends_nothing_and_is_idempotent() {
         render_config(&default_config("", ACK_NEW), dir.path()),
     )
     .expect("config");
+    (dir, config)
+}
+
+#[test]
+fn mbox_import_threads_sends_nothing_and_is_idempotent() {
+    let (dir, config) = with_config();
     let mbox_path = dir.path().join("support.mbox");
     std::fs::write(&mbox_path, mbox()).expect("mbox");
     let c = config.to_string_lossy().to_string();
@@ -126,13 +132,7 @@ fn mbox_import_threads_sends_nothing_and_is_idempotent() {
 
 #[test]
 fn an_mbox_that_cannot_be_read_fails_with_its_name() {
-    let dir = temp_dir();
-    let config = dir.path().join("postdesk.toml");
-    std::fs::write(
-        &config,
-        render_config(&default_config("", ACK_NEW), dir.path()),
-    )
-    .expect("config");
+    let (dir, config) = with_config();
     // A directory opens like a file but fails at the first read.
     let not_a_file = dir.path().join("a-folder.mbox");
     std::fs::create_dir_all(&not_a_file).expect("dir");
