@@ -317,26 +317,20 @@ pub async fn run(
     let socket = config.server.admin_socket.clone();
     let daemon_running = std::os::unix::net::UnixStream::connect(&socket).is_ok();
     let mut summary = Summary::default();
-    // A read error in an mbox ends the import (what follows cannot be
-    // split reliably); an unreadable Maildir file is counted and skipped.
+    // The mbox read error that ended the import ([`Source::next_raw`]).
     let mut fatal = None;
     if daemon_running {
         bar.println(format!(
             "daemon running: importing through {}",
             socket.display()
         ));
-        while let Some(item) = source.next() {
-            bar.set_position(source.position());
-            let raw = match item {
-                Ok(r) => r,
-                Err(e) if source.is_mbox() => {
+        loop {
+            let raw = match source.next_raw(&bar, &mut summary) {
+                Ok(Some(raw)) => raw,
+                Ok(None) => break,
+                Err(e) => {
                     fatal = Some(e);
                     break;
-                }
-                Err(e) => {
-                    bar.println(e);
-                    summary.failed += 1;
-                    continue;
                 }
             };
             use base64::Engine as _;
@@ -373,23 +367,18 @@ pub async fn run(
             })?;
         // Keep up to 64 messages in flight so the writer can group-commit.
         let mut in_flight = tokio::task::JoinSet::new();
-        while let Some(item) = source.next() {
-            bar.set_position(source.position());
+        loop {
             while in_flight.len() >= 64 {
                 if let Some(done) = in_flight.join_next().await {
                     tally(&mut summary, done, &bar);
                 }
             }
-            let raw = match item {
-                Ok(r) => r,
-                Err(e) if source.is_mbox() => {
+            let raw = match source.next_raw(&bar, &mut summary) {
+                Ok(Some(raw)) => raw,
+                Ok(None) => break,
+                Err(e) => {
                     fatal = Some(e);
                     break;
-                }
-                Err(e) => {
-                    bar.println(e);
-                    summary.failed += 1;
-                    continue;
                 }
             };
             let inb = inbound(&config, raw, &channel);
@@ -460,8 +449,27 @@ impl Source {
         }
     }
 
-    fn is_mbox(&self) -> bool {
-        matches!(self, Source::Mbox { .. })
+    /// The next message to import, the progress bar moved on. An
+    /// unreadable Maildir file is reported, counted as failed and skipped;
+    /// an mbox read error is returned (what follows cannot be split
+    /// reliably).
+    fn next_raw(
+        &mut self,
+        bar: &indicatif::ProgressBar,
+        summary: &mut Summary,
+    ) -> Result<Option<Vec<u8>>, String> {
+        while let Some(item) = self.next() {
+            bar.set_position(self.position());
+            match item {
+                Ok(raw) => return Ok(Some(raw)),
+                Err(e) if matches!(self, Source::Mbox { .. }) => return Err(e),
+                Err(e) => {
+                    bar.println(e);
+                    summary.failed += 1;
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Bytes read (mbox) or messages read (Maildir).

@@ -256,11 +256,23 @@ impl Store {
     }
 
     async fn run(&self, cmd: StoreCmd) -> Result<Done, StoreError> {
+        self.enqueue(cmd).await
+    }
+
+    /// Hands `cmd` to the writer now (commands enqueued one after the other
+    /// are applied in that order) and returns a future of its answer.
+    fn enqueue(
+        &self,
+        cmd: StoreCmd,
+    ) -> impl std::future::Future<Output = Result<Done, StoreError>> + Send + 'static {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(WriterMsg::Job(Job { cmd, reply }))
-            .map_err(|_| StoreError::Unavailable)?;
-        rx.await.map_err(|_| StoreError::Unavailable)?
+        let sent = self.tx.send(WriterMsg::Job(Job { cmd, reply })).is_ok();
+        async move {
+            if !sent {
+                return Err(StoreError::Unavailable);
+            }
+            rx.await.map_err(|_| StoreError::Unavailable)?
+        }
     }
 
     /// Threads and durably commits one inbound message, with everything it
@@ -281,19 +293,9 @@ impl Store {
         &self,
         inbound: Inbound,
     ) -> impl std::future::Future<Output = Result<Outcome, StoreError>> + Send + 'static {
-        let (reply, rx) = oneshot::channel();
-        let sent = self
-            .tx
-            .send(WriterMsg::Job(Job {
-                cmd: StoreCmd::Ingest(Box::new(inbound)),
-                reply,
-            }))
-            .is_ok();
+        let done = self.enqueue(StoreCmd::Ingest(Box::new(inbound)));
         async move {
-            if !sent {
-                return Err(StoreError::Unavailable);
-            }
-            match rx.await.map_err(|_| StoreError::Unavailable)?? {
+            match done.await? {
                 Done::Ingested(o) => Ok(o),
                 other => Err(StoreError::Corrupt(format!(
                     "unexpected writer answer {other:?}"
@@ -314,29 +316,13 @@ impl Store {
         &self,
         results: Vec<(u64, Delivery)>,
     ) -> Vec<(u64, Result<(), StoreError>)> {
-        let mut waiting = Vec::with_capacity(results.len());
-        for (id, result) in results {
-            let (reply, rx) = oneshot::channel();
-            let job = Job {
-                cmd: StoreCmd::Delivered { id, result },
-                reply,
-            };
-            let sent = self
-                .tx
-                .send(WriterMsg::Job(job))
-                .map_err(|_| StoreError::Unavailable);
-            waiting.push((id, sent.map(|()| rx)));
-        }
+        let waiting: Vec<_> = results
+            .into_iter()
+            .map(|(id, result)| (id, self.enqueue(StoreCmd::Delivered { id, result })))
+            .collect();
         let mut out = Vec::with_capacity(waiting.len());
-        for (id, rx) in waiting {
-            let result = match rx {
-                Ok(rx) => rx
-                    .await
-                    .map_err(|_| StoreError::Unavailable)
-                    .and_then(|r| r.map(drop)),
-                Err(e) => Err(e),
-            };
-            out.push((id, result));
+        for (id, done) in waiting {
+            out.push((id, done.await.map(drop)));
         }
         out
     }
