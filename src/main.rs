@@ -280,11 +280,17 @@ fn import(args: ImportArgs) -> ExitCode {
     }
 }
 
+/// The async runtime: one worker per CPU but one, which the store writer
+/// (a thread of its own, the busiest under load) keeps. On two CPUs that is
+/// one worker: measured, a second one only added wake-ups between the two
+/// (BENCHMARKS.md, "Runtime workers"). `TOKIO_WORKER_THREADS` overrides it.
 fn runtime() -> Option<tokio::runtime::Runtime> {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        builder.worker_threads(cpus.saturating_sub(1).max(1));
+    }
+    match builder.enable_all().build() {
         Ok(r) => Some(r),
         Err(e) => {
             eprintln!("postdesk: cannot start the runtime: {e}");

@@ -123,6 +123,12 @@ pub struct Ctx {
 /// See [`Ctx::ingests`].
 pub const INGESTS_IN_FLIGHT: usize = 64;
 
+/// A message of at least this many bytes is parsed off the runtime's
+/// workers. Measured here, a plain-text parse takes 0.13 ms at 256 KiB and
+/// 27 ms at 25 MiB; below this size the hand-off would cost more than it
+/// spares the other sessions.
+const PARSE_ASIDE: usize = 256 << 10;
+
 type Reader = BufReader<tokio::net::tcp::OwnedReadHalf>;
 type Writer = BufWriter<tokio::net::tcp::OwnedWriteHalf>;
 
@@ -425,16 +431,45 @@ async fn data(
             b"421 4.3.0 Service shutting down, try again later\r\n".to_vec(),
         ));
     };
-    let inbound = Inbound::new(
-        config.clone(),
-        body,
-        mail_from,
-        rcpts,
-        channel.clone(),
-        plus,
-        clock::now_millis(),
-        false,
-    );
+    let received_at = clock::now_millis();
+    let inbound = if body.len() < PARSE_ASIDE {
+        Inbound::new(
+            config.clone(),
+            body,
+            mail_from,
+            rcpts,
+            channel.clone(),
+            plus,
+            received_at,
+            false,
+        )
+    } else {
+        // A big message is parsed on a blocking thread: the runtime may
+        // have a single worker, and the other sessions must not wait for
+        // a 25 MiB parse.
+        let (config, channel) = (config.clone(), channel.clone());
+        let parsing = tokio::task::spawn_blocking(move || {
+            Inbound::new(
+                config,
+                body,
+                mail_from,
+                rcpts,
+                channel,
+                plus,
+                received_at,
+                false,
+            )
+        });
+        match parsing.await {
+            Ok(inbound) => inbound,
+            Err(e) => {
+                tracing::error!(peer = %peer, size, error = %e, "parsing a message failed");
+                return Ok(Some(
+                    b"451 4.3.0 Error: local error in processing\r\n".to_vec(),
+                ));
+            }
+        }
+    };
     let message_id = inbound.parsed.message_id.clone();
     let result = ctx.store.ingest(inbound).await;
     let ms = started.elapsed().as_millis() as u64;

@@ -296,6 +296,68 @@ fn message_size_limits_give_552_and_the_session_survives() {
     assert!(d.conversations().is_empty());
 }
 
+/// A message of 256 KiB or more is parsed on a blocking thread rather than
+/// on the runtime's worker (there may be only one): it is stored, threaded
+/// and read back like any other, in a session that goes on afterwards.
+#[test]
+fn a_big_message_is_parsed_aside_and_threaded_like_any_other() {
+    let d = Daemon::start("");
+    let first = msg()
+        .from("Carol Customer <carol@example.com>")
+        .subject("Crash on start")
+        .body("It crashes; logs follow.\n");
+    let id = d.send_ok(&first);
+
+    let line = "y".repeat(76);
+    let log: String = (0..(600 << 10) / 77).map(|_| format!("{line}\n")).collect();
+    let big = msg()
+        .from("Carol Customer <carol@example.com>")
+        .subject("Re: Crash on start")
+        .in_reply_to(&first.mid())
+        .body(&format!("Here is the log.\n{log}End of the log.\n"));
+    let raw = big.build();
+    assert!(
+        raw.len() > 512 << 10,
+        "the test message is {} bytes",
+        raw.len()
+    );
+    let mut c = Client::connect(d.smtp_addr());
+    assert_eq!(c.ehlo("client.test.example").code, 250);
+    assert_eq!(c.mail_from("carol@example.com").code, 250);
+    assert_eq!(c.rcpt_to("support@acme.example").code, 250);
+    let reply = c.data(&raw);
+    assert_eq!(reply.status(), "250 2.0.0", "{reply}");
+    assert_eq!(reply.ticket_id(), Some(id), "{reply}");
+
+    // The session goes on with a small message.
+    assert_eq!(c.mail_from("carol@example.com").code, 250);
+    assert_eq!(c.rcpt_to("support@acme.example").code, 250);
+    let small = msg().subject("Another thing");
+    let reply = c.data(&small.build());
+    assert_eq!(reply.status(), "250 2.0.0", "{reply}");
+    assert_ne!(reply.ticket_id(), Some(id), "{reply}");
+
+    let t = d.ticket(id);
+    assert_eq!(
+        threaded_by(&t, &big.mid()).as_deref(),
+        Some("in_reply_to"),
+        "{t:#}"
+    );
+    let stored = d
+        .message(&big.mid())
+        .unwrap_or_else(|| d.fail("the big message is not stored"));
+    let text = stored["text"].as_str().unwrap_or_default();
+    assert!(
+        text.starts_with("Here is the log."),
+        "{}",
+        text.chars().take(80).collect::<String>()
+    );
+    assert!(
+        text.trim_end().ends_with("End of the log."),
+        "the text is cut short"
+    );
+}
+
 #[test]
 fn mail_to_a_channel_without_automation_is_kept_without_a_ticket() {
     let d = Daemon::start("");
