@@ -18,10 +18,9 @@ use crate::clock;
 use crate::daemon::ConfigCell;
 use crate::store::{read, Delivery, Store};
 
-/// Emails taken per pass.
+/// Emails taken per pass; their results are handed to the store writer
+/// together, after the pass (one commit).
 const BATCH: usize = 32;
-/// Delivery results handed to the store writer at once (one commit).
-const RECORD_CHUNK: usize = 8;
 /// Deliveries in flight at once: each email costs the relay's round trips
 /// (connect, greeting, EHLO, MAIL, RCPT, DATA, the data's answer), so one
 /// at a time would leave the link idle most of the time.
@@ -214,20 +213,15 @@ async fn close_all(links: &mut Vec<Link>) {
     }
 }
 
-/// Records a pass's results in bursts of [`RECORD_CHUNK`]: the store writer
-/// commits each burst together, and mail arriving meanwhile waits behind
-/// one burst at most.
-async fn record(store: &Store, mut results: Vec<(u64, Delivery)>) {
-    while !results.is_empty() {
-        let rest = results.split_off(results.len().min(RECORD_CHUNK));
-        for (id, result) in store
-            .delivered_all(std::mem::replace(&mut results, rest))
-            .await
-        {
-            if let Err(e) = result {
-                // The email stays queued and is tried again: at-least-once.
-                tracing::error!(outbox = id, error = %e, "outbox: cannot record the delivery result");
-            }
+/// Records a pass's results: all handed to the store writer before any
+/// answer is awaited, so that they share a commit. (Bursts of 8, meant to
+/// shorten the wait of mail arriving meanwhile, measured slower since one
+/// runtime worker: BENCHMARKS.md, "Runtime workers".)
+async fn record(store: &Store, results: Vec<(u64, Delivery)>) {
+    for (id, result) in store.delivered_all(results).await {
+        if let Err(e) = result {
+            // The email stays queued and is tried again: at-least-once.
+            tracing::error!(outbox = id, error = %e, "outbox: cannot record the delivery result");
         }
     }
 }
