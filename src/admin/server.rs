@@ -186,7 +186,14 @@ async fn handle(req: Request, ctx: &AdminCtx) -> Response {
                     None => return Response::err("bad_request", "the config has no channel"),
                 },
             };
-            let inb = crate::import::inbound(&config, raw, &channel);
+            // Parsed on a blocking thread (twice: for its envelope, then
+            // as any message), not on the runtime's worker that serves
+            // the SMTP sessions.
+            let parsing =
+                tokio::task::spawn_blocking(move || crate::import::inbound(&config, raw, &channel));
+            let Ok(inb) = parsing.await else {
+                return Response::err("internal", "parsing the message failed");
+            };
             match ctx.store.ingest(inb).await {
                 Ok(o) => Ok(crate::import::outcome_json(&o)),
                 Err(e) => Err(e),
