@@ -92,12 +92,7 @@ impl BlobFile {
         }
         self.file
             .write_all_at(bytes, at)
-            .map_err(|e| blob_error(&self.path, e))?;
-        // Written back from now on, not all at once by the checkpoint's
-        // sync, which every session waits for. (A failed writeback is
-        // reported by that sync.)
-        let _ = super::start_writeback(&self.file, at, bytes.len() as u64);
-        Ok(())
+            .map_err(|e| blob_error(&self.path, e))
     }
 
     /// Makes every byte written so far durable, or stops the process.

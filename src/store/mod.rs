@@ -151,33 +151,6 @@ fn open_store_file(path: &Path) -> std::io::Result<std::fs::File> {
     Ok(file)
 }
 
-/// `sync_file_range(SYNC_FILE_RANGE_WRITE)` on `len` bytes from `at` (0:
-/// to the end of the file): submits the range's dirty pages for writing
-/// and returns. Only a hint — durability is the `fdatasync` that follows —
-/// but the disk then writes while the writer works, and the sync finds
-/// little left to do.
-#[cfg(target_os = "linux")]
-fn start_writeback(file: &std::fs::File, at: u64, len: u64) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let (Ok(at), Ok(len)) = (i64::try_from(at), i64::try_from(len)) else {
-        return Ok(());
-    };
-    // SAFETY: sync_file_range(2) on an open file descriptor; it reads no
-    // memory of ours.
-    let rc =
-        unsafe { libc::sync_file_range(file.as_raw_fd(), at, len, libc::SYNC_FILE_RANGE_WRITE) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Elsewhere the sync does all the work.
-#[cfg(not(target_os = "linux"))]
-fn start_writeback(_file: &std::fs::File, _at: u64, _len: u64) -> std::io::Result<()> {
-    Ok(())
-}
-
 /// A scratch database with every table, and its blob file, in `dir`.
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

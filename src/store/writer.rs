@@ -23,10 +23,8 @@
 //! and losing it to a crash only means sending those emails again.
 //!
 //! Either way the batch's raw messages are written to the blob file
-//! ([`super::blobs`]) just before its transaction commits (their writeback
-//! started at once, so that the checkpoint's sync has little left to write
-//! while sessions wait), and the blob file is synced before every
-//! `Immediate` commit and before a database handle
+//! ([`super::blobs`]) just before its transaction commits, and the blob file
+//! is synced before every `Immediate` commit and before a database handle
 //! is closed (closing makes redb's pending commits durable).
 //!
 //! If the batch fails, each job is retried alone so one bad message cannot
