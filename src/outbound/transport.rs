@@ -22,7 +22,8 @@ use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 #[allow(deprecated)]
 use lettre::transport::smtp::client::AsyncNetworkStream;
 use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
-use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use lettre::{Address, AsyncSmtpTransport, Tokio1Executor};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -242,11 +243,14 @@ impl Transport {
 /// burst of emails does not pay connect, greeting, EHLO, (TLS, AUTH) and
 /// QUIT for each one.
 ///
-/// A connection is used again only after its last email was accepted,
-/// for at most [`SENDS_PER_CONNECTION`] emails, and only if it answers a
-/// NOOP first (a relay may close a connection it finds idle or has served
-/// enough); after any error it is dropped and the next email connects
-/// afresh. [`Link::close`] says QUIT.
+/// A connection is used again only after its last email was accepted, and
+/// for at most [`SENDS_PER_CONNECTION`] emails; after any error it is
+/// dropped. No NOOP is spent on checking it first (a round trip per email):
+/// the next email's MAIL FROM is the check. If the relay closed the
+/// connection meanwhile (idle, or served enough) — MAIL gets no answer
+/// within [`KEPT_WAIT`], the connection fails, or the answer is `421` —
+/// nothing of that email was accepted, so it is sent again, at once, on a
+/// new connection. [`Link::close`] says QUIT.
 #[derive(Default)]
 pub struct Link {
     conn: Option<AsyncSmtpConnection>,
@@ -268,16 +272,11 @@ impl Link {
         self.sent = 0;
     }
 
-    /// The held connection if it may carry another email and still answers.
-    async fn reuse(&mut self) -> Option<AsyncSmtpConnection> {
-        let mut conn = self.conn.take()?;
+    /// The held connection if it may carry another email.
+    async fn take(&mut self) -> Option<AsyncSmtpConnection> {
+        let conn = self.conn.take()?;
         if self.sent < SENDS_PER_CONNECTION && !conn.has_broken() {
-            // A connection the relay dropped without a word would leave the
-            // NOOP unanswered: a short wait, then a new connection.
-            let alive = tokio::time::timeout(NOOP_WAIT, conn.test_connected()).await;
-            if alive == Ok(true) {
-                return Some(conn);
-            }
+            return Some(conn);
         }
         quit(conn).await;
         self.sent = 0;
@@ -285,13 +284,26 @@ impl Link {
     }
 }
 
-/// How long a reused connection may take to answer its NOOP, and a QUIT.
-const NOOP_WAIT: Duration = Duration::from_secs(5);
+/// How long a kept connection may take to answer its first command (its
+/// MAIL FROM) before it is taken for dead (at most a third of the relay's
+/// timeout), and how long a QUIT is waited for.
+const KEPT_WAIT: Duration = Duration::from_secs(5);
 
 /// Says QUIT and closes, without waiting long for the answer (whatever was
 /// sent on the connection is settled already).
 async fn quit(mut conn: AsyncSmtpConnection) {
-    let _ = tokio::time::timeout(NOOP_WAIT, conn.abort()).await;
+    let _ = tokio::time::timeout(KEPT_WAIT, conn.abort()).await;
+}
+
+/// How one email went on one connection.
+enum Attempt {
+    /// The relay accepted it (`250` after the data).
+    Accepted,
+    /// It failed: refused by the relay, or the connection broke.
+    Failed(SendError),
+    /// A kept connection was found closed at its MAIL FROM: nothing was
+    /// accepted, the email may go at once on a new connection.
+    Stale,
 }
 
 impl SmtpRelay {
@@ -407,22 +419,104 @@ impl SmtpRelay {
         envelope: &Envelope,
         data: &[u8],
     ) -> Result<(), SendError> {
-        let mut conn = match link.reuse().await {
-            Some(conn) => conn,
-            None => self.open().await?,
-        };
-        match conn.send(envelope, data).await {
-            Ok(_) => {
-                link.conn = Some(conn);
-                link.sent += 1;
-                Ok(())
-            }
-            Err(e) => {
+        let mut kept = link.take().await;
+        loop {
+            let fresh = kept.is_none();
+            let mut conn = match kept.take() {
+                Some(conn) => conn,
+                None => {
+                    link.sent = 0;
+                    self.open().await?
+                }
+            };
+            match self.mail(&mut conn, envelope, data, fresh).await {
+                Attempt::Accepted => {
+                    link.conn = Some(conn);
+                    link.sent += 1;
+                    return Ok(());
+                }
                 // After any error the connection is not used again.
-                quit(conn).await;
-                link.sent = 0;
-                Err(self.failed(&e))
+                Attempt::Failed(e) => {
+                    quit(conn).await;
+                    link.sent = 0;
+                    return Err(e);
+                }
+                Attempt::Stale => {
+                    // Closed without a QUIT: the relay is gone from it.
+                    tracing::debug!(relay = %self.server, "kept relay connection was closed; connecting again");
+                    drop(conn);
+                }
             }
+        }
+    }
+
+    /// The SMTP transaction of lettre's `AsyncSmtpConnection::send`, one
+    /// command at a time, so that the first command on a kept connection
+    /// (not `fresh`) tells whether the relay still has it open.
+    async fn mail(
+        &self,
+        conn: &mut AsyncSmtpConnection,
+        envelope: &Envelope,
+        data: &[u8],
+        fresh: bool,
+    ) -> Attempt {
+        let info = conn.server_info();
+        let mut options = Vec::new();
+        let non_ascii = envelope
+            .from()
+            .into_iter()
+            .chain(envelope.to())
+            .any(|a: &Address| !AsRef::<str>::as_ref(a).is_ascii());
+        if non_ascii {
+            if !info.supports_feature(Extension::SmtpUtfEight) {
+                return Attempt::Failed(SendError::transient(format!(
+                    "sending through {}: the envelope has non-ASCII addresses but the relay \
+                     does not offer SMTPUTF8",
+                    self.server
+                )));
+            }
+            options.push(MailParameter::SmtpUtfEight);
+        }
+        if !data.is_ascii() {
+            if !info.supports_feature(Extension::EightBitMime) {
+                return Attempt::Failed(SendError::transient(format!(
+                    "sending through {}: the message is 8-bit but the relay does not offer \
+                     8BITMIME",
+                    self.server
+                )));
+            }
+            options.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+        }
+        let mail = conn.command(Mail::new(envelope.from().cloned(), options));
+        let answer = if fresh {
+            mail.await
+        } else {
+            // Leaves most of the email's deadline to a new connection.
+            match tokio::time::timeout(KEPT_WAIT.min(self.timeout / 3), mail).await {
+                Ok(answer) => answer,
+                Err(_) => return Attempt::Stale,
+            }
+        };
+        if let Err(e) = answer {
+            // No SMTP answer at all (the connection was closed or reset),
+            // or 421 ("closing the transmission channel").
+            let closed = e.status().is_none_or(|c| c.to_string() == "421");
+            if !fresh && closed {
+                return Attempt::Stale;
+            }
+            return Attempt::Failed(self.failed(&e));
+        }
+        for to in envelope.to() {
+            if let Err(e) = conn.command(Rcpt::new(to.clone(), Vec::new())).await {
+                return Attempt::Failed(self.failed(&e));
+            }
+        }
+        if let Err(e) = conn.command(Data).await {
+            return Attempt::Failed(self.failed(&e));
+        }
+        match conn.message(data).await {
+            Ok(_) => Attempt::Accepted,
+            Err(e) => Attempt::Failed(self.failed(&e)),
         }
     }
 
@@ -813,6 +907,13 @@ mod tests {
         Never,
         /// Closes the connection after accepting each message.
         CloseAfterData,
+        /// After accepting a message, answers the next command with 421
+        /// (an idle timeout) and closes.
+        IdleTimeoutAfterData,
+        /// After accepting a message, never answers on that connection
+        /// again (a peer gone without closing).
+        SilentAfterData,
+        Mail(u16),
         Rcpt(u16),
         Data(u16),
         DataEnd(u16),
@@ -826,6 +927,8 @@ mod tests {
         mail_from: String,
         rcpt: Vec<String>,
         data: Vec<u8>,
+        /// NOOPs seen on the connection before this message.
+        noops: usize,
     }
 
     /// A tiny SMTP server on 127.0.0.1:0 that records what it is sent.
@@ -862,22 +965,36 @@ mod tests {
         };
         write.write_all(b"220 sink ESMTP\r\n").await?;
         let mut line = String::new();
+        let mut served = false;
         loop {
             line.clear();
             if read.read_line(&mut line).await? == 0 {
                 return Ok(());
             }
             let command = line.trim_end().to_owned();
+            if served {
+                match fail {
+                    Fail::IdleTimeoutAfterData => {
+                        write.write_all(b"421 4.4.2 idle timeout\r\n").await?;
+                        return Ok(());
+                    }
+                    Fail::SilentAfterData => continue,
+                    _ => {}
+                }
+            }
             let verb = command.get(..4).unwrap_or(&command).to_ascii_uppercase();
             let reply: String = match verb.as_str() {
                 "EHLO" | "HELO" => {
                     got.ehlo = command[4..].trim().to_owned();
                     "250-sink\r\n250 8BITMIME\r\n".into()
                 }
-                "MAIL" => {
-                    got.mail_from = command.clone();
-                    "250 2.1.0 ok\r\n".into()
-                }
+                "MAIL" => match fail {
+                    Fail::Mail(code) => format!("{code} 4.7.0 not now\r\n"),
+                    _ => {
+                        got.mail_from = command.clone();
+                        "250 2.1.0 ok\r\n".into()
+                    }
+                },
                 "RCPT" => match fail {
                     Fail::Rcpt(code) => format!("{code} 5.1.1 no such user\r\n"),
                     _ => {
@@ -912,20 +1029,27 @@ mod tests {
                             }
                             _ => {
                                 let ehlo = got.ehlo.clone();
+                                let noops = got.noops;
                                 log.lock().unwrap().push(std::mem::replace(
                                     &mut got,
                                     Received {
                                         connection,
                                         ehlo,
+                                        noops,
                                         ..Received::default()
                                     },
                                 ));
+                                served = true;
                                 "250 2.0.0 queued\r\n".into()
                             }
                         }
                     }
                 }
-                "RSET" | "NOOP" => "250 ok\r\n".into(),
+                "NOOP" => {
+                    got.noops += 1;
+                    "250 ok\r\n".into()
+                }
+                "RSET" => "250 ok\r\n".into(),
                 "QUIT" => {
                     write.write_all(b"221 bye\r\n").await?;
                     return Ok(());
@@ -1038,6 +1162,8 @@ mod tests {
         assert!(received
             .iter()
             .all(|r| r.data == RAW && r.ehlo == "desk.acme.example"));
+        // The next MAIL FROM checks a kept connection, not a NOOP.
+        assert!(received.iter().all(|r| r.noops == 0));
     }
 
     #[tokio::test]
@@ -1057,6 +1183,65 @@ mod tests {
             .map(|r| r.connection)
             .collect();
         assert_eq!(connections, [1, 2]);
+    }
+
+    /// A kept connection the relay closed (421 at the next command, or no
+    /// answer at all): the email goes at once on a new connection, once.
+    async fn a_link_survives(fail: Fail) {
+        let (addr, received) = sink(fail).await;
+        let t = relay(addr, Duration::from_millis(300));
+        let mut link = Link::default();
+        for to in ["a@example.com", "b@example.com", "c@example.com"] {
+            t.send_on(&mut link, "support@acme.example", &[to.into()], RAW)
+                .await
+                .unwrap();
+        }
+        let seen: Vec<_> = received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| (r.connection, r.rcpt.clone()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (1, vec!["RCPT TO:<a@example.com>".to_string()]),
+                (2, vec!["RCPT TO:<b@example.com>".to_string()]),
+                (3, vec!["RCPT TO:<c@example.com>".to_string()]),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_closed_with_421_is_replaced() {
+        a_link_survives(Fail::IdleTimeoutAfterData).await;
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_that_stopped_answering_is_replaced() {
+        a_link_survives(Fail::SilentAfterData).await;
+    }
+
+    /// A fresh connection's 421 at MAIL FROM is the relay's answer, not a
+    /// stale connection: the email fails (transient), no retry loop.
+    #[tokio::test]
+    async fn a_fresh_connection_refused_with_421_fails_transient() {
+        let (addr, received) = sink(Fail::Mail(421)).await;
+        let t = relay(addr, SMTP_TIMEOUT);
+        let mut link = Link::default();
+        let e = t
+            .send_on(
+                &mut link,
+                "support@acme.example",
+                &["a@example.com".into()],
+                RAW,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, SendErrorKind::Transient, "{e}");
+        assert!(e.message.contains("421"), "{e}");
+        assert!(link.conn.is_none());
+        assert!(received.lock().unwrap().is_empty());
     }
 
     #[tokio::test]
