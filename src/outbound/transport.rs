@@ -1222,26 +1222,26 @@ mod tests {
         a_link_survives(Fail::SilentAfterData).await;
     }
 
+    /// One email on `link` to a relay that refuses it: its error, once it
+    /// is checked that the link kept no connection and nothing arrived.
+    async fn refused(t: &Transport, link: &mut Link, received: &Mutex<Vec<Received>>) -> SendError {
+        let e = t
+            .send_on(link, "support@acme.example", &["a@example.com".into()], RAW)
+            .await
+            .unwrap_err();
+        assert!(link.conn.is_none());
+        assert!(received.lock().unwrap().is_empty());
+        e
+    }
+
     /// A fresh connection's 421 at MAIL FROM is the relay's answer, not a
     /// stale connection: the email fails (transient), no retry loop.
     #[tokio::test]
     async fn a_fresh_connection_refused_with_421_fails_transient() {
         let (addr, received) = sink(Fail::Mail(421)).await;
-        let t = relay(addr, SMTP_TIMEOUT);
-        let mut link = Link::default();
-        let e = t
-            .send_on(
-                &mut link,
-                "support@acme.example",
-                &["a@example.com".into()],
-                RAW,
-            )
-            .await
-            .unwrap_err();
+        let e = refused(&relay(addr, SMTP_TIMEOUT), &mut Link::default(), &received).await;
         assert_eq!(e.kind, SendErrorKind::Transient, "{e}");
         assert!(e.message.contains("421"), "{e}");
-        assert!(link.conn.is_none());
-        assert!(received.lock().unwrap().is_empty());
     }
 
     #[tokio::test]
@@ -1250,19 +1250,9 @@ mod tests {
         let t = relay(addr, SMTP_TIMEOUT);
         let mut link = Link::default();
         for _ in 0..2 {
-            let e = t
-                .send_on(
-                    &mut link,
-                    "support@acme.example",
-                    &["a@example.com".into()],
-                    RAW,
-                )
-                .await
-                .unwrap_err();
+            let e = refused(&t, &mut link, &received).await;
             assert_eq!(e.kind, SendErrorKind::Permanent, "{e}");
-            assert!(link.conn.is_none());
         }
-        assert!(received.lock().unwrap().is_empty());
     }
 
     #[tokio::test]
