@@ -1135,30 +1135,41 @@ mod tests {
         assert!(relay.connect().await.unwrap().nodelay().unwrap());
     }
 
+    /// Sends one email to each of `to` on `link`; then what the relay got,
+    /// in order: the connection each came on and its RCPT commands.
+    async fn send_each(
+        t: &Transport,
+        link: &mut Link,
+        to: &[&str],
+        received: &Mutex<Vec<Received>>,
+    ) -> Vec<(usize, Vec<String>)> {
+        for to in to {
+            t.send_on(link, "support@acme.example", &[(*to).into()], RAW)
+                .await
+                .unwrap();
+        }
+        received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| (r.connection, r.rcpt.clone()))
+            .collect()
+    }
+
+    fn rcpt(to: &str) -> Vec<String> {
+        vec![format!("RCPT TO:<{to}>")]
+    }
+
     #[tokio::test]
     async fn a_link_sends_one_email_after_another_on_one_connection() {
         let (addr, received) = sink(Fail::Never).await;
         let t = relay(addr, SMTP_TIMEOUT);
         let mut link = Link::default();
-        for to in ["a@example.com", "b@example.com", "c@example.com"] {
-            t.send_on(&mut link, "support@acme.example", &[to.into()], RAW)
-                .await
-                .unwrap();
-        }
+        let abc = ["a@example.com", "b@example.com", "c@example.com"];
+        let seen = send_each(&t, &mut link, &abc, &received).await;
         link.close().await;
+        assert_eq!(seen, abc.map(|to| (1, rcpt(to))));
         let received = received.lock().unwrap();
-        let seen: Vec<_> = received
-            .iter()
-            .map(|r| (r.connection, r.rcpt.clone()))
-            .collect();
-        assert_eq!(
-            seen,
-            [
-                (1, vec!["RCPT TO:<a@example.com>".to_string()]),
-                (1, vec!["RCPT TO:<b@example.com>".to_string()]),
-                (1, vec!["RCPT TO:<c@example.com>".to_string()]),
-            ]
-        );
         assert!(received
             .iter()
             .all(|r| r.data == RAW && r.ehlo == "desk.acme.example"));
@@ -1170,19 +1181,9 @@ mod tests {
     async fn a_link_whose_relay_hung_up_connects_again() {
         let (addr, received) = sink(Fail::CloseAfterData).await;
         let t = relay(addr, SMTP_TIMEOUT);
-        let mut link = Link::default();
-        for to in ["a@example.com", "b@example.com"] {
-            t.send_on(&mut link, "support@acme.example", &[to.into()], RAW)
-                .await
-                .unwrap();
-        }
-        let connections: Vec<_> = received
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|r| r.connection)
-            .collect();
-        assert_eq!(connections, [1, 2]);
+        let ab = ["a@example.com", "b@example.com"];
+        let seen = send_each(&t, &mut Link::default(), &ab, &received).await;
+        assert_eq!(seen, [(1, rcpt(ab[0])), (2, rcpt(ab[1]))]);
     }
 
     /// A kept connection the relay closed (421 at the next command, or no
@@ -1190,25 +1191,11 @@ mod tests {
     async fn a_link_survives(fail: Fail) {
         let (addr, received) = sink(fail).await;
         let t = relay(addr, Duration::from_millis(300));
-        let mut link = Link::default();
-        for to in ["a@example.com", "b@example.com", "c@example.com"] {
-            t.send_on(&mut link, "support@acme.example", &[to.into()], RAW)
-                .await
-                .unwrap();
-        }
-        let seen: Vec<_> = received
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|r| (r.connection, r.rcpt.clone()))
-            .collect();
+        let abc = ["a@example.com", "b@example.com", "c@example.com"];
+        let seen = send_each(&t, &mut Link::default(), &abc, &received).await;
         assert_eq!(
             seen,
-            [
-                (1, vec!["RCPT TO:<a@example.com>".to_string()]),
-                (2, vec!["RCPT TO:<b@example.com>".to_string()]),
-                (3, vec!["RCPT TO:<c@example.com>".to_string()]),
-            ]
+            [(1, rcpt(abc[0])), (2, rcpt(abc[1])), (3, rcpt(abc[2]))]
         );
     }
 
