@@ -182,12 +182,19 @@ impl Bound {
                 _ = int.recv() => break,
                 _ = hup.recv() => {
                     crate::sdnotify::notify("RELOADING=1");
-                    let result = self.config.reload();
+                    // Reading and compiling the config and its templates is
+                    // blocking work: not on the worker serving the sessions.
+                    let cell = self.config.clone();
+                    let result = tokio::task::spawn_blocking(move || cell.reload()).await;
                     crate::sdnotify::notify("READY=1");
-                    if let Err(problems) = result {
-                        for p in &problems.0 {
-                            tracing::error!(problem = %p, "reload refused; the old config stays");
+                    match result {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(problems)) => {
+                            for p in &problems.0 {
+                                tracing::error!(problem = %p, "reload refused; the old config stays");
+                            }
                         }
+                        Err(e) => tracing::error!(error = %e, "reload failed; the old config stays"),
                     }
                 }
             }

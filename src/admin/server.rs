@@ -162,7 +162,17 @@ async fn handle(req: Request, ctx: &AdminCtx) -> Response {
                 .read(move |txn| Ok(to_value(read::conversations(txn, n)?)))
                 .await
         }
-        Request::Reload {} => return reload(&ctx.config),
+        Request::Reload {} => {
+            // Blocking work (files, template compilation): off the runtime.
+            let cell = ctx.config.clone();
+            return match tokio::task::spawn_blocking(move || reload(&cell)).await {
+                Ok(resp) => resp,
+                Err(_) => Response::err(
+                    "internal",
+                    "the reload did not finish; the old config stays",
+                ),
+            };
+        }
         Request::Stats {} => {
             let mut data = crate::metrics::snapshot();
             data["uptime_secs"] = json!(ctx.started.elapsed().as_secs());
