@@ -431,24 +431,10 @@ async fn data(
             b"421 4.3.0 Service shutting down, try again later\r\n".to_vec(),
         ));
     };
-    let received_at = clock::now_millis();
-    let inbound = if body.len() < PARSE_ASIDE {
-        Inbound::new(
-            config.clone(),
-            body,
-            mail_from,
-            rcpts,
-            channel.clone(),
-            plus,
-            received_at,
-            false,
-        )
-    } else {
-        // A big message is parsed on a blocking thread: the runtime may
-        // have a single worker, and the other sessions must not wait for
-        // a 25 MiB parse.
-        let (config, channel) = (config.clone(), channel.clone());
-        let parsing = tokio::task::spawn_blocking(move || {
+    let aside = body.len() >= PARSE_ASIDE;
+    let parse = {
+        let (config, channel, received_at) = (config.clone(), channel.clone(), clock::now_millis());
+        move || {
             Inbound::new(
                 config,
                 body,
@@ -459,8 +445,13 @@ async fn data(
                 received_at,
                 false,
             )
-        });
-        match parsing.await {
+        }
+    };
+    let inbound = if aside {
+        // A big message is parsed on a blocking thread: the runtime may
+        // have a single worker, and the other sessions must not wait for
+        // a 25 MiB parse.
+        match tokio::task::spawn_blocking(parse).await {
             Ok(inbound) => inbound,
             Err(e) => {
                 tracing::error!(peer = %peer, size, error = %e, "parsing a message failed");
@@ -469,6 +460,8 @@ async fn data(
                 ));
             }
         }
+    } else {
+        parse()
     };
     let message_id = inbound.parsed.message_id.clone();
     let result = ctx.store.ingest(inbound).await;
