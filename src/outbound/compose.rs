@@ -4,14 +4,17 @@
 //! the MIME boundary is derived from the Message-ID, so the same input gives
 //! the same bytes (which is what the golden tests rely on). lettre is used
 //! for its message builder only (header encoding and folding, body transfer
-//! encoding), never for sending.
+//! encoding), never for sending. The parsed `outbound.from` is kept per
+//! thread between calls (a cache: the output does not depend on it).
 //!
 //! [`message_id`] is pure too: it hashes the ticket, a counter and a salt
 //! drawn once per store, so ids stay unique across restarts and stores, and
 //! replaying the journal re-creates them.
 
+use std::cell::RefCell;
 use std::time::{Duration, SystemTime};
 
+use lettre::address::Envelope;
 use lettre::message::header::{self, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::{Address, Message};
@@ -84,7 +87,9 @@ pub fn compose(m: &OutMail) -> Result<Vec<u8>, ComposeError> {
     if m.to.is_empty() {
         return Err(ComposeError::NoRecipient);
     }
-    let mut builder = Message::builder().from(mailbox("from", &m.from)?);
+    let from = from_mailbox(&m.from)?;
+    let mut rcpt = Vec::with_capacity(m.to.len());
+    let mut builder = Message::builder().from(from.clone());
     for (name, address) in &m.to {
         let address = address
             .trim()
@@ -94,10 +99,15 @@ pub fn compose(m: &OutMail) -> Result<Vec<u8>, ComposeError> {
             .as_deref()
             .map(one_line)
             .filter(|name| !name.is_empty());
+        rcpt.push(address.clone());
         builder = builder.to(Mailbox::new(name, address));
     }
+    // Given, so that lettre does not derive it by parsing the From and To
+    // headers it has just written (the envelope is not used: the outbox
+    // sends with its own MAIL FROM and RCPT TO).
     builder = builder
-        .reply_to(mailbox("reply-to", &m.reply_to)?)
+        .envelope(Envelope::new(Some(from.email), rcpt)?)
+        .reply_to(reply_to_mailbox(&m.reply_to)?)
         .subject(one_line(&m.subject))
         .date(system_time(m.date_millis))
         .message_id(Some(format!("<{}>", m.message_id)));
@@ -191,6 +201,34 @@ fn mailbox(field: &'static str, value: &str) -> Result<Mailbox, ComposeError> {
         .trim()
         .parse::<Mailbox>()
         .map_err(|e| address_error(field, value, &e))
+}
+
+/// `outbound.from` as a mailbox. It is the same for every email, so the
+/// last one parsed is kept (per thread) rather than parsed again.
+fn from_mailbox(value: &str) -> Result<Mailbox, ComposeError> {
+    thread_local! {
+        static LAST: RefCell<Option<(String, Mailbox)>> = const { RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((text, parsed)) = last.as_ref() {
+            if text == value {
+                return Ok(parsed.clone());
+            }
+        }
+        let parsed = mailbox("from", value)?;
+        *last = Some((value.to_owned(), parsed.clone()));
+        Ok(parsed)
+    })
+}
+
+/// The Reply-To mailbox: a bare address (the channel's plus address) is
+/// taken as one without the mailbox grammar's parser.
+fn reply_to_mailbox(value: &str) -> Result<Mailbox, ComposeError> {
+    match value.trim().parse::<Address>() {
+        Ok(address) => Ok(Mailbox::new(None, address)),
+        Err(_) => mailbox("reply-to", value),
+    }
 }
 
 fn address_error(field: &'static str, value: &str, e: &dyn std::fmt::Display) -> ComposeError {
@@ -593,6 +631,40 @@ mod tests {
         assert_eq!(error(&|m| m.to.clear()), "no recipient");
         assert!(error(&|m| m.message_id = "<x@y>".into()).starts_with("invalid message id"));
         assert!(error(&|m| m.message_id = "no-at".into()).starts_with("invalid message id"));
+    }
+
+    #[test]
+    fn each_email_has_its_own_from_and_reply_to() {
+        let base = mail(
+            &shipped(),
+            "ticket_received",
+            &Vars::sample(),
+            &branding(false, None),
+        );
+        let header = |m: &OutMail, name: &str| {
+            let raw = compose(m).unwrap();
+            let msg = MessageParser::default().parse(&raw).unwrap();
+            msg.header_raw(name).unwrap().trim().to_owned()
+        };
+        // The parsed From is kept between emails: a changed one must still
+        // be parsed anew (a reload may change `outbound.from`).
+        assert_eq!(
+            header(&base, "From"),
+            "\"Acme Support\" <support@acme.example>"
+        );
+        let mut other = base.clone();
+        other.from = "Beta Desk <help@beta.example>".into();
+        assert_eq!(header(&other, "From"), "\"Beta Desk\" <help@beta.example>");
+        assert_eq!(
+            header(&base, "From"),
+            "\"Acme Support\" <support@acme.example>"
+        );
+        // A Reply-To with a display name is still a mailbox.
+        other.reply_to = "Beta Desk <help+42@beta.example>".into();
+        assert_eq!(
+            header(&other, "Reply-To"),
+            "\"Beta Desk\" <help+42@beta.example>"
+        );
     }
 
     #[test]
