@@ -11,6 +11,8 @@
 #  - max_sessions = max_sessions_per_client = 512: all load is from 127.0.0.1
 #  - RELAY_PORT (env, default 2601) is the outbound relay's port
 #  - STORE_CACHE (env, e.g. 32MiB) sets server.store_cache; default: postdesk's
+#  - ACKS=0 (env) leaves the workflow out: no acknowledgement is queued or
+#    sent (to measure intake without the auto-reply's work)
 set -eu
 [ $# -ge 2 ] || { echo "usage: write-config.sh FILE DATA_DIR [PORT]" >&2; exit 2; }
 FILE=$1; DATA=$2; PORT=${3:-2525}
@@ -58,10 +60,14 @@ reply_to_closed = "reopen"
 email_sent_to_customer = { enabled = true, set_status = "waiting_on_contact" }
 customer_replied = { enabled = true, set_status = "waiting_on_us" }
 
+EOF
+if [ "${ACKS:-1}" != 0 ]; then
+  cat >>"$FILE" <<EOF
 [[workflow]]
 id = "ack-new"
 pipeline = "support"
 enroll = { status = "new" }
 actions = [ { send_email = "ticket_received" } ]
 EOF
+fi
 "$REPO/target/release/postdesk" check -c "$FILE" >/dev/null
