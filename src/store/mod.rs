@@ -7,8 +7,10 @@
 //! Invariants:
 //! - Durability is decided here and nowhere else: a [`Store::ingest`] call
 //!   returns `Ok` only after the message is on disk — in the [`journal`]
-//!   (synced) with redb committed in memory, or in redb committed with
-//!   `Durability::Immediate`. Callers may say `250` then, and only then.
+//!   (synced; redb commits it in memory right after, or with the batches
+//!   that follow it), or in redb committed with `Durability::Immediate`.
+//!   Callers may say `250` then, and only then. A [`Store::read`] sees
+//!   every job answered before it.
 //! - Everything one message causes (message, Message-ID rows, ticket,
 //!   timeline) is written in the same transaction; its raw bytes go to the
 //!   blob file just before that transaction commits, and are made durable
@@ -30,6 +32,7 @@ mod window;
 mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, RwLock};
 
 use redb::Database;
@@ -112,6 +115,10 @@ struct DbSlot {
     db: RwLock<Option<Arc<Database>>>,
     /// The raw messages ([`blobs`]); never reopened.
     blobs: Arc<BlobFile>,
+    /// Set by the writer while batches it has answered are applied in a
+    /// write transaction not yet committed to redb (they are durable in the
+    /// journal); a reader then asks the writer to commit first.
+    uncommitted: AtomicBool,
 }
 
 impl Drop for DbSlot {
@@ -213,6 +220,9 @@ pub(crate) struct Job {
 
 pub(crate) enum WriterMsg {
     Job(Job),
+    /// Commit what is applied and answered but not committed yet, then
+    /// answer: what a reader sees after that includes every job answered.
+    Flush(oneshot::Sender<()>),
     Shutdown,
 }
 
@@ -246,6 +256,7 @@ impl Store {
             cache,
             db: RwLock::new(Some(db.clone())),
             blobs,
+            uncommitted: AtomicBool::new(false),
         });
         let w = writer::Writer::open(slot.clone(), &db, config)?;
         drop(db);
@@ -332,12 +343,21 @@ impl Store {
         self.outbox.notified().await;
     }
 
-    /// Runs `f` on a read transaction, on a blocking thread.
+    /// Runs `f` on a read transaction, on a blocking thread. It sees every
+    /// job the writer has answered before the call.
     pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&read::Snapshot) -> Result<T, StoreError> + Send + 'static,
     {
+        if self.slot.uncommitted.load(Ordering::Acquire) {
+            let (tx, rx) = oneshot::channel();
+            if self.tx.send(WriterMsg::Flush(tx)).is_ok() {
+                // A writer that stopped has committed what it answered, or
+                // left it to the journal: read what is there either way.
+                let _ = rx.await;
+            }
+        }
         let slot = self.slot.clone();
         let task = tokio::task::spawn_blocking(move || {
             let db = slot.get()?;
@@ -350,5 +370,135 @@ impl Store {
     /// Asks the writer to finish what is queued and stop.
     pub fn shutdown(&self) {
         let _ = self.tx.send(WriterMsg::Shutdown);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    /// A store in `dir` with one channel that opens tickets.
+    fn open(dir: &Path) -> (Store, WriterHandle, Arc<Config>) {
+        let text = format!(
+            r#"
+[server]
+templates = "{templates}"
+data_dir = "{data}"
+
+[outbound]
+from = "Acme Support <support@acme.example>"
+
+[[channel]]
+id = "support"
+addresses = ["support@acme.example"]
+pipeline = "support"
+
+[[pipeline]]
+id = "support"
+statuses = [{{ id = "new" }}, {{ id = "closed", closed = true }}]
+initial_status = "new"
+"#,
+            templates = concat!(env!("CARGO_MANIFEST_DIR"), "/templates"),
+            data = dir.join("data").display(),
+        );
+        let path = dir.join("postdesk.toml");
+        std::fs::write(&path, text).unwrap();
+        let config = Arc::new(crate::config::load(&path).unwrap());
+        let (store, writer) = Store::open(&config.server.data_dir, config.clone()).unwrap();
+        (store, writer, config)
+    }
+
+    fn mail(config: &Arc<Config>, n: usize, body: &str) -> Inbound {
+        let raw = format!(
+            "From: c{n}@example.com\r\nTo: support@acme.example\r\nSubject: request {n}\r\n\
+             Message-ID: <m{n}@example.com>\r\n\r\n{body}\r\n"
+        );
+        crate::import::inbound(config, raw.into_bytes(), "support")
+    }
+
+    /// A batch answered while the next one is being applied is not yet
+    /// committed to redb (both share one transaction): a read made right
+    /// after the answer must see it all the same.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_sees_every_answered_message_while_later_ones_are_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer, config) = open(dir.path());
+        // A message as big as a whole batch may be, so that it is a batch
+        // of its own and each small one queued behind it joins its
+        // transaction.
+        let big = "x".repeat(writer::MAX_BATCH_BYTES);
+        for round in 0..20 {
+            let first = store.submit(mail(&config, round * 100, &big));
+            let rest: Vec<_> = (1..40)
+                .map(|i| store.submit(mail(&config, round * 100 + i, "small")))
+                .collect();
+            let Outcome::Ticket { id, .. } = first.await.unwrap() else {
+                panic!("no ticket");
+            };
+            let seen = store
+                .read(move |snap| read::ticket(snap, id))
+                .await
+                .unwrap();
+            assert!(
+                seen.is_some(),
+                "round {round}: ticket {id} answered but not visible"
+            );
+            for done in rest {
+                done.await.unwrap();
+            }
+        }
+        store.shutdown();
+        writer.join();
+    }
+
+    /// A batch that fails drops the transaction it shares with batches
+    /// already answered; those come back from the journal, once each.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_batch_does_not_lose_the_answered_ones_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer, config) = open(dir.path());
+        // A damaged outbox row: recording a delivery for it fails.
+        {
+            let db = store.slot.get().unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(schema::OUTBOX)
+                .unwrap()
+                .insert(7, b"not a record".as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let big = "x".repeat(writer::MAX_BATCH_BYTES);
+        let mut answered = 0;
+        for round in 0..10 {
+            let first = store.submit(mail(&config, round * 100, &big));
+            let small: Vec<_> = (1..20)
+                .map(|i| store.submit(mail(&config, round * 100 + i, "small")))
+                .collect();
+            // Journaled like the mail, and fails in the small ones' batch
+            // (in the transaction that holds the first one, answered).
+            let bad = store.enqueue(StoreCmd::Delivered {
+                id: 7,
+                result: Delivery::Sent,
+            });
+            first.await.unwrap();
+            for done in small {
+                done.await.unwrap();
+            }
+            assert!(matches!(bad.await, Err(StoreError::Corrupt(_))));
+            answered += 20;
+            let count = store.read(|snap| read::ticket_count(snap)).await.unwrap();
+            assert_eq!(count, answered, "round {round}");
+        }
+        store.shutdown();
+        writer.join();
+        drop(store);
+        // And after a restart (the journal replayed again, if anything is
+        // left in it), still once each.
+        let (store, writer, _) = open(dir.path());
+        let count = store.read(|snap| read::ticket_count(snap)).await.unwrap();
+        assert_eq!(count, answered);
+        store.shutdown();
+        writer.join();
     }
 }

@@ -4,11 +4,16 @@
 //! to [`MAX_BATCH`]), apply them all in one write transaction, make that
 //! durable once, then answer every job of the batch. Durable means one of:
 //! - the batch's inputs were appended to the [`journal`](super::journal) and
-//!   synced, and redb committed it with `Durability::None` (the usual case:
-//!   one small sequential write and one `fdatasync` per batch; the record is
-//!   written, and its writeback started, before the batch is applied, and
-//!   synced after redb's commit, so the disk writes while the batch is
-//!   applied);
+//!   synced (the usual case: one small sequential write and one `fdatasync`
+//!   per batch; the record is written, and its writeback started, before
+//!   the batch is applied, so the disk writes while the batch is applied).
+//!   redb's commit (`Durability::None`, in memory) comes after the answers:
+//!   while more jobs wait, the next batches join the same open transaction
+//!   and one commit takes them all (at most [`MAX_OPEN_BATCHES`] or
+//!   [`MAX_OPEN_AGE`]); it is committed as soon as no job waits, and before
+//!   any read ([`WriterMsg::Flush`]: a reader sees every answered job). A
+//!   failure that drops the open transaction loses nothing: its batches are
+//!   in the journal, which is replayed into redb before anything else;
 //! - redb committed it with `Durability::Immediate` — a checkpoint, which
 //!   also makes every earlier journaled batch durable in redb, after which
 //!   the journal starts over. A batch is a checkpoint when it holds an admin
@@ -27,11 +32,13 @@
 //! is synced before every `Immediate` commit and before a database handle
 //! is closed (closing makes redb's pending commits durable).
 //!
-//! If the batch fails, each job is retried alone so one bad message cannot
-//! fail its neighbours; a storage error answers only its own job. After an
-//! I/O error the database is reopened, and the journal replayed into it,
-//! before the next batch.
+//! If the batch fails, each job is retried alone (and committed at once) so
+//! one bad message cannot fail its neighbours; a storage error answers only
+//! its own job. An admin command first commits the open transaction, so
+//! that its failure drops nothing else. After an I/O error the database is
+//! reopened, and the journal replayed into it, before the next batch.
 
+use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -47,6 +54,11 @@ use crate::clock::{self, Millis};
 use crate::config::Config;
 
 pub const MAX_BATCH: usize = 256;
+/// An open transaction is committed after this many batches, or once it is
+/// this old, even while more jobs wait (bounds how long the outbox waits for
+/// an email queued in it, and how much a failure makes recovery replay).
+const MAX_OPEN_BATCHES: usize = 64;
+const MAX_OPEN_AGE: Duration = Duration::from_millis(20);
 /// After a failed checkpoint, the next idle one waits this long.
 const CHECKPOINT_RETRY: Duration = Duration::from_secs(1);
 /// A batch stops growing once its messages hold this many bytes: the
@@ -94,6 +106,25 @@ pub(super) struct Writer {
     /// The configuration journal recovery applies messages with: the one
     /// the store was opened with, then the newest a job carried.
     config: Arc<Config>,
+    /// Journaled batches applied and answered but not committed to redb yet.
+    open: Option<OpenTxn>,
+    /// Emails were queued by batches that a failure took out of redb again:
+    /// wake the outbox once recovery has put them back.
+    wake_outbox: bool,
+}
+
+/// The write transaction that consecutive journaled batches are applied in
+/// while more jobs wait: redb's commit (root updates, checksums, the first
+/// copy of every page a transaction touches) is paid once for all of them.
+/// What is in it is durable in the journal; a failure drops it, and
+/// recovery replays the journal into redb before the next batch.
+struct OpenTxn {
+    txn: WriteTransaction,
+    batches: usize,
+    since: Instant,
+    /// One of its batches queued an email (the outbox is woken after the
+    /// commit).
+    queued: bool,
 }
 
 impl Writer {
@@ -121,6 +152,8 @@ impl Writer {
             idle_retry_after: None,
             must_recover: true,
             config,
+            open: None,
+            wake_outbox: false,
         };
         if let Some(ms) = std::env::var("POSTDESK_CHECKPOINT_MS")
             .ok()
@@ -151,9 +184,14 @@ impl Writer {
 
     fn run(mut self, rx: &mpsc::Receiver<WriterMsg>, outbox: &tokio::sync::Notify) {
         let mut stopping = false;
+        // A message taken to see whether more jobs wait (see below).
+        let mut carry = None;
         while !stopping {
             let mut batch = Vec::new();
-            let first = if self.pending {
+            let mut flushes = Vec::new();
+            let first = if let Some(m) = carry.take() {
+                Ok(m)
+            } else if self.pending {
                 let wait = self
                     .checkpoint_every
                     .saturating_sub(self.last_checkpoint.elapsed())
@@ -165,6 +203,7 @@ impl Writer {
                     Ok(m) => Ok(m),
                     Err(mpsc::RecvTimeoutError::Timeout) => {
                         self.checkpoint_now();
+                        self.wake_if_queued(outbox);
                         continue;
                     }
                     Err(mpsc::RecvTimeoutError::Disconnected) => Err(()),
@@ -174,6 +213,7 @@ impl Writer {
             };
             match first {
                 Ok(WriterMsg::Job(job)) => batch.push(job),
+                Ok(WriterMsg::Flush(done)) => flushes.push(done),
                 Ok(WriterMsg::Shutdown) | Err(()) => break,
             }
             let mut bytes = batch.first().map_or(0, job_bytes);
@@ -183,6 +223,7 @@ impl Writer {
                         bytes += job_bytes(&job);
                         batch.push(job);
                     }
+                    Ok(WriterMsg::Flush(done)) => flushes.push(done),
                     Ok(WriterMsg::Shutdown) => {
                         stopping = true;
                         break;
@@ -190,20 +231,102 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            if self.process(batch) {
+            if !batch.is_empty() && self.process(batch) {
                 outbox.notify_one();
+            }
+            // The open transaction is committed when a reader asks, when no
+            // job waits (so an idle store has nothing uncommitted), or when
+            // it has grown big or old enough; else the next batch joins it.
+            if self.open.is_some() {
+                if flushes.is_empty() && !stopping {
+                    carry = rx.try_recv().ok();
+                }
+                let full = self.open.as_ref().is_some_and(|o| {
+                    o.batches >= MAX_OPEN_BATCHES || o.since.elapsed() >= MAX_OPEN_AGE
+                });
+                if carry.is_none() || full {
+                    self.commit_open();
+                }
+            }
+            // Batches a failure took out of redb were answered: put them
+            // back from the journal now, not with the next batch, so that
+            // readers do not miss them meanwhile.
+            if self.must_recover && carry.is_none() && self.ready().is_ok() {
+                self.wake_outbox = true;
+            }
+            self.wake_if_queued(outbox);
+            for done in flushes {
+                let _ = done.send(());
             }
         }
         // Jobs still queued behind the shutdown get a clean refusal (→ 451).
         while let Ok(msg) = rx.try_recv() {
-            if let WriterMsg::Job(job) = msg {
-                let _ = job.reply.send(Err(StoreError::Unavailable));
+            match msg {
+                WriterMsg::Job(job) => {
+                    let _ = job.reply.send(Err(StoreError::Unavailable));
+                }
+                WriterMsg::Flush(done) => {
+                    let _ = done.send(());
+                }
+                WriterMsg::Shutdown => {}
             }
         }
-        if self.pending {
+        if self.pending || self.open.is_some() {
             self.checkpoint_now();
         }
         tracing::debug!("store writer stopped");
+    }
+
+    /// Wakes the outbox if a commit since the last call made queued emails
+    /// visible.
+    fn wake_if_queued(&mut self, outbox: &tokio::sync::Notify) {
+        if std::mem::take(&mut self.wake_outbox) {
+            outbox.notify_one();
+        }
+    }
+
+    /// Commits the open transaction (in memory: its batches are durable in
+    /// the journal). A failure leaves them to the journal: recovery replays
+    /// them into redb before the next batch.
+    fn commit_open(&mut self) {
+        let Some(open) = self.open.take() else {
+            return;
+        };
+        match open.txn.commit() {
+            Ok(()) => self.wake_outbox |= open.queued,
+            Err(e) => {
+                let e = StoreError::from(e);
+                tracing::error!(error = %e, "commit failed; the journal keeps the batches");
+                self.lost(open.batches, open.queued);
+                if let Ok(db) = self.slot.get() {
+                    reopen_if_needed(&self.slot, db, &e);
+                }
+                return;
+            }
+        }
+        self.slot.uncommitted.store(false, Ordering::Release);
+    }
+
+    /// Takes the open transaction for the next batch, or begins one.
+    fn take_open(&mut self, db: &Database) -> Result<OpenTxn, StoreError> {
+        match self.open.take() {
+            Some(open) => Ok(open),
+            None => Ok(OpenTxn {
+                txn: begin(db, Durability::None)?,
+                batches: 0,
+                since: Instant::now(),
+                queued: false,
+            }),
+        }
+    }
+
+    /// The open transaction's batches were dropped with it: they are
+    /// replayed from the journal before the next batch.
+    fn lost(&mut self, open_batches: usize, queued: bool) {
+        if open_batches > 0 {
+            self.must_recover = true;
+            self.wake_outbox |= queued;
+        }
     }
 
     /// The database, reopened and brought up to the journal if need be.
@@ -296,6 +419,7 @@ impl Writer {
         self.pending = false;
         self.last_checkpoint = Instant::now();
         self.must_recover = false;
+        self.slot.uncommitted.store(false, Ordering::Release);
         Ok(())
     }
 
@@ -334,8 +458,18 @@ impl Writer {
     /// A checkpoint with nothing else to commit: makes the journaled
     /// batches durable in redb and restarts the journal.
     fn checkpoint_now(&mut self) {
+        let open_batches = self.open.as_ref().map_or(0, |o| o.batches);
         let result = self.ready().and_then(|db| {
-            let txn = begin(&db, Durability::Immediate)?;
+            let txn = match self.open.take() {
+                Some(open) => {
+                    self.wake_outbox |= open.queued;
+                    let mut txn = open.txn;
+                    txn.set_durability(Durability::Immediate)?;
+                    txn.set_quick_repair(true);
+                    txn
+                }
+                None => begin(&db, Durability::Immediate)?,
+            };
             let started = Instant::now();
             self.slot.blobs.sync();
             txn.commit()?;
@@ -348,6 +482,8 @@ impl Writer {
             Ok(_) => self.checkpointed(),
             Err(e) => {
                 tracing::error!(error = %e, "checkpoint failed; the journal keeps the pending batches");
+                // The open transaction went with it.
+                self.lost(open_batches, false);
                 if e.needs_reopen() {
                     self.must_recover = true;
                     if let Ok(db) = self.slot.get() {
@@ -363,6 +499,7 @@ impl Writer {
     }
 
     fn checkpointed(&mut self) {
+        self.slot.uncommitted.store(false, Ordering::Release);
         self.last_sync = Instant::now();
         self.idle_retry_after = None;
         self.journal.restart();
@@ -409,6 +546,9 @@ impl Writer {
                 for job in batch {
                     match self.try_commit(std::slice::from_ref(&job)) {
                         Ok((mut outcomes, q)) => {
+                            // Committed at once: a later job failing here
+                            // must not take this one out of redb again.
+                            self.commit_open();
                             queued |= q;
                             if let Some(o) = outcomes.pop() {
                                 let _ = job.reply.send(Ok(o));
@@ -458,6 +598,15 @@ impl Writer {
         // recovery only knows how to replay inbound mail and deliveries).
         let entries: Option<Vec<Entry<'_>>> = batch.iter().map(|j| entry(&j.cmd)).collect();
         let sets_seq = entries.is_some();
+        if !sets_seq && self.open.is_some() {
+            // An operator's command can fail (no such ticket): it gets a
+            // transaction of its own, so that its failure drops nothing
+            // else (the open one would be replayed from the journal).
+            self.commit_open();
+            if self.must_recover {
+                return Err(StoreError::Unavailable);
+            }
+        }
         let seq = self.next_seq;
         let rec = entries.map(|e| journal::record(seq, now, &e));
         let checkpoint_due = self.last_checkpoint.elapsed() >= self.checkpoint_every;
@@ -469,9 +618,20 @@ impl Writer {
             Some(r) if !checkpoint_due && self.journal.fits(r.len()) => self.write_record(&r),
             _ => None,
         };
-        let blobs = &*self.slot.blobs;
+        let open = match self.take_open(db) {
+            Ok(open) => open,
+            Err(e) => {
+                if let Some(at) = record {
+                    self.abandon_record(at);
+                }
+                return Err(e);
+            }
+        };
+        let (open_batches, open_queued, since) = (open.batches, open.queued, open.since);
+        let slot = self.slot.clone();
+        let blobs = &*slot.blobs;
         let applied = match apply_batch(
-            db,
+            open.txn,
             blobs,
             batch.iter().map(|j| &j.cmd),
             now,
@@ -482,14 +642,22 @@ impl Writer {
                 if let Some(at) = record {
                     self.abandon_record(at);
                 }
+                self.lost(open_batches, open_queued);
                 return Err(e);
             }
         };
         let Some(at) = record else {
-            // A checkpoint. If the batch took a journal number, redb now
-            // holds it durably and the next record follows it.
+            // A checkpoint (with the batches of the open transaction). If
+            // the batch took a journal number, redb now holds it durably and
+            // the next record follows it.
             let started = Instant::now();
-            let done = applied.commit(blobs, true)?;
+            let (outcomes, queued) = match applied.commit(blobs, true) {
+                Ok(done) => done,
+                Err(e) => {
+                    self.lost(open_batches, open_queued);
+                    return Err(e);
+                }
+            };
             crate::metrics::METRICS
                 .checkpoint_ms
                 .observe(started.elapsed().as_millis() as u64);
@@ -497,16 +665,28 @@ impl Writer {
                 self.next_seq = seq + 1;
             }
             self.checkpointed();
-            return Ok(done);
+            return Ok((outcomes, queued || open_queued));
         };
-        let (outcomes, queued) = match applied.commit(blobs, false) {
+        // The batch stays in the open transaction: its raw bytes are
+        // written now (where the transaction says they are), redb's commit
+        // comes later ([`Writer::commit_open`]); the journal record makes it
+        // durable.
+        let (txn, outcomes, queued) = match applied.write_blobs(blobs) {
             Ok(done) => done,
             Err(e) => {
                 self.abandon_record(at);
+                self.lost(open_batches, open_queued);
                 return Err(e);
             }
         };
-        // redb holds the batch (in memory) and says it holds record `seq`.
+        self.open = Some(OpenTxn {
+            txn,
+            batches: open_batches + 1,
+            since,
+            queued: open_queued || queued,
+        });
+        self.slot.uncommitted.store(true, Ordering::Release);
+        // The open transaction holds the batch and says it holds record `seq`.
         self.next_seq = seq + 1;
         self.pending = true;
         if self.last_sync.elapsed() < self.checkpoint_idle
@@ -523,21 +703,35 @@ impl Writer {
             // crash between the relay's answer and this commit always did).
             // Inbound mail arriving meanwhile does not wait behind an
             // fdatasync made for delivery results.
-            return Ok((outcomes, queued));
+            return Ok((outcomes, false));
         }
         self.last_sync = Instant::now();
         if let Err(e) = self.journal.sync() {
-            // The record may not be on disk: make the batch durable through
-            // redb instead (or fail it; recovery after the reopen decides
-            // what the journal still holds, and a retried message that was
-            // kept is a duplicate).
+            // The record may not be on disk: make the batches durable
+            // through redb instead (or fail them; recovery after the reopen
+            // decides what the journal still holds, and a retried message
+            // that was kept is a duplicate).
             tracing::error!(path = %self.journal.path().display(), error = %e, "journal sync failed; checkpointing instead");
-            let txn = begin(db, Durability::Immediate)?;
-            self.slot.blobs.sync();
-            txn.commit()?;
+            let Some(open) = self.open.take() else {
+                return Err(StoreError::Unavailable);
+            };
+            let (batches, queued) = (open.batches, open.queued);
+            let durable = (|| -> Result<(), StoreError> {
+                let mut txn = open.txn;
+                txn.set_durability(Durability::Immediate)?;
+                txn.set_quick_repair(true);
+                self.slot.blobs.sync();
+                txn.commit()?;
+                Ok(())
+            })();
+            if let Err(e) = durable {
+                self.lost(batches, queued);
+                return Err(e);
+            }
+            self.wake_outbox |= queued;
             self.checkpointed();
         }
-        Ok((outcomes, queued))
+        Ok((outcomes, false))
     }
 
     /// Writes the batch's record and starts its writeback; `None` (the
@@ -585,18 +779,28 @@ impl Applied {
         self.txn.commit()?;
         Ok((self.outcomes, self.queued))
     }
+
+    /// Writes the batch's raw bytes to the blob file and hands back the
+    /// transaction uncommitted, for more batches to join.
+    fn write_blobs(
+        self,
+        blobs: &BlobFile,
+    ) -> Result<(WriteTransaction, Vec<Done>, bool), StoreError> {
+        blobs.write_at(&self.blobs.bytes, self.blobs.base)?;
+        Ok((self.txn, self.outcomes, self.queued))
+    }
 }
 
-/// Applies commands in a new write transaction (not yet committed); with
-/// `seq`, records that journal record `seq` is in it.
+/// Applies commands in `txn` (not committed here; on an error it is
+/// dropped, which undoes everything in it); with `seq`, records that
+/// journal record `seq` is in it.
 fn apply_batch<'a>(
-    db: &Database,
+    txn: WriteTransaction,
     blobs: &BlobFile,
     cmds: impl IntoIterator<Item = &'a StoreCmd>,
     now: Millis,
     seq: Option<u64>,
 ) -> Result<Applied, StoreError> {
-    let txn = begin(db, Durability::None)?;
     let mut outcomes = Vec::new();
     let queued;
     let pending;
@@ -633,7 +837,8 @@ fn replay(
     cmds: &[StoreCmd],
 ) -> Result<(), StoreError> {
     let commit = |cmds: &[StoreCmd]| -> Result<(), StoreError> {
-        apply_batch(db, blobs, cmds, now, Some(seq))?.commit(blobs, false)?;
+        apply_batch(begin(db, Durability::None)?, blobs, cmds, now, Some(seq))?
+            .commit(blobs, false)?;
         Ok(())
     };
     match commit(cmds) {
