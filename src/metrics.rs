@@ -68,7 +68,12 @@ pub struct Metrics {
     pub emails_deferred: AtomicU64,
     pub emails_failed: AtomicU64,
     pub bounces: AtomicU64,
+    /// Group commits: batches made durable (one journal sync, or a
+    /// checkpoint, each).
     pub store_commits: AtomicU64,
+    /// redb transactions committed: one takes every batch that joined it
+    /// while more jobs waited (the checkpoints included).
+    pub store_transactions: AtomicU64,
     /// Durable redb commits (journal checkpoints), a subset of the commits
     /// plus the idle ones.
     pub store_checkpoints: AtomicU64,
@@ -97,6 +102,7 @@ pub static METRICS: Metrics = Metrics {
     emails_failed: AtomicU64::new(0),
     bounces: AtomicU64::new(0),
     store_commits: AtomicU64::new(0),
+    store_transactions: AtomicU64::new(0),
     store_checkpoints: AtomicU64::new(0),
     sessions_refused: AtomicU64::new(0),
     receive_to_commit_ms: Histogram::new(MS_BOUNDS),
@@ -138,6 +144,7 @@ pub fn snapshot() -> Value {
         },
         "bounces": m.bounces.load(Relaxed),
         "store_commits": m.store_commits.load(Relaxed),
+        "store_transactions": m.store_transactions.load(Relaxed),
         "store_checkpoints": m.store_checkpoints.load(Relaxed),
         "commit_batch_size": m.commit_batch.snapshot("messages"),
         "commit_latency": m.commit_ms.snapshot("ms"),

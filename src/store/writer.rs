@@ -293,7 +293,10 @@ impl Writer {
             return;
         };
         match open.txn.commit() {
-            Ok(()) => self.wake_outbox |= open.queued,
+            Ok(()) => {
+                transaction_committed();
+                self.wake_outbox |= open.queued;
+            }
             Err(e) => {
                 let e = StoreError::from(e);
                 tracing::error!(error = %e, "commit failed; the journal keeps the batches");
@@ -473,6 +476,7 @@ impl Writer {
             let started = Instant::now();
             self.slot.blobs.sync();
             txn.commit()?;
+            transaction_committed();
             crate::metrics::METRICS
                 .checkpoint_ms
                 .observe(started.elapsed().as_millis() as u64);
@@ -652,7 +656,10 @@ impl Writer {
             // the next record follows it.
             let started = Instant::now();
             let (outcomes, queued) = match applied.commit(blobs, true) {
-                Ok(done) => done,
+                Ok(done) => {
+                    transaction_committed();
+                    done
+                }
                 Err(e) => {
                     self.lost(open_batches, open_queued);
                     return Err(e);
@@ -722,6 +729,7 @@ impl Writer {
                 txn.set_quick_repair(true);
                 self.slot.blobs.sync();
                 txn.commit()?;
+                transaction_committed();
                 Ok(())
             })();
             if let Err(e) = durable {
@@ -924,6 +932,10 @@ pub(super) fn init_tables(db: &Database) -> Result<(), StoreError> {
     }
     txn.commit()?;
     Ok(())
+}
+
+fn transaction_committed() {
+    crate::metrics::inc(&crate::metrics::METRICS.store_transactions);
 }
 
 fn begin(db: &Database, durability: Durability) -> Result<WriteTransaction, StoreError> {
