@@ -67,6 +67,7 @@ if [ -n "${FILL:-}" ]; then
   if [ -f "$fd/data/postdesk.blobs" ]; then
     cp "$fd/data/postdesk.blobs" "$OUT/data/postdesk.blobs" || exit 1
   fi
+  sync   # the copy's dirty pages written back now, not during the load
 fi
 bash "$HERE/write-config.sh" "$OUT/postdesk.toml" "$OUT/data" "$DAEMON_PORT" || exit 1
 U=(); [ "$(id -u)" = 0 ] && U=(-u nobody)

@@ -126,6 +126,8 @@ measure() {
     if [ -f "$fd/data/postdesk.blobs" ]; then
       cp "$fd/data/postdesk.blobs" "$w/data/postdesk.blobs" || return 1
     fi
+    # the copy's gigabytes of dirty pages written back now, not during the load
+    sync
     ids=$fd/ids.jsonl
   fi
   bash "$HERE/write-config.sh" "$w/postdesk.toml" "$w/data" "$DAEMON_PORT" || return 1

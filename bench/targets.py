@@ -90,18 +90,17 @@ def main():
         s = stats[0].get("data", {})
         h = stats[1].get("data", {}) if len(stats) > 1 else {}
         cb = s.get("commit_batch_size", {})
-        cl = s.get("commit_latency", {})
         em = s.get("emails", {})
         print("daemon at the end (admin stats/health): received %s, tickets created %s, threaded %s, "
               "duplicates %s, 451 %s, 421 %s; emails queued %s sent %s deferred %s failed %s; "
-              "suppressed %s; commits %s, mean batch %.1f msgs, mean commit %.2f ms; tickets in store %s, "
+              "suppressed %s; commits %s, mean batch %.1f msgs, redb transactions %s; tickets in store %s, "
               "outbox pending %s" % (
                   s.get("received"), s.get("tickets_created"), s.get("threaded_by"),
                   s.get("duplicates"), s.get("refused_451"), s.get("sessions_refused_421"),
                   em.get("queued"), em.get("sent"), em.get("deferred"), em.get("failed"),
                   s.get("suppressed"), s.get("store_commits"),
                   (cb.get("sum", 0) / cb["count"]) if cb.get("count") else 0,
-                  (cl.get("sum", 0) / cl["count"]) if cl.get("count") else 0,
+                  s.get("store_transactions", "n/a"),
                   h.get("tickets"), h.get("outbox_pending")))
 
     def get(client, target, c, size=4096, mode=1):
