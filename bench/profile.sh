@@ -26,6 +26,8 @@
 #   PERF_EVENTS=<list> (perf stat events; default the two sync syscalls, e.g.
 #     add syscalls:sys_enter_futex,context-switches to count wake-ups)
 #   RELAY_PORT=2601 (write-config.sh; smtp-sink always listens on 2601)
+#   ACKS=0, STORE_CACHE=<size> (write-config.sh: no acknowledgement workflow;
+#     server.store_cache)
 #   KEEP_DATA=0
 set -u
 REPO=$(cd "$(dirname "$0")/.." && pwd)
