@@ -48,6 +48,18 @@ pub struct BlobRef {
 pub struct BlobFile {
     path: PathBuf,
     file: File,
+    /// Tests: a disk that breaks on a given write and stays broken.
+    #[cfg(test)]
+    pub(super) fault: std::sync::Mutex<Fault>,
+}
+
+/// Tests: the first write holding `marker` fails, and every write after it
+/// until the test clears `failing`.
+#[cfg(test)]
+#[derive(Default)]
+pub(super) struct Fault {
+    pub marker: Option<Vec<u8>>,
+    pub failing: bool,
 }
 
 impl BlobFile {
@@ -58,6 +70,8 @@ impl BlobFile {
         Ok(BlobFile {
             path: path.to_path_buf(),
             file,
+            #[cfg(test)]
+            fault: std::sync::Mutex::new(Fault::default()),
         })
     }
 
@@ -89,6 +103,20 @@ impl BlobFile {
     pub fn write_at(&self, bytes: &[u8], at: u64) -> Result<(), StoreError> {
         if bytes.is_empty() {
             return Ok(());
+        }
+        #[cfg(test)]
+        if let Ok(mut fault) = self.fault.lock() {
+            let hit = fault
+                .marker
+                .as_deref()
+                .is_some_and(|m| bytes.windows(m.len()).any(|w| w == m));
+            if fault.failing || hit {
+                fault.failing = true;
+                return Err(blob_error(
+                    &self.path,
+                    std::io::Error::other("injected write failure"),
+                ));
+            }
         }
         self.file
             .write_all_at(bytes, at)

@@ -77,6 +77,16 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether the error belongs to the command itself (its data or what
+    /// it names), so that applying it again fails the same way; anything
+    /// else (the disk, the blob file, the database) may pass.
+    pub fn is_entry_fault(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Corrupt(_) | StoreError::NotFound(_) | StoreError::Invalid(_)
+        )
+    }
+
     /// Whether redb must be reopened before it accepts writes again.
     pub fn needs_reopen(&self) -> bool {
         matches!(
@@ -429,10 +439,12 @@ initial_status = "new"
         // transaction.
         let big = "x".repeat(writer::MAX_BATCH_BYTES);
         for round in 0..20 {
-            let first = store.submit(mail(&config, round * 100, &big));
-            let rest: Vec<_> = (1..40)
-                .map(|i| store.submit(mail(&config, round * 100 + i, "small")))
+            let big_one = mail(&config, round * 100, &big);
+            let small: Vec<_> = (1..40)
+                .map(|i| mail(&config, round * 100 + i, "small"))
                 .collect();
+            let first = store.submit(big_one);
+            let rest: Vec<_> = small.into_iter().map(|m| store.submit(m)).collect();
             let Outcome::Ticket { id, .. } = first.await.unwrap() else {
                 panic!("no ticket");
             };
@@ -471,10 +483,12 @@ initial_status = "new"
         let big = "x".repeat(writer::MAX_BATCH_BYTES);
         let mut answered = 0;
         for round in 0..10 {
-            let first = store.submit(mail(&config, round * 100, &big));
+            let big_one = mail(&config, round * 100, &big);
             let small: Vec<_> = (1..20)
-                .map(|i| store.submit(mail(&config, round * 100 + i, "small")))
+                .map(|i| mail(&config, round * 100 + i, "small"))
                 .collect();
+            let first = store.submit(big_one);
+            let small: Vec<_> = small.into_iter().map(|m| store.submit(m)).collect();
             // Journaled like the mail, and fails in the small ones' batch
             // (in the transaction that holds the first one, answered).
             let bad = store.enqueue(StoreCmd::Delivered {
@@ -498,6 +512,49 @@ initial_status = "new"
         let (store, writer, _) = open(dir.path());
         let count = store.read(|snap| read::ticket_count(snap)).await.unwrap();
         assert_eq!(count, answered);
+        store.shutdown();
+        writer.join();
+    }
+
+    /// The disk breaks on the batch after an answered one (sharing its
+    /// transaction) and stays broken while the journal is replayed: the
+    /// replay stops instead of skipping the answered message, and puts it
+    /// back once the disk works again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_answered_message_survives_a_disk_that_fails_its_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer, config) = open(dir.path());
+        let big = "x".repeat(writer::MAX_BATCH_BYTES);
+        let marker = "BREAK-THE-DISK";
+        store.slot.blobs.fault.lock().unwrap().marker = Some(marker.as_bytes().to_vec());
+        // Both queued before the writer can finish the first.
+        let (a, b) = (mail(&config, 1, &big), mail(&config, 2, marker));
+        let first = store.submit(a);
+        let breaking = store.submit(b);
+        let Outcome::Ticket { id, .. } = first.await.unwrap() else {
+            panic!("no ticket");
+        };
+        assert!(breaking.await.is_err(), "its bytes were never written");
+        assert!(store.slot.blobs.fault.lock().unwrap().failing);
+        // A read while the disk is still broken: the writer tries the
+        // replay for it (and cannot write the answered message's bytes).
+        store.read(|snap| read::ticket_count(snap)).await.unwrap();
+        {
+            let mut fault = store.slot.blobs.fault.lock().unwrap();
+            fault.marker = None;
+            fault.failing = false;
+        }
+        let seen = store
+            .read(move |snap| read::ticket(snap, id))
+            .await
+            .unwrap();
+        assert!(seen.is_some(), "ticket {id} was answered but is gone");
+        store.shutdown();
+        writer.join();
+        drop(store);
+        let (store, writer, _) = open(dir.path());
+        let count = store.read(|snap| read::ticket_count(snap)).await.unwrap();
+        assert_eq!(count, 1, "the answered message, once");
         store.shutdown();
         writer.join();
     }

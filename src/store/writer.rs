@@ -28,7 +28,8 @@
 //! and losing it to a crash only means sending those emails again.
 //!
 //! Either way the batch's raw messages are written to the blob file
-//! ([`super::blobs`]) just before its transaction commits, and the blob file
+//! ([`super::blobs`]) before its transaction commits (with the batch, where
+//! the transaction says they go), and the blob file
 //! is synced before every `Immediate` commit and before a database handle
 //! is closed (closing makes redb's pending commits durable).
 //!
@@ -58,7 +59,13 @@ pub const MAX_BATCH: usize = 256;
 /// this old, even while more jobs wait (bounds how long the outbox waits for
 /// an email queued in it, and how much a failure makes recovery replay).
 const MAX_OPEN_BATCHES: usize = 64;
-const MAX_OPEN_AGE: Duration = Duration::from_millis(20);
+const MAX_OPEN_AGE: Duration = if cfg!(test) {
+    // Unit tests (a debug build, 4 MiB messages) must see transactions
+    // shared, not cut at 20 ms.
+    Duration::from_secs(10)
+} else {
+    Duration::from_millis(20)
+};
 /// After a failed checkpoint, the next idle one waits this long.
 const CHECKPOINT_RETRY: Duration = Duration::from_secs(1);
 /// A batch stops growing once its messages hold this many bytes: the
@@ -108,8 +115,8 @@ pub(super) struct Writer {
     config: Arc<Config>,
     /// Journaled batches applied and answered but not committed to redb yet.
     open: Option<OpenTxn>,
-    /// Emails were queued by batches that a failure took out of redb again:
-    /// wake the outbox once recovery has put them back.
+    /// A commit or a recovery made queued emails visible: wake the outbox
+    /// (after the current batch).
     wake_outbox: bool,
 }
 
@@ -245,34 +252,39 @@ impl Writer {
                     o.batches >= MAX_OPEN_BATCHES || o.since.elapsed() >= MAX_OPEN_AGE
                 });
                 if carry.is_none() || full {
-                    self.commit_open();
+                    self.commit_open_or_reopen();
                 }
             }
             // Batches a failure took out of redb were answered: put them
             // back from the journal now, not with the next batch, so that
-            // readers do not miss them meanwhile.
-            if self.must_recover && carry.is_none() && self.ready().is_ok() {
-                self.wake_outbox = true;
+            // readers do not miss them meanwhile (recovery wakes the outbox).
+            if self.must_recover && carry.is_none() {
+                if let Err(e) = self.ready() {
+                    tracing::error!(error = %e, "cannot replay the journal into the database yet; trying again with the next batch or read");
+                }
             }
             self.wake_if_queued(outbox);
             for done in flushes {
                 let _ = done.send(());
             }
         }
-        // Jobs still queued behind the shutdown get a clean refusal (→ 451).
+        // Jobs still queued behind the shutdown get a clean refusal (→ 451);
+        // readers are answered after the last checkpoint.
+        let mut flushes = Vec::new();
         while let Ok(msg) = rx.try_recv() {
             match msg {
                 WriterMsg::Job(job) => {
                     let _ = job.reply.send(Err(StoreError::Unavailable));
                 }
-                WriterMsg::Flush(done) => {
-                    let _ = done.send(());
-                }
+                WriterMsg::Flush(done) => flushes.push(done),
                 WriterMsg::Shutdown => {}
             }
         }
         if self.pending || self.open.is_some() {
             self.checkpoint_now();
+        }
+        for done in flushes {
+            let _ = done.send(());
         }
         tracing::debug!("store writer stopped");
     }
@@ -286,28 +298,36 @@ impl Writer {
     }
 
     /// Commits the open transaction (in memory: its batches are durable in
-    /// the journal). A failure leaves them to the journal: recovery replays
-    /// them into redb before the next batch.
-    fn commit_open(&mut self) {
+    /// the journal). A failure leaves them to the journal (recovery replays
+    /// them into redb before the next batch) and is returned: the caller
+    /// reopens the database if the error asks for it.
+    fn commit_open(&mut self) -> Result<(), StoreError> {
         let Some(open) = self.open.take() else {
-            return;
+            return Ok(());
         };
-        match open.txn.commit() {
-            Ok(()) => {
-                transaction_committed();
-                self.wake_outbox |= open.queued;
-            }
-            Err(e) => {
-                let e = StoreError::from(e);
-                tracing::error!(error = %e, "commit failed; the journal keeps the batches");
-                self.lost(open.batches, open.queued);
+        if let Err(e) = open.txn.commit() {
+            let e = StoreError::from(e);
+            tracing::error!(error = %e, "commit failed; the journal keeps the batches");
+            self.lost(open.batches);
+            return Err(e);
+        }
+        transaction_committed();
+        self.wake_outbox |= open.queued;
+        self.slot.uncommitted.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    /// [`Writer::commit_open`] where no database handle is held: after an
+    /// I/O error the database is reopened here.
+    fn commit_open_or_reopen(&mut self) {
+        if let Err(e) = self.commit_open() {
+            if e.needs_reopen() {
+                self.need_recovery();
                 if let Ok(db) = self.slot.get() {
                     reopen_if_needed(&self.slot, db, &e);
                 }
-                return;
             }
         }
-        self.slot.uncommitted.store(false, Ordering::Release);
     }
 
     /// Takes the open transaction for the next batch, or begins one.
@@ -325,11 +345,19 @@ impl Writer {
 
     /// The open transaction's batches were dropped with it: they are
     /// replayed from the journal before the next batch.
-    fn lost(&mut self, open_batches: usize, queued: bool) {
+    fn lost(&mut self, open_batches: usize) {
         if open_batches > 0 {
-            self.must_recover = true;
-            self.wake_outbox |= queued;
+            self.need_recovery();
         }
+    }
+
+    /// redb lacks answered batches (dropped with a transaction, or reverted
+    /// to the last checkpoint by a reopen): replay the journal before the
+    /// next batch, and make readers ask for that replay first. Called before
+    /// a reopened database is published.
+    fn need_recovery(&mut self) {
+        self.must_recover = true;
+        self.slot.uncommitted.store(true, Ordering::Release);
     }
 
     /// The database, reopened and brought up to the journal if need be.
@@ -410,6 +438,8 @@ impl Writer {
         blobs.sync();
         txn.commit()?;
         if applied > 0 {
+            // Emails queued by the replayed batches are visible now.
+            self.wake_outbox = true;
             tracing::info!(
                 records = applied,
                 from = durable + 1,
@@ -487,9 +517,9 @@ impl Writer {
             Err(e) => {
                 tracing::error!(error = %e, "checkpoint failed; the journal keeps the pending batches");
                 // The open transaction went with it.
-                self.lost(open_batches, false);
+                self.lost(open_batches);
                 if e.needs_reopen() {
-                    self.must_recover = true;
+                    self.need_recovery();
                     if let Ok(db) = self.slot.get() {
                         reopen_if_needed(&self.slot, db, &e);
                     }
@@ -515,13 +545,21 @@ impl Writer {
     /// Commits one batch and answers its jobs; returns whether an email was
     /// queued (so the outbox worker is woken).
     fn process(&mut self, batch: Vec<Job>) -> bool {
-        for job in &batch {
-            if let StoreCmd::Ingest(inb) = &job.cmd {
-                if !Arc::ptr_eq(&inb.config, &self.config) {
-                    self.config = inb.config.clone();
-                }
-            }
+        // The configuration recovery replays with becomes this batch's only
+        // after it: batches a failure of this one drops are replayed with
+        // the configuration they were applied with.
+        let newest = batch.iter().rev().find_map(|job| match &job.cmd {
+            StoreCmd::Ingest(inb) => Some(inb.config.clone()),
+            _ => None,
+        });
+        let queued = self.process_batch(batch);
+        if let Some(config) = newest {
+            self.config = config;
         }
+        queued
+    }
+
+    fn process_batch(&mut self, batch: Vec<Job>) -> bool {
         let started = Instant::now();
         let size = batch.len();
         match self.try_commit(&batch) {
@@ -552,7 +590,7 @@ impl Writer {
                         Ok((mut outcomes, q)) => {
                             // Committed at once: a later job failing here
                             // must not take this one out of redb again.
-                            self.commit_open();
+                            self.commit_open_or_reopen();
                             queued |= q;
                             if let Some(o) = outcomes.pop() {
                                 let _ = job.reply.send(Ok(o));
@@ -587,7 +625,7 @@ impl Writer {
     /// be replayed before the next batch.
     fn failed(&mut self, db: Arc<Database>, e: &StoreError) {
         if e.needs_reopen() {
-            self.must_recover = true;
+            self.need_recovery();
         }
         reopen_if_needed(&self.slot, db, e);
     }
@@ -605,11 +643,9 @@ impl Writer {
         if !sets_seq && self.open.is_some() {
             // An operator's command can fail (no such ticket): it gets a
             // transaction of its own, so that its failure drops nothing
-            // else (the open one would be replayed from the journal).
-            self.commit_open();
-            if self.must_recover {
-                return Err(StoreError::Unavailable);
-            }
+            // else (the open one would be replayed from the journal). On an
+            // error, `try_commit` reopens the database with its handle.
+            self.commit_open()?;
         }
         let seq = self.next_seq;
         let rec = entries.map(|e| journal::record(seq, now, &e));
@@ -646,7 +682,7 @@ impl Writer {
                 if let Some(at) = record {
                     self.abandon_record(at);
                 }
-                self.lost(open_batches, open_queued);
+                self.lost(open_batches);
                 return Err(e);
             }
         };
@@ -661,7 +697,7 @@ impl Writer {
                     done
                 }
                 Err(e) => {
-                    self.lost(open_batches, open_queued);
+                    self.lost(open_batches);
                     return Err(e);
                 }
             };
@@ -682,7 +718,7 @@ impl Writer {
             Ok(done) => done,
             Err(e) => {
                 self.abandon_record(at);
-                self.lost(open_batches, open_queued);
+                self.lost(open_batches);
                 return Err(e);
             }
         };
@@ -733,7 +769,7 @@ impl Writer {
                 Ok(())
             })();
             if let Err(e) = durable {
-                self.lost(batches, queued);
+                self.lost(batches);
                 return Err(e);
             }
             self.wake_outbox |= queued;
@@ -835,8 +871,11 @@ fn apply_batch<'a>(
 /// transaction (`Durability::None`; recovery checkpoints at the end). If one
 /// fails now — only a changed configuration or a damaged store can make it
 /// — each entry gets a transaction of its own and a failing one is skipped,
-/// so that no message is ever half-written. Errors that need a reopen stop
-/// the recovery.
+/// so that no message is ever half-written. Only an entry's own fault
+/// ([`StoreError::is_entry_fault`]) skips it; any other error (the disk, the
+/// blob file) stops the recovery, which is tried again later: skipping would
+/// drop acknowledged mail for good, since recovery ends by restarting the
+/// journal.
 fn replay(
     db: &Database,
     blobs: &BlobFile,
@@ -851,7 +890,7 @@ fn replay(
     };
     match commit(cmds) {
         Ok(()) => return Ok(()),
-        Err(e) if e.needs_reopen() => return Err(e),
+        Err(e) if !e.is_entry_fault() => return Err(e),
         Err(e) => {
             tracing::warn!(seq, error = %e, "journal record failed to apply as a whole; replaying its entries one by one");
         }
@@ -859,7 +898,7 @@ fn replay(
     for cmd in cmds {
         match commit(std::slice::from_ref(cmd)) {
             Ok(()) => {}
-            Err(e) if e.needs_reopen() => return Err(e),
+            Err(e) if !e.is_entry_fault() => return Err(e),
             Err(e) => tracing::error!(seq, error = %e, "journal entry failed to apply; skipped"),
         }
     }
