@@ -652,7 +652,7 @@ impl Writer {
         let checkpoint_due = self.last_checkpoint.elapsed() >= self.checkpoint_every;
         // The record holds only the batch's inputs and `now`, so it is
         // written first and its writeback started; the disk writes it while
-        // the batch is applied, and the sync after the commit mostly waits
+        // the batch is applied, and the sync after the apply mostly waits
         // for the disk's cache flush.
         let record = match rec {
             Some(r) if !checkpoint_due && self.journal.fits(r.len()) => self.write_record(&r),
