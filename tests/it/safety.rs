@@ -628,6 +628,138 @@ fn a_store_that_cannot_grow_gets_451_never_250_and_recovers() {
     strict(&d, "after kill -9 and a restart");
 }
 
+/// One client of the concurrent full-disk test: sessions of up to 5
+/// messages of `size` bytes until `stop`; every DATA reply is kept (250 or
+/// 451 expected; anything else ends the client).
+fn disk_client(
+    addr: std::net::SocketAddr,
+    n: usize,
+    size: usize,
+    stop: &AtomicBool,
+    counts: &[AtomicUsize; 2],
+) -> Vec<(Msg, Reply)> {
+    let mut out = Vec::new();
+    let mut seq = 0;
+    'sessions: while !stop.load(Ordering::SeqCst) {
+        let mut c = match Client::try_connect(addr) {
+            Ok(c) if c.greeting.code == 220 => c,
+            _ => break,
+        };
+        if c.ehlo("disk.test.example").code != 250 {
+            break;
+        }
+        for _ in 0..5 {
+            if stop.load(Ordering::SeqCst) {
+                break 'sessions;
+            }
+            seq += 1;
+            let m = big_msg(&format!("Disk client {n}, message {seq}"), size);
+            if c.mail_from(&m.env_from()).code != 250 || c.rcpt_to(&m.rcpt()).code != 250 {
+                break 'sessions;
+            }
+            let reply = c.data(&m.build());
+            let code = reply.code;
+            match code {
+                250 => counts[0].fetch_add(1, Ordering::SeqCst),
+                451 => counts[1].fetch_add(1, Ordering::SeqCst),
+                _ => 0,
+            };
+            out.push((m, reply));
+            if code != 250 && code != 451 {
+                break 'sessions;
+            }
+        }
+        let _ = c.quit();
+    }
+    out
+}
+
+/// SPEC §5 under concurrent load: while the store cannot grow, batches fail
+/// next to batches already answered (they share the writer's transaction);
+/// every 250 is still stored, once, on its ticket, and no 451 is — after
+/// the disk is back, and after a kill -9.
+#[test]
+fn a_store_that_cannot_grow_under_concurrent_load_keeps_every_250() {
+    const SIZE: usize = 64 * 1024;
+    const CLIENTS: usize = 4;
+    let mut d = Daemon::start("");
+    d.terminate();
+    d.set_pre_exec(Some(ignore_sigxfsz()));
+    d.start_again();
+    let addr = d.smtp_addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let counts = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|n| {
+            let (stop, counts) = (Arc::clone(&stop), Arc::clone(&counts));
+            std::thread::spawn(move || disk_client(addr, n, SIZE, &stop, &counts))
+        })
+        .collect();
+    let accepted = |counts: &[AtomicUsize; 2]| counts[0].load(Ordering::SeqCst);
+    let refused = |counts: &[AtomicUsize; 2]| counts[1].load(Ordering::SeqCst);
+    wait_until(
+        DEADLINE,
+        "20 messages accepted under load",
+        || match accepted(&counts) {
+            n if n >= 20 => Ok(n),
+            n => Err(format!("{n} accepted")),
+        },
+    );
+    set_fsize_limit(d.pid(), db_size(&d));
+    let limited = wait_until(
+        DEADLINE,
+        "451s once the store cannot grow",
+        || match refused(&counts) {
+            n if n >= 2 * CLIENTS => Ok(accepted(&counts)),
+            n => Err(format!("{n} refused, {} accepted", accepted(&counts))),
+        },
+    );
+    set_fsize_limit(d.pid(), fsize_limits().1);
+    wait_until(
+        DEADLINE,
+        "250s again once the store can grow",
+        || match accepted(&counts) {
+            n if n >= limited + 2 * CLIENTS => Ok(n),
+            n => Err(format!("{} accepted since the limit", n - limited)),
+        },
+    );
+    stop.store(true, Ordering::SeqCst);
+    let results: Vec<(Msg, Reply)> = clients
+        .into_iter()
+        .flat_map(|c| c.join().expect("a disk client panicked"))
+        .collect();
+    eprintln!(
+        "store that cannot grow, {CLIENTS} clients: {} accepted, {} refused",
+        accepted(&counts),
+        refused(&counts)
+    );
+    let strict = |d: &Daemon, when: &str| {
+        let mut problems: Vec<String> = results
+            .iter()
+            .filter_map(|(m, reply)| {
+                check_reply_vs_store(d, m, reply)
+                    .unwrap_or_else(|resp| Some(format!("{}: `message` failed: {resp}", m.mid())))
+            })
+            .collect();
+        let stored = stored_messages(d, &mut problems);
+        for (m, reply) in &results {
+            if reply.code == 250 && stored.get(&m.mid()).map(Vec::len) != Some(1) {
+                problems.push(format!(
+                    "{} got `{reply}`; on tickets {:?}",
+                    m.mid(),
+                    stored.get(&m.mid())
+                ));
+            }
+        }
+        assert_no_problems(d, when, &problems);
+    };
+    strict(&d, "after the store could grow again");
+    d.kill9();
+    d.set_pre_exec(None);
+    d.start_again();
+    strict(&d, "after kill -9 and a restart");
+}
+
 // ---- 4. overload ----
 
 /// SPEC §5: too many sessions from one client address get `421 4.7.0` at
