@@ -427,6 +427,32 @@ initial_status = "new"
         crate::import::inbound(config, raw.into_bytes(), "support")
     }
 
+    type Answer =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Outcome, StoreError>> + Send>>;
+
+    /// Round `round`: a message as big as a whole batch may be (so that it
+    /// is a batch of its own), then `small` small ones queued behind it —
+    /// all built before the first is submitted, so that the small ones are
+    /// queued before the writer can finish the big one and join its
+    /// transaction. Their answers, the big one's first.
+    fn big_then_small(
+        store: &Store,
+        config: &Arc<Config>,
+        round: usize,
+        small: usize,
+    ) -> (Answer, Vec<Answer>) {
+        let big = mail(config, round * 100, &"x".repeat(writer::MAX_BATCH_BYTES));
+        let small: Vec<_> = (1..=small)
+            .map(|i| mail(config, round * 100 + i, "small"))
+            .collect();
+        let first: Answer = Box::pin(store.submit(big));
+        let rest = small
+            .into_iter()
+            .map(|m| Box::pin(store.submit(m)) as Answer)
+            .collect();
+        (first, rest)
+    }
+
     /// A batch answered while the next one is being applied is not yet
     /// committed to redb (both share one transaction): a read made right
     /// after the answer must see it all the same.
@@ -434,17 +460,8 @@ initial_status = "new"
     async fn a_read_sees_every_answered_message_while_later_ones_are_applied() {
         let dir = tempfile::tempdir().unwrap();
         let (store, writer, config) = open(dir.path());
-        // A message as big as a whole batch may be, so that it is a batch
-        // of its own and each small one queued behind it joins its
-        // transaction.
-        let big = "x".repeat(writer::MAX_BATCH_BYTES);
         for round in 0..20 {
-            let big_one = mail(&config, round * 100, &big);
-            let small: Vec<_> = (1..40)
-                .map(|i| mail(&config, round * 100 + i, "small"))
-                .collect();
-            let first = store.submit(big_one);
-            let rest: Vec<_> = small.into_iter().map(|m| store.submit(m)).collect();
+            let (first, rest) = big_then_small(&store, &config, round, 39);
             let Outcome::Ticket { id, .. } = first.await.unwrap() else {
                 panic!("no ticket");
             };
@@ -480,15 +497,9 @@ initial_status = "new"
                 .unwrap();
             txn.commit().unwrap();
         }
-        let big = "x".repeat(writer::MAX_BATCH_BYTES);
         let mut answered = 0;
         for round in 0..10 {
-            let big_one = mail(&config, round * 100, &big);
-            let small: Vec<_> = (1..20)
-                .map(|i| mail(&config, round * 100 + i, "small"))
-                .collect();
-            let first = store.submit(big_one);
-            let small: Vec<_> = small.into_iter().map(|m| store.submit(m)).collect();
+            let (first, small) = big_then_small(&store, &config, round, 19);
             // Journaled like the mail, and fails in the small ones' batch
             // (in the transaction that holds the first one, answered).
             let bad = store.enqueue(StoreCmd::Delivered {
