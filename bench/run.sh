@@ -30,6 +30,13 @@
 #   SESSIONS=256      sessions held open by the memory probe (0 = skip it)
 #   LOAD_MAX=0.7 LOAD_WAIT=1200 (seconds; then measure anyway, and say so)
 #   SKIP_BUILD=0      KEEP_DATA=0 (1 = keep the scratch data dirs)
+#   PAGE_REPORTING_MS=<ms>  on a VM whose kernel hands freed memory back to
+#     the hypervisor at once (virtio-balloon free page reporting,
+#     /sys/module/page_reporting/parameters/min_free_ms = 0), a page the
+#     kernel then allocates for new file data first faults on the host. The
+#     scale mode copies a 4 GiB store before its 1M phase, which uses up the
+#     free memory still backed; this knob (root) sets min_free_ms for the run
+#     and puts the old value back at the end. The setting is in facts.txt.
 #   OUT=<dir>         default ${TMPDIR:-/tmp}/postdesk-bench.<date>.<pid>
 set -u
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -60,8 +67,11 @@ stop_pid() {    # TERM one process we started, KILL after 10 s
   wait "$p" 2>/dev/null
   return 0
 }
+PR=/sys/module/page_reporting/parameters/min_free_ms
+PR_OLD=""
 cleanup() {
   for p in "${PIDS[@]}"; do stop_pid "$p"; done
+  [ -n "$PR_OLD" ] && echo "$PR_OLD" >"$PR" 2>/dev/null
   if [ "${KEEP_DATA:-0}" != 1 ]; then for d in "${SCRATCH[@]}"; do rm -rf "$d"; done; fi
 }
 trap cleanup EXIT
@@ -104,6 +114,14 @@ wait_quiet() {  # wait (bounded) until the 1-minute load is below LOAD_MAX; log 
   echo "postfix: $(postconf -h mail_version 2>/dev/null)"
   echo "fs: $(findmnt -no SOURCE,FSTYPE -T "$OUT" 2>/dev/null)"
 } >"$OUT/facts.txt"
+if [ -r "$PR" ]; then
+  if [ -n "${PAGE_REPORTING_MS:-}" ]; then
+    old=$(cat "$PR")
+    if echo "$PAGE_REPORTING_MS" >"$PR" 2>/dev/null; then PR_OLD=$old
+    else echo "# cannot set $PR to $PAGE_REPORTING_MS (root? the kernel caps it)" >&2; fi
+  fi
+  echo "free page reporting: min_free_ms $(cat "$PR")${PR_OLD:+ for this run (was $PR_OLD)}" >>"$OUT/facts.txt"
+fi
 wait_quiet "fsync-probe"
 for m in append overwrite; do
   echo "fsync-probe $m: $(python3 "$HERE/fsync-probe.py" "$OUT" 500 --mode $m)" >>"$OUT/facts.txt"
