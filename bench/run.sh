@@ -33,10 +33,10 @@
 #   PAGE_REPORTING_MS=<ms>  on a VM whose kernel hands freed memory back to
 #     the hypervisor at once (virtio-balloon free page reporting,
 #     /sys/module/page_reporting/parameters/min_free_ms = 0), a page the
-#     kernel then allocates for new file data first faults on the host. The
-#     scale mode copies a 4 GiB store before its 1M phase, which uses up the
-#     free memory still backed; this knob (root) sets min_free_ms for the run
-#     and puts the old value back at the end. The setting is in facts.txt.
+#     kernel allocates later may first fault on the host. This knob (root)
+#     sets min_free_ms for the run and puts the old value back at the end;
+#     the setting is recorded in facts.txt either way. (It did not explain
+#     the spread of the 1M phase on the reference host: BENCHMARKS.md.)
 #   OUT=<dir>         default ${TMPDIR:-/tmp}/postdesk-bench.<date>.<pid>
 set -u
 REPO=$(cd "$(dirname "$0")/.." && pwd)
