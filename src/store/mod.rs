@@ -427,6 +427,18 @@ initial_status = "new"
         crate::import::inbound(config, raw.into_bytes(), "support")
     }
 
+    /// Stops the store, opens it again from `dir` and counts its tickets.
+    async fn tickets_after_restart(dir: &Path, store: Store, writer: WriterHandle) -> u64 {
+        store.shutdown();
+        writer.join();
+        drop(store);
+        let (store, writer, _) = open(dir);
+        let count = store.read(|snap| read::ticket_count(snap)).await.unwrap();
+        store.shutdown();
+        writer.join();
+        count
+    }
+
     type Answer =
         std::pin::Pin<Box<dyn std::future::Future<Output = Result<Outcome, StoreError>> + Send>>;
 
@@ -515,16 +527,12 @@ initial_status = "new"
             let count = store.read(|snap| read::ticket_count(snap)).await.unwrap();
             assert_eq!(count, answered, "round {round}");
         }
-        store.shutdown();
-        writer.join();
-        drop(store);
         // And after a restart (the journal replayed again, if anything is
         // left in it), still once each.
-        let (store, writer, _) = open(dir.path());
-        let count = store.read(|snap| read::ticket_count(snap)).await.unwrap();
-        assert_eq!(count, answered);
-        store.shutdown();
-        writer.join();
+        assert_eq!(
+            tickets_after_restart(dir.path(), store, writer).await,
+            answered
+        );
     }
 
     /// The disk breaks on the batch after an answered one (sharing its
@@ -560,13 +568,10 @@ initial_status = "new"
             .await
             .unwrap();
         assert!(seen.is_some(), "ticket {id} was answered but is gone");
-        store.shutdown();
-        writer.join();
-        drop(store);
-        let (store, writer, _) = open(dir.path());
-        let count = store.read(|snap| read::ticket_count(snap)).await.unwrap();
-        assert_eq!(count, 1, "the answered message, once");
-        store.shutdown();
-        writer.join();
+        assert_eq!(
+            tickets_after_restart(dir.path(), store, writer).await,
+            1,
+            "the answered message, once"
+        );
     }
 }
