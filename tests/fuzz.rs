@@ -965,7 +965,8 @@ struct Input {
     message_id: String,
     in_reply_to: Vec<String>,
     references: Vec<String>,
-    plus: Option<TicketId>,
+    /// The plus address's ticket and whether its key was valid.
+    plus: Option<(TicketId, bool)>,
     subject: String,
     sender: Option<String>,
     agent: bool,
@@ -991,7 +992,7 @@ fn thread_input() -> impl Strategy<Value = Input> {
         pool_id(),
         vec(pool_id(), 0..3),
         vec(pool_id(), 0..6),
-        proptest::option::of(ticket()),
+        proptest::option::of((ticket(), any::<bool>())),
         subject(),
         proptest::option::of(email()),
         prop::bool::weighted(0.2),
@@ -1047,8 +1048,17 @@ proptest! {
                 prop_assert_eq!(mapped(&via), Some(t));
             }
             (Some(t), ThreadedBy::PlusAddress) => {
-                prop_assert_eq!(input.plus, Some(t));
+                let Some((plus, signed)) = input.plus else {
+                    return Err(TestCaseError::fail("plus address match without one"));
+                };
+                prop_assert_eq!(plus, t);
                 prop_assert!(view.tickets.contains(&t));
+                // A bare plus address only from a participant or an agent.
+                let participant = input
+                    .sender
+                    .as_ref()
+                    .is_some_and(|s| view.participants.contains(&(t, s.clone())));
+                prop_assert!(signed || input.agent || participant);
             }
             (Some(t), ThreadedBy::SubjectTag) => {
                 prop_assert!(view.tickets.contains(&t));

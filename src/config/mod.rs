@@ -209,6 +209,9 @@ pub struct Workflow {
 pub struct Recipient<'a> {
     pub channel: &'a Channel,
     pub plus: Option<u64>,
+    /// The key of a signed plus address (`support+42.<key>@…`), as
+    /// written; checked by [`crate::ingest::trust`], not here.
+    pub key: Option<String>,
 }
 
 impl Config {
@@ -237,8 +240,9 @@ impl Config {
     }
 
     /// Resolves an envelope recipient to a channel. Accepts the exact address
-    /// and `local+<anything>@domain`; only a numeric `<anything>` yields
-    /// `plus`. Comparison is case-insensitive.
+    /// and `local+<anything>@domain`; only `<id>` or `<id>.<key>` (a positive
+    /// number, then an optional key) yields `plus`. Comparison is
+    /// case-insensitive.
     pub fn recipient(&self, addr: &str) -> Option<Recipient<'_>> {
         let addr = addr.trim().to_ascii_lowercase();
         let (local, domain) = addr.rsplit_once('@')?;
@@ -248,8 +252,16 @@ impl Config {
         };
         let base = format!("{base_local}@{domain}");
         let channel = self.channels.iter().find(|c| c.addresses.contains(&base))?;
-        let plus = tag.and_then(|t| t.parse::<u64>().ok()).filter(|id| *id > 0);
-        Some(Recipient { channel, plus })
+        let (id, key) = match tag {
+            Some(t) => match t.split_once('.') {
+                Some((id, key)) => (Some(id), Some(key)),
+                None => (Some(t), None),
+            },
+            None => (None, None),
+        };
+        let plus = id.and_then(|t| t.parse::<u64>().ok()).filter(|id| *id > 0);
+        let key = plus.and(key).map(str::to_string);
+        Some(Recipient { channel, plus, key })
     }
 }
 

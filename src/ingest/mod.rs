@@ -10,6 +10,7 @@ pub mod bounce;
 pub mod classify;
 pub mod parse;
 pub mod thread;
+pub mod trust;
 
 pub use classify::{classify, AutoReason};
 pub use parse::{parse, Mailbox, ParsedMail};

@@ -6,8 +6,10 @@
 //!    ticket message's threading headers) — and before them the message's
 //!    own Message-ID, which a ticket's message may have named already: a
 //!    parent that arrives after its reply joins the reply's ticket;
-//! 2. the plus address `local+<id>@domain` of a channel address, when that
-//!    ticket exists;
+//! 2. the plus address of a channel address, when that ticket exists: the
+//!    signed `local+<id>.<key>@domain` from anyone, the bare
+//!    `local+<id>@domain` only from a participant or an agent (what the key
+//!    is worth is [`super::trust`]'s to say);
 //! 3. the subject tag (`[#<id>]`), only when the sender is already a
 //!    participant of that ticket or an agent.
 //!
@@ -135,8 +137,9 @@ pub struct ThreadInput<'a> {
     pub in_reply_to: &'a [String],
     /// Header order, oldest first (as written).
     pub references: &'a [String],
-    /// The ticket id of a plus recipient (`support+42@…`), if any.
-    pub plus: Option<TicketId>,
+    /// The ticket id of a plus recipient (`support+42@…`), if any, and
+    /// whether it was signed with a valid key (see [`super::trust`]).
+    pub plus: Option<(TicketId, bool)>,
     pub subject: &'a str,
     /// Sender address, lower-cased.
     pub sender: Option<&'a str>,
@@ -173,8 +176,15 @@ pub fn decide<V: ThreadView>(
             });
         }
     }
-    if let Some(ticket) = input.plus {
-        if view.ticket_exists(ticket)? {
+    let known_sender = |ticket| -> Result<bool, V::Error> {
+        Ok(input.sender_is_agent
+            || match input.sender {
+                Some(sender) => view.is_participant(ticket, sender)?,
+                None => false,
+            })
+    };
+    if let Some((ticket, signed)) = input.plus {
+        if view.ticket_exists(ticket)? && (signed || known_sender(ticket)?) {
             return Ok(ThreadMatch {
                 ticket: Some(ticket),
                 by: ThreadedBy::PlusAddress,
@@ -183,19 +193,12 @@ pub fn decide<V: ThreadView>(
         }
     }
     if let Some(ticket) = tag.find(input.subject) {
-        if view.ticket_exists(ticket)? {
-            let allowed = input.sender_is_agent
-                || match input.sender {
-                    Some(sender) => view.is_participant(ticket, sender)?,
-                    None => false,
-                };
-            if allowed {
-                return Ok(ThreadMatch {
-                    ticket: Some(ticket),
-                    by: ThreadedBy::SubjectTag,
-                    via: Some(tag.render(ticket)),
-                });
-            }
+        if view.ticket_exists(ticket)? && known_sender(ticket)? {
+            return Ok(ThreadMatch {
+                ticket: Some(ticket),
+                by: ThreadedBy::SubjectTag,
+                via: Some(tag.render(ticket)),
+            });
         }
     }
     Ok(ThreadMatch::new_thread())
@@ -239,7 +242,7 @@ mod tests {
     fn check(
         irt: &[&str],
         refs: &[&str],
-        plus: Option<u64>,
+        plus: Option<(u64, bool)>,
         subject: &str,
         sender: &str,
         agent: bool,
@@ -267,7 +270,7 @@ mod tests {
         check(
             &["a@x"],
             &["b@x"],
-            Some(3),
+            Some((3, true)),
             "[#3]",
             bob,
             false,
@@ -304,14 +307,14 @@ mod tests {
         check(
             &["nope@x"],
             &[],
-            Some(3),
+            Some((3, false)),
             "[#1]",
             bob,
             false,
             (Some(3), PlusAddress),
         );
         // A plus address naming no ticket is the plain channel address.
-        check(&[], &[], Some(99), "", bob, false, (None, New));
+        check(&[], &[], Some((99, true)), "", bob, false, (None, New));
         check(
             &[],
             &[],
@@ -331,13 +334,47 @@ mod tests {
             message_id: "own@x",
             in_reply_to: &[],
             references: &[],
-            plus: Some(3),
+            plus: Some((3, true)),
             subject: "",
             sender: None,
             sender_is_agent: false,
         };
         let Ok(got) = decide(&input, &SubjectTag::new("[#{id}]"), &m);
         assert_eq!((got.ticket, got.by), (Some(2), ThreadedBy::MessageId));
+    }
+
+    #[test]
+    fn a_bare_plus_address_needs_a_participant_or_agent_and_a_signed_one_does_not() {
+        use ThreadedBy::*;
+        let stranger = "stranger@evil.example";
+        check(&[], &[], Some((3, false)), "", stranger, false, (None, New));
+        check(
+            &[],
+            &[],
+            Some((3, true)),
+            "",
+            stranger,
+            false,
+            (Some(3), PlusAddress),
+        );
+        check(
+            &[],
+            &[],
+            Some((3, false)),
+            "",
+            "bob@example.com",
+            false,
+            (Some(3), PlusAddress),
+        );
+        check(
+            &[],
+            &[],
+            Some((3, false)),
+            "",
+            "alice@acme.example",
+            true,
+            (Some(3), PlusAddress),
+        );
     }
 
     #[test]

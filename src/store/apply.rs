@@ -9,7 +9,7 @@ use redb::{ReadableTable, Table, WriteTransaction};
 use serde_json::json;
 
 use super::blobs::{BlobFile, Pending};
-use super::effects::{apply_effects, relay_agent_email, Cause};
+use super::effects::{apply_effects, not_relayed, relay_agent_email, Cause};
 use super::schema::*;
 use super::writer::counter;
 use super::StoreError;
@@ -18,6 +18,7 @@ use crate::clock::Millis;
 use crate::config::{Config, Source};
 use crate::ingest::bounce::Bounce;
 use crate::ingest::thread::{decide, SubjectTag, ThreadInput};
+use crate::ingest::trust::{Credentials, ReplyKeys};
 use crate::ingest::{
     bracketed, classify, AutoReason, ParsedMail, ThreadMatch, ThreadView, ThreadedBy, TicketId,
 };
@@ -35,6 +36,9 @@ pub struct Inbound {
     pub channel: String,
     /// The ticket id of a plus recipient, if any.
     pub plus: Option<TicketId>,
+    /// The key of that plus recipient (`+<id>.<key>`), as written; derived
+    /// from `rcpt` (so the journal need not carry it).
+    pub plus_key: Option<String>,
     pub received_at: Millis,
     /// Loaded by `postdesk import`: threaded and stored like any message,
     /// but no automation runs and nothing is sent.
@@ -65,6 +69,12 @@ impl Inbound {
         } else {
             None
         };
+        let plus_key = plus.and_then(|ticket| {
+            rcpt.iter()
+                .filter_map(|r| config.recipient(r))
+                .find(|r| r.plus == Some(ticket))
+                .and_then(|r| r.key)
+        });
         Inbound {
             config,
             raw,
@@ -73,6 +83,7 @@ impl Inbound {
             rcpt,
             channel,
             plus,
+            plus_key,
             received_at,
             imported,
             bounce,
@@ -99,6 +110,7 @@ impl Inbound {
             size: self.raw.len() as u64,
             text: String::new(),
             blob: None,
+            unverified: false,
         }
     }
 }
@@ -136,6 +148,8 @@ pub(super) struct Tables<'txn> {
     pub(super) next_outbox: u64,
     /// This store's Message-ID salt (see [`crate::outbound::compose::message_id`]).
     pub(super) salt: u64,
+    /// The keys of reply addresses, from this store's secret.
+    pub(super) keys: ReplyKeys,
     /// Set when this batch queued an email: the outbox worker is woken
     /// after the commit.
     pub(super) queued_mail: bool,
@@ -160,6 +174,7 @@ impl<'txn> Tables<'txn> {
         let next_event = counter(&meta, NEXT_EVENT)?;
         let next_outbox = counter(&meta, NEXT_OUTBOX)?;
         let salt = meta.get(MESSAGE_ID_SALT)?.map_or(0, |v| v.value());
+        let keys = reply_keys(txn)?;
         Ok(Tables {
             meta,
             tickets: txn.open_table(TICKETS)?,
@@ -177,6 +192,7 @@ impl<'txn> Tables<'txn> {
             next_event,
             next_outbox,
             salt,
+            keys,
             queued_mail: false,
             current_text: None,
             blobs,
@@ -317,6 +333,18 @@ impl<'txn> Tables<'txn> {
     }
 }
 
+/// The store's reply-key secret (created at open by `init_tables`).
+fn reply_keys(txn: &WriteTransaction) -> Result<ReplyKeys, StoreError> {
+    let secrets = txn.open_table(SECRETS)?;
+    let secret = secrets.get(REPLY_KEY_SECRET)?;
+    match secret.as_ref().map(|s| <[u8; 32]>::try_from(s.value())) {
+        Some(Ok(secret)) => Ok(ReplyKeys::new(secret)),
+        _ => Err(StoreError::Corrupt(
+            "the reply-key secret is missing or damaged".into(),
+        )),
+    }
+}
+
 impl ThreadView for Tables<'_> {
     type Error = StoreError;
 
@@ -368,11 +396,18 @@ pub(super) fn apply_inbound(
     let auto = classify(p, &inb.mail_from, |a| config.is_channel_address(a));
     let sender = p.from.as_ref().map(|m| m.email.as_str());
     let agent = sender.and_then(|s| config.agent_by_email(s));
+    let creds = Credentials::assess(
+        &tables.keys,
+        inb.plus,
+        inb.plus_key.as_deref(),
+        config.users.iter().map(|u| u.id.as_str()),
+        None,
+    );
     let input = ThreadInput {
         message_id: &p.message_id,
         in_reply_to: &p.in_reply_to,
         references: &p.references,
-        plus: inb.plus,
+        plus: creds.plus_for_threading(),
         subject: &p.subject,
         sender,
         sender_is_agent: agent.is_some(),
@@ -416,7 +451,16 @@ pub(super) fn apply_inbound(
     } else {
         "email"
     };
+    // An agent's address on an existing ticket acts as the agent only when
+    // proven (SPEC §12); an out-of-office of theirs acts as nothing anyway.
+    let unproven = match (agent, &ticket, matched.ticket) {
+        (Some(a), Some(_), Some(threaded)) if !created && auto.is_none() => {
+            creds.agent_proof(&a.id, threaded).err()
+        }
+        _ => None,
+    };
     let mut rec = inb.record(seq, ticket.as_ref().map(|t| t.id), kind);
+    rec.unverified = unproven.is_some();
     tables.put_message(&mut rec, &inb.raw)?;
 
     let Some(ticket) = ticket.as_mut() else {
@@ -432,7 +476,8 @@ pub(super) fn apply_inbound(
         }
     }
     ticket.updated_at = now;
-    if let Some(s) = sender {
+    // Agents are not participants: they speak for the help desk.
+    if let (Some(s), None) = (sender, agent) {
         if !ticket.participants.iter().any(|x| x == s) {
             ticket.participants.push(s.to_string());
         }
@@ -449,10 +494,24 @@ pub(super) fn apply_inbound(
         id,
         now,
         "message_in",
-        message_in_detail(p, &matched, inb, kind, auto.as_ref()),
+        message_in_detail(p, &matched, inb, kind, auto.as_ref(), rec.unverified),
     )?;
     if let Some(old) = linked_from {
         link(tables, old, id, now)?;
+    }
+    if let (Some(why), Some(agent)) = (unproven, agent) {
+        // Kept on the ticket, nothing relayed, no status change; the real
+        // agent is told how to reply so that it counts.
+        if !inb.imported {
+            not_relayed(tables, config, ticket, agent, &rec, &why.reason, now)?;
+        }
+        tables.put_ticket(ticket)?;
+        return Ok(Outcome::Ticket {
+            id,
+            created,
+            duplicate: false,
+            by: matched.by,
+        });
     }
 
     if inb.imported {
@@ -717,6 +776,7 @@ fn message_in_detail(
     inb: &Inbound,
     kind: &str,
     auto: Option<&AutoReason>,
+    unverified: bool,
 ) -> serde_json::Value {
     let via = m.via.as_deref().unwrap_or_default();
     let how = match m.by {
@@ -734,6 +794,7 @@ fn message_in_detail(
         .as_ref()
         .map_or("(unknown sender)", |f| f.email.as_str());
     let what = match kind {
+        "agent_email" if unverified => "unverified agent email",
         "agent_email" => "agent email",
         "automatic" => "automatic message",
         _ => "message",
@@ -746,6 +807,7 @@ fn message_in_detail(
         "threaded_by": m.by.as_str(),
         "matched": m.via,
         "automatic": auto.map(|a| a.code()),
+        "verified": (kind == "agent_email").then_some(!unverified),
         "channel": inb.channel,
         "size": inb.raw.len(),
         "imported": inb.imported,

@@ -18,6 +18,7 @@ use super::StoreError;
 use crate::automation::{Agent, Effect};
 use crate::clock::Millis;
 use crate::config::{Config, User};
+use crate::ingest::trust::{KeyFor, ReplyKeys};
 use crate::ingest::{bracketed, AutoReason};
 use crate::outbound::compose::{self, OutMail};
 use crate::outbound::render::{ChannelVars, ContactVars, MessageVars, TicketVars, Vars};
@@ -201,6 +202,7 @@ fn send_template(
         html: rendered.html,
         auto_submitted: Some("auto-replied"),
         footer: crate::outbound::render::footer(&config.branding),
+        agent: None,
     };
     queue(
         tables,
@@ -244,6 +246,7 @@ fn notify(
         html: rendered.html,
         auto_submitted: Some("auto-generated"),
         footer: crate::outbound::render::footer(&config.branding),
+        agent: Some(agent.id.clone()),
     };
     queue(tables, config, ticket, mail, json!({"workflow": workflow, "action": action, "template": "notification", "user": agent.id}), now)
         .map(|_| ())
@@ -342,10 +345,19 @@ pub(super) struct Draft {
     pub html: Option<String>,
     pub auto_submitted: Option<&'static str>,
     pub footer: Option<String>,
+    /// The user id of the agent this email goes to (a notification): its
+    /// Reply-To carries that agent's key instead of the ticket's.
+    pub agent: Option<String>,
 }
 
-/// The channel address of a ticket, and its plus form for Reply-To.
-fn channel_addresses(config: &Config, t: &TicketRec) -> (String, String) {
+/// The channel address of a ticket, and its signed plus form for Reply-To
+/// (the ticket's key, or the agent's for an email to an agent).
+fn channel_addresses(
+    config: &Config,
+    keys: &ReplyKeys,
+    t: &TicketRec,
+    agent: Option<&str>,
+) -> (String, String) {
     let base = config
         .channel(&t.channel)
         .and_then(|c| c.addresses.first().cloned())
@@ -356,10 +368,11 @@ fn channel_addresses(config: &Config, t: &TicketRec) -> (String, String) {
                 .and_then(|c| c.addresses.first().cloned())
         })
         .unwrap_or_else(|| format!("postmaster@{}", config.server.hostname));
-    let plus = match base.split_once('@') {
-        Some((local, domain)) => format!("{local}+{}@{domain}", t.id),
-        None => base.clone(),
+    let whose = match agent {
+        Some(user) => KeyFor::Agent(user),
+        None => KeyFor::Ticket,
     };
+    let plus = keys.reply_address(&base, t.id, whose);
     (base, plus)
 }
 
@@ -380,7 +393,8 @@ pub(super) fn queue(
     let tag =
         crate::ingest::thread::SubjectTag::new(&config.outbound.subject_tag).render(ticket.id);
     let subject = compose::with_subject_tag(&draft.subject, &tag);
-    let (channel_addr, reply_to) = channel_addresses(config, ticket);
+    let (channel_addr, reply_to) =
+        channel_addresses(config, &tables.keys, ticket, draft.agent.as_deref());
     let references = ticket.thread.clone();
     let mail = OutMail {
         from: config.outbound.from.clone(),
@@ -428,6 +442,7 @@ pub(super) fn queue(
         size: raw.len() as u64,
         text: String::new(),
         blob: None,
+        unverified: false,
     };
     tables.put_message(&mut rec, &raw)?;
     let out = OutboxRec {
@@ -532,6 +547,89 @@ pub(super) fn agent_reply(
         html: None,
         auto_submitted: None,
         footer: None,
+        agent: None,
     };
     queue(tables, config, ticket, draft, detail, now)
+}
+
+/// A message from `agent`'s address that did not prove the agent (SPEC
+/// §12): a `suppressed` entry saying why, and an email to the agent's
+/// configured address saying that nothing was relayed and how to reply so
+/// that it is — to the notification, whose Reply-To carries the agent's
+/// key. The email is automatic: the hourly limit per address holds, so a
+/// stranger cannot flood an agent through it.
+pub(super) fn not_relayed(
+    tables: &mut Tables<'_>,
+    config: &Config,
+    ticket: &mut TicketRec,
+    agent: &User,
+    message: &MessageRec,
+    reason: &str,
+    now: Millis,
+) -> Result<(), StoreError> {
+    let mid = bracketed(&message.message_id);
+    crate::metrics::inc_key(&crate::metrics::METRICS.suppressed, "unverified_agent");
+    tables.event(
+        ticket.id,
+        now,
+        "suppressed",
+        json!({
+            "summary": format!(
+                "email from {} ({}) not relayed to the customer and no status change: {reason}",
+                agent.email, agent.id
+            ),
+            "reason": "unverified_agent",
+            "user": agent.id,
+            "message_id": mid,
+        }),
+    )?;
+    let limit = u64::from(config.limits.auto_replies_per_contact_per_hour);
+    let sent = recent_auto_sent(tables, &agent.email, now)?;
+    if sent >= limit {
+        return tables.event(
+            ticket.id,
+            now,
+            "suppressed",
+            json!({
+                "summary": format!(
+                    "not-relayed notice to {} suppressed: already {sent} automatic emails in the last hour (limit {limit})",
+                    agent.email
+                ),
+                "reason": "rate_limit", "to": agent.email, "user": agent.id,
+            }),
+        );
+    }
+    let text = format!(
+        "An email from your address {email} to ticket #{id} (\"{subject}\") was NOT \
+         relayed to the customer, and the ticket's status did not change.\n\n\
+         Why: {reason}.\n\n\
+         postdesk relays an agent's email only when it proves who sent it. To answer \
+         the customer, reply to this email (or to a notification about ticket #{id}): \
+         its Reply-To address carries your personal key for this ticket. An operator \
+         can also use `postdesk ctl reply {id}`.\n\n\
+         If you did not write that email, someone used your address: it is kept on \
+         the ticket, marked unverified (Message-ID {mid}).\n",
+        email = agent.email,
+        id = ticket.id,
+        subject = ticket.subject,
+    );
+    let draft = Draft {
+        kind: "notification",
+        to: vec![(Some(agent.name.clone()), agent.email.clone())],
+        subject: format!("Not relayed: {}", ticket.subject),
+        text,
+        html: None,
+        auto_submitted: Some("auto-generated"),
+        footer: None,
+        agent: Some(agent.id.clone()),
+    };
+    queue(
+        tables,
+        config,
+        ticket,
+        draft,
+        json!({"reason": "unverified_agent", "user": agent.id, "not_relayed": mid}),
+        now,
+    )?;
+    record_auto_sent(tables, &agent.email, now)
 }

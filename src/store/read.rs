@@ -112,13 +112,20 @@ pub struct MessageView {
     pub received_at: String,
     pub size: u64,
     pub text: String,
+    /// Mail from an agent's address: whether it proved the agent (SPEC
+    /// §12); absent for every other message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified: Option<bool>,
 }
 
 impl MessageView {
     /// The view of a row and its raw bytes (the text is derived from them).
     fn new(m: MessageRec, raw: Option<&[u8]>) -> Self {
         let text = text_of(m.text, raw);
+        let verified =
+            (m.direction == Direction::In && m.kind == "agent_email").then_some(!m.unverified);
         MessageView {
+            verified,
             message_id: bracketed(&m.message_id),
             direction: m.direction,
             kind: m.kind,

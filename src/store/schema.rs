@@ -44,6 +44,13 @@ pub const AUTO_SENT: TableDefinition<&str, &[u8]> = TableDefinition::new("auto_s
 /// at open: the limit restarts its count once on upgrade.
 pub const AUTO_SENT_V0: TableDefinition<(&str, u64), ()> = TableDefinition::new("auto_sent");
 
+/// name → secret bytes, drawn once when the store is created (or first
+/// opened by a build that needs it) and never changed: [`REPLY_KEY_SECRET`].
+pub const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
+/// The 32-byte secret of the reply addresses' keys
+/// ([`crate::ingest::trust::ReplyKeys`]).
+pub const REPLY_KEY_SECRET: &str = "reply_key";
+
 pub const NEXT_TICKET: &str = "next_ticket";
 pub const NEXT_MESSAGE: &str = "next_message";
 pub const NEXT_EVENT: &str = "next_event";
@@ -142,6 +149,10 @@ pub struct MessageRec {
     /// before it existed (their bytes are in [`RAW`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blob: Option<super::blobs::BlobRef>,
+    /// From an agent's address but not proven to be the agent (SPEC §12):
+    /// kept on the ticket, never relayed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unverified: bool,
 }
 
 /// The decoded text of a message: its row's own `stored` text (an old
@@ -222,6 +233,7 @@ impl MessageRec {
             size: 0,
             text: String::new(),
             blob: None,
+            unverified: false,
         }
     }
 }

@@ -947,10 +947,20 @@ fn entry(cmd: &StoreCmd) -> Option<Entry<'_>> {
 }
 
 /// Creates every table so that readers never meet a missing one, and draws
-/// the store's Message-ID salt the first time.
+/// the store's Message-ID salt and reply-key secret the first time.
 pub(super) fn init_tables(db: &Database) -> Result<(), StoreError> {
     let txn = begin(db, Durability::Immediate)?;
     {
+        let mut secrets = txn.open_table(SECRETS)?;
+        if secrets.get(REPLY_KEY_SECRET)?.is_none() {
+            // From the operating system's CSPRNG: the keys of every reply
+            // address rest on it.
+            let mut secret = [0u8; 32];
+            getrandom::getrandom(&mut secret)
+                .map_err(|e| StoreError::Corrupt(format!("drawing the reply-key secret: {e}")))?;
+            secrets.insert(REPLY_KEY_SECRET, secret.as_slice())?;
+        }
+        drop(secrets);
         let mut meta = txn.open_table(META)?;
         if meta.get(MESSAGE_ID_SALT)?.is_none() {
             use std::hash::BuildHasher;

@@ -235,18 +235,32 @@ fn an_automatic_email_never_fires_email_sent_to_customer() {
     assert!(status_changes(&t).is_empty(), "{t:#}");
 }
 
+/// Notifies alice of every new ticket: her notification's Reply-To is her
+/// signed address for that ticket.
+pub const NOTIFY_ALICE: &str = r#"
+[[workflow]]
+id = "notify-new"
+pipeline = "support"
+enroll = { status = "new" }
+actions = [ { notify = { user = "alice" } } ]
+"#;
+
 #[test]
 fn an_agent_reply_by_email_is_relayed_to_the_contact() {
-    let d = Daemon::start(&config_with("", &[]));
+    let d = Daemon::start(&config_with(NOTIFY_ALICE, &[]));
     let first = carol("Refund");
     let id = d.send_ok(&first);
+    let note = wait_email(&d, id, "alice@acme.example", "");
+    let signed = note.header("Reply-To").unwrap_or_default().to_string();
 
+    // Alice answers her notification: to her own signed address.
     let agent = msg()
         .from("Alice Agent <alice@acme.example>")
         .to("support@acme.example")
+        .rcpt_to(&signed)
         .subject(&format!("Re: Refund [#{id}]"))
-        .in_reply_to(&first.mid())
-        .references(&first.mid())
+        .in_reply_to(&note.message_id())
+        .references(&note.message_id())
         .body("Your refund was approved today.\n\nAlice\n");
     assert_eq!(d.send_ok(&agent), id, "the agent's reply joins the ticket");
 
@@ -267,10 +281,10 @@ fn an_agent_reply_by_email_is_relayed_to_the_contact() {
         e.message_id().ends_with("@desk.acme.example>"),
         "a fresh Message-ID:\n{raw}"
     );
+    let reply_to = e.header("Reply-To").unwrap_or_default();
     assert!(
-        e.header("Reply-To")
-            .is_some_and(|r| r.contains(&format!("support+{id}@acme.example"))),
-        "{raw}"
+        reply_to.starts_with(&format!("support+{id}.")) && reply_to != signed,
+        "the customer gets the ticket's signed address, not the agent's:\n{raw}"
     );
     let known = [first.mid(), agent.mid()];
     let irt = e.in_reply_to();
@@ -299,8 +313,9 @@ fn an_agent_reply_by_email_is_relayed_to_the_contact() {
         )],
         "an agent is not a customer: no customer_replied\n{t:#}"
     );
+    // The notification to alice, and the relayed reply: nothing else.
     let files = eml::read_dir(&d.sent_dir());
-    assert_eq!(files.len(), 1, "{}", eml::describe(&files));
+    assert_eq!(files.len(), 2, "{}", eml::describe(&files));
 }
 
 // ---- workflows on closing ----

@@ -28,8 +28,9 @@ fn mbox() -> String {
         "",
         "Unplug it.",
         "",
-        "From carol@example.com Mon Jan  1 12:00:00 2024",
-        "From: carol@example.com",
+        "From bob@example.com Mon Jan  1 12:00:00 2024",
+        // The contact: a bare plus address threads only from a participant.
+        "From: bob@example.com",
         "To: support+1@acme.example",
         "Subject: another topic",
         "Message-ID: <imp-3@example.com>",

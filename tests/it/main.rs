@@ -36,4 +36,5 @@ mod outbound;
 mod safety;
 mod smtp;
 mod threading;
+mod trust;
 mod workflow;

@@ -59,11 +59,17 @@ fn assert_common_headers(e: &Eml, id: u64) {
         from.contains("support@acme.example") && from.contains("Acme Support"),
         "From is outbound.from, got {from:?}:\n{all}"
     );
-    assert_eq!(
-        e.header("Reply-To")
-            .map(|r| r.contains(&format!("support+{id}@acme.example"))),
-        Some(true),
-        "Reply-To is the channel's plus address:\n{all}"
+    let reply_to = e.header("Reply-To").unwrap_or_default();
+    let key = reply_to
+        .strip_prefix(&format!("support+{id}."))
+        .and_then(|r| r.strip_suffix("@acme.example"))
+        .unwrap_or_default();
+    assert!(
+        key.len() == 10
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b)),
+        "Reply-To is the channel's signed plus address support+{id}.<key>@acme.example:\n{all}"
     );
     assert_eq!(e.ticket(), Some(id), "X-Postdesk-Ticket:\n{all}");
     let subject = e.subject();

@@ -1,0 +1,224 @@
+//! SPEC §12: only the customer and proven agents speak for a ticket. The
+//! attack of issue 17 — a stranger writing as an agent to a guessed plus
+//! address, or in-thread to the channel address — relays nothing, moves
+//! nothing, and the real agent is told.
+
+use serde_json::Value;
+
+use crate::support::eml::{self, Eml};
+use crate::support::{config_with, msg, timeline_events, Daemon, Msg, ACK_NEW, DEADLINE};
+
+const NOTIFY_ALICE: &str = r#"
+[[workflow]]
+id = "notify-new"
+pipeline = "support"
+enroll = { status = "new" }
+actions = [ { notify = { user = "alice" } } ]
+"#;
+
+fn emails(d: &Daemon) -> Vec<Eml> {
+    eml::read_dir(&d.sent_dir())
+}
+
+fn wait_email(d: &Daemon, what: &str, f: impl Fn(&Eml) -> bool) -> Eml {
+    eml::wait_for_one(&d.sent_dir(), DEADLINE, what, f)
+}
+
+fn carol(subject: &str) -> Msg {
+    msg()
+        .from("Carol Customer <carol@example.com>")
+        .subject(subject)
+}
+
+/// A ticket from carol, acknowledged (so carol holds its signed address)
+/// and notified to alice (so alice holds hers).
+fn ticket(d: &Daemon) -> (u64, Msg, Eml, Eml) {
+    let first = carol("Invoice question");
+    let id = d.send_ok(&first);
+    let ack = wait_email(d, "the acknowledgement", |e| {
+        e.ticket() == Some(id) && e.is_to("carol@example.com")
+    });
+    let note = wait_email(d, "alice's notification", |e| {
+        e.ticket() == Some(id) && e.is_to("alice@acme.example")
+    });
+    (id, first, ack, note)
+}
+
+fn reply_to(e: &Eml) -> String {
+    e.header("Reply-To").unwrap_or_default().to_string()
+}
+
+fn forged(id: u64) -> Msg {
+    msg()
+        .from("Alice Agent <alice@acme.example>")
+        .subject(&format!("Re: Invoice question [#{id}]"))
+        .body("Please pay the invoice at http://evil.example/pay\n")
+}
+
+/// Nothing reached carol but the acknowledgement; the status did not move;
+/// the forged message is on the ticket, unverified, with a `suppressed`
+/// entry; alice was told.
+fn assert_not_relayed(d: &Daemon, id: u64, forged: &Msg) {
+    let t = d.ticket(id);
+    assert_eq!(t["status"], "new", "status unchanged: {t:#}");
+    assert!(timeline_events(&t, "status_changed").is_empty(), "{t:#}");
+    let suppressed: Vec<Value> = timeline_events(&t, "suppressed")
+        .into_iter()
+        .filter(|e| e["detail"]["reason"] == "unverified_agent")
+        .collect();
+    assert_eq!(suppressed.len(), 1, "one suppressed entry: {t:#}");
+    let m = t["messages"]
+        .as_array()
+        .and_then(|ms| ms.iter().find(|m| m["message_id"] == forged.mid()))
+        .unwrap_or_else(|| panic!("the forged message is kept on the ticket: {t:#}"));
+    assert_eq!(m["verified"], false, "{m:#}");
+    let told = wait_email(d, "alice told that nothing was relayed", |e| {
+        e.ticket() == Some(id)
+            && e.is_to("alice@acme.example")
+            && e.subject().starts_with("Not relayed")
+    });
+    assert!(told.text().contains("NOT"), "{}", told.raw);
+    d.wait_outbox_idle();
+    let to_carol: Vec<Eml> = emails(d)
+        .into_iter()
+        .filter(|e| e.is_to("carol@example.com"))
+        .collect();
+    assert_eq!(to_carol.len(), 1, "only the acknowledgement: {to_carol:#?}");
+    assert!(
+        to_carol.iter().all(|e| !e.raw.contains("evil.example")),
+        "the forged text never reaches the customer"
+    );
+}
+
+#[test]
+fn a_forged_agent_to_a_guessed_bare_plus_address_is_not_relayed() {
+    let d = Daemon::start(&config_with(&format!("{ACK_NEW}{NOTIFY_ALICE}"), &[]));
+    let (id, _, _, _) = ticket(&d);
+    let m = forged(id).rcpt_to(&format!("support+{id}@acme.example"));
+    assert_eq!(d.send_ok(&m), id, "kept on the ticket");
+    assert_not_relayed(&d, id, &m);
+}
+
+#[test]
+fn a_forged_agent_in_thread_to_the_channel_address_is_not_relayed() {
+    let d = Daemon::start(&config_with(&format!("{ACK_NEW}{NOTIFY_ALICE}"), &[]));
+    let (id, first, ack, _) = ticket(&d);
+    // The stranger even knows the thread's Message-IDs.
+    let m = forged(id)
+        .in_reply_to(&ack.message_id())
+        .references(&format!("{} {}", first.mid(), ack.message_id()));
+    assert_eq!(d.send_ok(&m), id);
+    assert_not_relayed(&d, id, &m);
+}
+
+#[test]
+fn the_customers_signed_address_does_not_prove_an_agent() {
+    let d = Daemon::start(&config_with(&format!("{ACK_NEW}{NOTIFY_ALICE}"), &[]));
+    let (id, _, ack, _) = ticket(&d);
+    let m = forged(id).rcpt_to(&reply_to(&ack));
+    assert_eq!(d.send_ok(&m), id);
+    assert_not_relayed(&d, id, &m);
+}
+
+#[test]
+fn a_tampered_key_is_the_plain_channel_address() {
+    let d = Daemon::start(&config_with(&format!("{ACK_NEW}{NOTIFY_ALICE}"), &[]));
+    let (id, _, ack, _) = ticket(&d);
+    let signed = reply_to(&ack);
+    let (local, domain) = signed.split_once('@').unwrap_or_default();
+    let last = local.chars().last().unwrap_or('a');
+    let flipped = if last == 'a' { 'b' } else { 'a' };
+    let tampered = format!("{}{flipped}@{domain}", &local[..local.len() - 1]);
+    let m = msg()
+        .from("Mallory <mallory@evil.example>")
+        .subject("Different words")
+        .rcpt_to(&tampered);
+    let reply = d.send(&m);
+    assert_eq!(reply.code, 250, "never refused: {reply}");
+    let other = reply.ticket_id().unwrap_or_default();
+    assert_ne!(other, id, "a wrong key threads nowhere: a new ticket");
+    // The real key threads from anyone, even a stranger (a forwarded ack).
+    let m = msg()
+        .from("Dave <dave@example.org>")
+        .subject("Carol asked me to write")
+        .rcpt_to(&signed);
+    assert_eq!(d.send_ok(&m), id);
+    let t = d.ticket(id);
+    assert_eq!(
+        t["status"], "waiting_on_us",
+        "customer_replied fired: {t:#}"
+    );
+}
+
+#[test]
+fn a_stranger_to_a_bare_plus_address_opens_a_new_ticket() {
+    let d = Daemon::start(&config_with(ACK_NEW, &[]));
+    let id = d.send_ok(&carol("Login"));
+    let m = msg()
+        .from("Mallory <mallory@evil.example>")
+        .subject("hello")
+        .rcpt_to(&format!("support+{id}@acme.example"));
+    assert_ne!(d.send_ok(&m), id);
+    // The contact's own bare plus address (sent by earlier builds) still works.
+    let m = carol("more").rcpt_to(&format!("support+{id}@acme.example"));
+    assert_eq!(d.send_ok(&m), id);
+}
+
+#[test]
+fn an_agent_replying_to_the_notification_is_relayed_and_moves_the_ticket() {
+    let d = Daemon::start(&config_with(&format!("{ACK_NEW}{NOTIFY_ALICE}"), &[]));
+    let (id, _, _, note) = ticket(&d);
+    let signed = reply_to(&note);
+    let m = msg()
+        .from("Alice Agent <alice@acme.example>")
+        .subject("Re: Invoice question")
+        .rcpt_to(&signed)
+        .in_reply_to(&note.message_id())
+        .body("Your invoice is fixed.\n");
+    assert_eq!(d.send_ok(&m), id);
+    let relayed = wait_email(&d, "the relayed reply", |e| {
+        e.ticket() == Some(id)
+            && e.is_to("carol@example.com")
+            && e.text().contains("invoice is fixed")
+    });
+    assert!(
+        !reply_to(&relayed).eq_ignore_ascii_case(&signed),
+        "{}",
+        relayed.raw
+    );
+    let t = d.ticket(id);
+    assert_eq!(t["status"], "waiting_on_contact", "{t:#}");
+    assert!(timeline_events(&t, "suppressed").is_empty(), "{t:#}");
+}
+
+#[test]
+fn an_agents_key_is_bound_to_the_agent_and_the_ticket() {
+    let d = Daemon::start(&config_with(
+        &format!("{ACK_NEW}{NOTIFY_ALICE}"),
+        &[(
+            "email = \"alice@acme.example\"\n",
+            "email = \"alice@acme.example\"\n\n[[user]]\nid = \"bob\"\nname = \"Bob Agent\"\nemail = \"bob@acme.example\"\n",
+        )],
+    ));
+    let (id, _, _, note) = ticket(&d);
+    let m = msg()
+        .from("Bob Agent <bob@acme.example>")
+        .subject("Re: Invoice question")
+        .rcpt_to(&reply_to(&note))
+        .body("Please pay the invoice at http://evil.example/pay\n");
+    assert_eq!(d.send_ok(&m), id);
+    let t = d.ticket(id);
+    assert_eq!(t["status"], "new", "{t:#}");
+    assert_eq!(timeline_events(&t, "suppressed").len(), 1, "{t:#}");
+
+    // Alice's key for this ticket does not open another one.
+    let other = d.send_ok(&carol("Second ticket"));
+    let m = msg()
+        .from("Alice Agent <alice@acme.example>")
+        .subject(&format!("Re: [#{other}]"))
+        .rcpt_to(&reply_to(&note).replace(&format!("+{id}."), &format!("+{other}.")))
+        .body("x\n");
+    assert_eq!(d.send_ok(&m), other, "threads by its tag, as an agent");
+    let t = d.ticket(other);
+    assert_eq!(t["status"], "new", "but not proven: {t:#}");
+}
