@@ -31,6 +31,8 @@ pub struct ParsedMail {
     pub subject: String,
     pub from: Option<Mailbox>,
     pub to: Vec<String>,
+    /// The Cc addresses, lower-cased.
+    pub cc: Vec<String>,
     /// Milliseconds since the epoch, from the Date header.
     pub date: Option<i64>,
     /// Decoded text (text/plain, else HTML rendered to text), capped.
@@ -68,6 +70,7 @@ pub fn parse(raw: &[u8]) -> ParsedMail {
             subject: String::new(),
             from: None,
             to: Vec::new(),
+            cc: Vec::new(),
             date: None,
             text: cap(String::from_utf8_lossy(raw).into_owned()),
             well_formed: false,
@@ -88,14 +91,17 @@ pub fn parse(raw: &[u8]) -> ParsedMail {
             .map(str::to_string);
         Some(Mailbox { email, name })
     });
-    let to = msg
-        .to()
-        .map(|list| {
+    let addresses = |list: Option<&mail_parser::Address<'_>>| -> Vec<String> {
+        list.map(|list| {
             list.iter()
                 .filter_map(|a| a.address().map(|s| s.trim().to_ascii_lowercase()))
+                .filter(|a| !a.is_empty())
                 .collect()
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+    };
+    let to = addresses(msg.to());
+    let cc = addresses(msg.cc());
     let text = msg.body_text(0).map(|t| t.into_owned()).unwrap_or_default();
     let report = mail_parser::MimeHeaders::content_type(&msg).is_some_and(|ct| {
         ct.ctype().eq_ignore_ascii_case("multipart")
@@ -114,6 +120,7 @@ pub fn parse(raw: &[u8]) -> ParsedMail {
             .unwrap_or_default(),
         from,
         to,
+        cc,
         date: msg.date().map(|d| d.to_timestamp().saturating_mul(1000)),
         text: cap(text),
         well_formed: true,

@@ -38,6 +38,9 @@ pub struct OutMail {
     pub from: String,
     /// (display name, address).
     pub to: Vec<(Option<String>, String)>,
+    /// (display name, address): the ticket's other participants on an
+    /// agent's reply (SPEC §12); empty on every automatic email.
+    pub cc: Vec<(Option<String>, String)>,
     /// The channel's plus address, e.g. `support+42@acme.example`.
     pub reply_to: String,
     /// The final subject, subject tag already applied.
@@ -88,19 +91,25 @@ pub fn compose(m: &OutMail) -> Result<Vec<u8>, ComposeError> {
         return Err(ComposeError::NoRecipient);
     }
     let from = from_mailbox(&m.from)?;
-    let mut rcpt = Vec::with_capacity(m.to.len());
+    let mut rcpt = Vec::with_capacity(m.to.len() + m.cc.len());
     let mut builder = Message::builder().from(from.clone());
-    for (name, address) in &m.to {
+    let to = m.to.iter().map(|r| ("to", r));
+    for (field, (name, address)) in to.chain(m.cc.iter().map(|r| ("cc", r))) {
         let address = address
             .trim()
             .parse::<Address>()
-            .map_err(|e| address_error("to", address, &e))?;
+            .map_err(|e| address_error(field, address, &e))?;
         let name = name
             .as_deref()
             .map(one_line)
             .filter(|name| !name.is_empty());
         rcpt.push(address.clone());
-        builder = builder.to(Mailbox::new(name, address));
+        let mailbox = Mailbox::new(name, address);
+        builder = if field == "to" {
+            builder.to(mailbox)
+        } else {
+            builder.cc(mailbox)
+        };
     }
     // Given, so that lettre does not derive it by parsing the From and To
     // headers it has just written (the envelope is not used: the outbox
@@ -385,6 +394,7 @@ mod tests {
     fn mail(templates: &Templates, name: &str, vars: &Vars, branding: &Branding) -> OutMail {
         let r = templates.render(name, vars).unwrap();
         OutMail {
+            cc: Vec::new(),
             from: "Acme Support <support@acme.example>".into(),
             to: vec![(vars.contact.name.clone(), vars.contact.email.clone())],
             reply_to: format!("support+{}@acme.example", vars.ticket.id),

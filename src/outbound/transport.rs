@@ -1101,6 +1101,7 @@ mod tests {
     async fn a_composed_email_arrives_byte_for_byte() {
         use crate::outbound::compose::{compose, OutMail};
         let raw = compose(&OutMail {
+            cc: Vec::new(),
             from: "Acme Support <support@acme.example>".into(),
             to: vec![(Some("Zoë".into()), "zoe@example.com".into())],
             reply_to: "support+7@acme.example".into(),

@@ -476,10 +476,18 @@ pub(super) fn apply_inbound(
         }
     }
     ticket.updated_at = now;
-    // Agents are not participants: they speak for the help desk.
-    if let (Some(s), None) = (sender, agent) {
-        if !ticket.participants.iter().any(|x| x == s) {
-            ticket.participants.push(s.to_string());
+    // The sender and the customers in To/Cc become participants (SPEC
+    // §12) — not agents, not our own addresses; nobody from an automatic
+    // message (a list's members) or an unverified one (a forger would add
+    // themselves to the agents' replies).
+    if auto.is_none() && !rec.unverified {
+        let named = p.to.iter().chain(&p.cc).map(String::as_str);
+        for who in sender.filter(|_| agent.is_none()).into_iter().chain(named) {
+            let ours = config.agent_by_email(who).is_some() || config.is_channel_address(who);
+            let full = ticket.participants.len() >= MAX_PARTICIPANTS;
+            if !ours && !full && !ticket.participants.iter().any(|x| x == who) {
+                ticket.participants.push(who.to_string());
+            }
         }
     }
     // The customer's view of the thread: an agent's email is relayed under
@@ -553,6 +561,10 @@ pub(super) fn apply_inbound(
         by: matched.by,
     })
 }
+
+/// Participants a ticket keeps at most: a message with a thousand Cc
+/// addresses must not grow every later reply's Cc (or the ticket row).
+const MAX_PARTICIPANTS: usize = 50;
 
 /// The ticket `id`, or the one it was merged into (transitively).
 pub(super) fn follow_merges(

@@ -197,6 +197,7 @@ fn send_template(
     let mail = Draft {
         kind: "auto_reply",
         to: vec![(ticket.contact.name.clone(), to.clone())],
+        cc: Vec::new(),
         subject: rendered.subject,
         text: rendered.text,
         html: rendered.html,
@@ -241,6 +242,7 @@ fn notify(
     let mail = Draft {
         kind: "notification",
         to: vec![(Some(agent.name.clone()), agent.email.clone())],
+        cc: Vec::new(),
         subject: rendered.subject,
         text: rendered.text,
         html: rendered.html,
@@ -340,6 +342,8 @@ fn vars(tables: &Tables<'_>, config: &Config, t: &TicketRec) -> Result<Vars, Sto
 pub(super) struct Draft {
     pub kind: &'static str,
     pub to: Vec<(Option<String>, String)>,
+    /// Copied: the ticket's other participants (agent replies only).
+    pub cc: Vec<(Option<String>, String)>,
     pub subject: String,
     pub text: String,
     pub html: Option<String>,
@@ -399,6 +403,7 @@ pub(super) fn queue(
     let mail = OutMail {
         from: config.outbound.from.clone(),
         to: draft.to.clone(),
+        cc: draft.cc.clone(),
         reply_to,
         subject: subject.clone(),
         message_id: message_id.clone(),
@@ -423,7 +428,12 @@ pub(super) fn queue(
             return Ok(out_id);
         }
     };
-    let rcpt: Vec<String> = draft.to.iter().map(|(_, a)| a.clone()).collect();
+    let rcpt: Vec<String> = draft
+        .to
+        .iter()
+        .chain(&draft.cc)
+        .map(|(_, a)| a.clone())
+        .collect();
     let seq = tables.next_message_seq();
     let mut rec = MessageRec {
         seq,
@@ -539,9 +549,19 @@ pub(super) fn agent_reply(
     } else {
         format!("Re: {}", ticket.subject)
     };
+    // The other participants are copied (SPEC §12) — never an agent, a
+    // channel address or a mailer daemon.
+    let cc = ticket
+        .participants
+        .iter()
+        .filter(|p| !p.eq_ignore_ascii_case(&contact) && !p.eq_ignore_ascii_case(&agent.email))
+        .filter(|p| config.agent_by_email(p).is_none() && unsafe_recipient(config, p).is_none())
+        .map(|p| (None, p.clone()))
+        .collect();
     let draft = Draft {
         kind: "agent_reply",
         to: vec![(ticket.contact.name.clone(), contact)],
+        cc,
         subject,
         text: body.to_string(),
         html: None,
@@ -616,6 +636,7 @@ pub(super) fn not_relayed(
     let draft = Draft {
         kind: "notification",
         to: vec![(Some(agent.name.clone()), agent.email.clone())],
+        cc: Vec::new(),
         subject: format!("Not relayed: {}", ticket.subject),
         text,
         html: None,

@@ -80,6 +80,9 @@ pub struct TicketView {
     pub source: crate::config::Source,
     pub created_at: String,
     pub updated_at: String,
+    /// The contact first, then every customer who wrote on the ticket or
+    /// was in the To/Cc of its inbound mail (SPEC §12).
+    pub participants: Vec<Mailbox>,
 }
 
 impl From<&TicketRec> for TicketView {
@@ -95,6 +98,16 @@ impl From<&TicketRec> for TicketView {
             source: t.source,
             created_at: rfc3339(t.created_at),
             updated_at: rfc3339(t.updated_at),
+            participants: t
+                .participants
+                .iter()
+                .map(|email| Mailbox {
+                    email: email.clone(),
+                    name: (email == &t.contact.email)
+                        .then(|| t.contact.name.clone())
+                        .flatten(),
+                })
+                .collect(),
         }
     }
 }

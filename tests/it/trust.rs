@@ -3,7 +3,7 @@
 //! address, or in-thread to the channel address — relays nothing, moves
 //! nothing, and the real agent is told.
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::support::eml::{self, Eml};
 use crate::support::{config_with, msg, timeline_events, Daemon, Msg, ACK_NEW, DEADLINE};
@@ -221,4 +221,65 @@ fn an_agents_key_is_bound_to_the_agent_and_the_ticket() {
     assert_eq!(d.send_ok(&m), other, "threads by its tag, as an agent");
     let t = d.ticket(other);
     assert_eq!(t["status"], "new", "but not proven: {t:#}");
+}
+
+#[test]
+fn a_cc_participant_replies_like_the_contact_and_is_copied_on_agent_replies() {
+    let d = Daemon::start(&config_with(ACK_NEW, &[]));
+    let first = carol("Shared account").header(
+        "Cc",
+        "Dave Colleague <dave@example.org>, Alice Agent <alice@acme.example>, support@acme.example",
+    );
+    let id = d.send_ok(&first);
+    let t = d.ticket(id);
+    let emails: Vec<&str> = t["participants"]
+        .as_array()
+        .map(|ps| ps.iter().filter_map(|p| p["email"].as_str()).collect())
+        .unwrap_or_default();
+    // Not the agent, not our own channel address.
+    assert_eq!(emails, ["carol@example.com", "dave@example.org"], "{t:#}");
+    assert_eq!(t["participants"][0]["name"], "Carol Customer", "{t:#}");
+
+    // Automatic emails go to the contact only.
+    let ack = wait_email(&d, "the acknowledgement", |e| e.ticket() == Some(id));
+    assert!(
+        ack.header("Cc").is_none() && !ack.is_to("dave@example.org"),
+        "{}",
+        ack.raw
+    );
+
+    // Dave's reply by the bare plus address threads (a participant) and
+    // counts as the customer's.
+    let m = msg()
+        .from("Dave Colleague <dave@example.org>")
+        .subject("Also me")
+        .rcpt_to(&format!("support+{id}@acme.example"));
+    assert_eq!(d.send_ok(&m), id);
+    assert_eq!(d.ticket(id)["status"], "waiting_on_us");
+
+    // An agent's reply goes To the contact, Cc the other participants.
+    d.cmd(json!({"cmd": "reply", "id": id, "body": "Both fixed.", "user": "alice"}));
+    let reply = wait_email(&d, "the agent's reply", |e| {
+        e.ticket() == Some(id) && e.text().contains("Both fixed.")
+    });
+    assert!(reply.is_to("carol@example.com"), "{}", reply.raw);
+    assert!(!reply.is_to("dave@example.org"), "{}", reply.raw);
+    let cc = reply.header("Cc").unwrap_or_default().to_ascii_lowercase();
+    assert!(
+        cc.contains("dave@example.org") && !cc.contains("alice"),
+        "{}",
+        reply.raw
+    );
+}
+
+#[test]
+fn a_forged_agent_cannot_add_participants() {
+    let d = Daemon::start(&config_with(ACK_NEW, &[]));
+    let id = d.send_ok(&carol("Invoice question"));
+    let m = forged(id)
+        .rcpt_to(&format!("support+{id}@acme.example"))
+        .header("Cc", "mallory@evil.example");
+    assert_eq!(d.send_ok(&m), id);
+    let t = d.ticket(id);
+    assert_eq!(t["participants"].as_array().map(Vec::len), Some(1), "{t:#}");
 }
