@@ -154,6 +154,12 @@ fn outbox_table(rows: &[Value]) -> String {
                 // record and `--json` keep it); here it would read as one.
                 if o["state"] == "sent" {
                     String::new()
+                } else if o["state"] == "bounced" {
+                    let who = o["bounce"]["recipients"]
+                        .as_array()
+                        .map(|a| a.iter().map(s).collect::<Vec<_>>().join(", "))
+                        .unwrap_or_default();
+                    truncate(&format!("bounced: {who}"), 40)
                 } else {
                     truncate(&s(&o["last_error"]), 40)
                 },

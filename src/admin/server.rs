@@ -278,15 +278,17 @@ async fn handle(req: Request, ctx: &AdminCtx) -> Response {
         Request::Outbox { state, limit: l } => {
             let state = match state.as_deref() {
                 None => None,
-                Some("queued") => Some(OutState::Queued),
-                Some("sent") => Some(OutState::Sent),
-                Some("failed") => Some(OutState::Failed),
-                Some(other) => {
-                    return Response::err(
-                        "bad_request",
-                        format!("unknown state \"{other}\" (known: queued, sent, failed)"),
-                    )
-                }
+                Some(name) => match OutState::parse(name) {
+                    Some(state) => Some(state),
+                    None => {
+                        return Response::err(
+                            "bad_request",
+                            format!(
+                                "unknown state \"{name}\" (known: queued, sent, failed, bounced)"
+                            ),
+                        )
+                    }
+                },
             };
             let n = limit(l);
             ctx.store

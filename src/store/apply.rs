@@ -111,6 +111,7 @@ impl Inbound {
             text: String::new(),
             blob: None,
             unverified: false,
+            outbox: None,
         }
     }
 }
@@ -637,6 +638,10 @@ fn apply_bounce(
         .as_ref()
         .and_then(|(_, _, id)| id.as_deref())
         .map(bracketed);
+    let returned = match found.as_ref().and_then(|(_, _, id)| id.as_deref()) {
+        Some(id) => mark_bounced(tables, id, b, &p.message_id, now)?,
+        None => None,
+    };
     tables.event(
         ticket.id,
         now,
@@ -651,6 +656,7 @@ fn apply_bounce(
             "action": b.action,
             "recipients": recipients,
             "original_message_id": original,
+            "outbox": returned,
             "message_id": bracketed(&p.message_id),
             "standard": b.standard,
         }),
@@ -664,6 +670,58 @@ fn apply_bounce(
         duplicate: false,
         by,
     })
+}
+
+/// Marks the outbox entry of our email `message_id` as `bounced` with what
+/// the bounce says; its id, if there is one (a delayed-delivery notice is
+/// recorded on the timeline only: the email may still arrive).
+fn mark_bounced(
+    tables: &mut Tables<'_>,
+    message_id: &str,
+    b: &Bounce,
+    bounce_id: &str,
+    now: Millis,
+) -> Result<Option<u64>, StoreError> {
+    if b.action != "failed" {
+        return Ok(None);
+    }
+    let Some(seq) = tables.message_ids.get(message_id)?.map(|v| v.value().1) else {
+        return Ok(None);
+    };
+    let Some(out_id) = tables.message(seq)?.and_then(|m| m.outbox) else {
+        return Ok(None);
+    };
+    let Some(mut rec) = tables
+        .outbox
+        .get(out_id)?
+        .map(|v| decode::<OutboxRec>(v.value()))
+        .transpose()?
+    else {
+        return Ok(None);
+    };
+    if rec.state == OutState::Queued {
+        // Sent before a crash and queued again: it will not arrive.
+        if let Some(due) = rec.next_attempt_at {
+            tables.outbox_due.remove((due.max(0) as u64, out_id))?;
+        }
+        rec.next_attempt_at = None;
+    }
+    rec.state = OutState::Bounced;
+    rec.bounce = Some(BounceNote {
+        recipients: b
+            .recipients
+            .iter()
+            .map(|r| match &r.status {
+                Some(s) => format!("{} ({s})", r.address),
+                None => r.address.clone(),
+            })
+            .collect(),
+        status: b.recipients.iter().find_map(|r| r.status.clone()),
+        message_id: bounce_id.to_string(),
+        at: now,
+    });
+    tables.outbox.insert(out_id, encode(&rec).as_slice())?;
+    Ok(Some(out_id))
 }
 
 pub(super) fn facts(t: &TicketRec) -> automation::TicketFacts<'_> {

@@ -453,6 +453,7 @@ pub(super) fn queue(
         text: String::new(),
         blob: None,
         unverified: false,
+        outbox: Some(out_id),
     };
     tables.put_message(&mut rec, &raw)?;
     let out = OutboxRec {
@@ -470,6 +471,7 @@ pub(super) fn queue(
         next_attempt_at: Some(now),
         sent_at: None,
         last_error: None,
+        bounce: None,
     };
     tables.outbox.insert(out_id, encode(&out).as_slice())?;
     tables.outbox_due.insert((now.max(0) as u64, out_id), ())?;

@@ -303,6 +303,9 @@ pub struct OutboxView {
     pub next_attempt_at: Option<String>,
     pub sent_at: Option<String>,
     pub last_error: Option<String>,
+    /// A bounce's word on this email: failed recipients and status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bounce: Option<serde_json::Value>,
 }
 
 impl From<OutboxRec> for OutboxView {
@@ -320,6 +323,14 @@ impl From<OutboxRec> for OutboxView {
             next_attempt_at: r.next_attempt_at.map(rfc3339),
             sent_at: r.sent_at.map(rfc3339),
             last_error: r.last_error,
+            bounce: r.bounce.map(|b| {
+                serde_json::json!({
+                    "recipients": b.recipients,
+                    "status": b.status,
+                    "message_id": bracketed(&b.message_id),
+                    "at": rfc3339(b.at),
+                })
+            }),
         }
     }
 }
@@ -533,6 +544,7 @@ mod tests {
                     next_attempt_at: None,
                     sent_at: None,
                     last_error: None,
+                    bounce: None,
                 };
                 outbox.insert(id, encode(&out).as_slice()).unwrap();
                 due_rows.insert((id, id), ()).unwrap();

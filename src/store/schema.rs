@@ -153,6 +153,10 @@ pub struct MessageRec {
     /// kept on the ticket, never relayed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unverified: bool,
+    /// An outbound row's outbox entry (rows of earlier builds: none), so
+    /// that a bounce naming its Message-ID finds the email it returns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbox: Option<u64>,
 }
 
 /// The decoded text of a message: its row's own `stored` text (an old
@@ -171,6 +175,33 @@ pub enum OutState {
     Queued,
     Sent,
     Failed,
+    /// Sent, then returned by a bounce (SPEC §12): see [`OutboxRec::bounce`].
+    Bounced,
+}
+
+impl OutState {
+    pub fn parse(s: &str) -> Option<OutState> {
+        Some(match s {
+            "queued" => OutState::Queued,
+            "sent" => OutState::Sent,
+            "failed" => OutState::Failed,
+            "bounced" => OutState::Bounced,
+            _ => return None,
+        })
+    }
+}
+
+/// What a bounce said about one of our emails.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BounceNote {
+    /// The failed recipients, with their DSN status where the bounce gave
+    /// one (`carol@example.com (5.1.1)`).
+    pub recipients: Vec<String>,
+    /// The first recipient's DSN status (`5.1.1`), if any.
+    pub status: Option<String>,
+    /// The bounce's own Message-ID (normalised).
+    pub message_id: String,
+    pub at: Millis,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -192,6 +223,9 @@ pub struct OutboxRec {
     pub next_attempt_at: Option<Millis>,
     pub sent_at: Option<Millis>,
     pub last_error: Option<String>,
+    /// Set when a bounce returned this email (state `bounced`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bounce: Option<BounceNote>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -234,6 +268,7 @@ impl MessageRec {
             text: String::new(),
             blob: None,
             unverified: false,
+            outbox: None,
         }
     }
 }

@@ -96,6 +96,25 @@ fn a_bounce_of_our_auto_reply_lands_on_its_ticket_and_is_not_answered() {
     );
     // Nothing queued in answer.
     assert_eq!(d.outbox_all().len(), 1, "a bounce is never answered");
+    // The email it returns is marked bounced, with recipient and status.
+    let bounced = d.outbox("bounced");
+    assert_eq!(bounced.len(), 1, "{:#?}", d.outbox_all());
+    assert_eq!(bounced[0]["message_id"], auto_id, "{bounced:#?}");
+    assert_eq!(
+        bounced[0]["bounce"]["recipients"][0], "nobody@gone.example (5.1.1)",
+        "{bounced:#?}"
+    );
+    assert_eq!(bounced[0]["bounce"]["status"], "5.1.1", "{bounced:#?}");
+    assert_eq!(bounce["detail"]["outbox"], bounced[0]["id"], "{bounce:#}");
+    assert!(d.outbox("sent").is_empty());
+    let table = crate::support::daemon::run_cli(
+        &["ctl", "-s", &d.admin_path().to_string_lossy(), "outbox"],
+        d.dir(),
+    );
+    assert!(
+        table.stdout.contains("bounced") && table.stdout.contains("nobody@gone.example"),
+        "ctl outbox shows it: {table:?}"
+    );
     let m = d.cmd(json!({"cmd": "message", "message_id": format!("<dsn-{id}-nobody@gone.example@mx.example.com>")}));
     assert_eq!(m["kind"], "bounce", "{m:#}");
 }
