@@ -25,6 +25,10 @@ pub struct ParsedMail {
     pub message_id: String,
     /// Whether `message_id` came from the message itself.
     pub has_message_id: bool,
+    /// The Message-ID exactly as the header wrote it (trimmed), when that
+    /// differs from `<message_id>`: views show it as written (SPEC §12),
+    /// lookups use the normalised form.
+    pub message_id_written: Option<String>,
     pub in_reply_to: Vec<String>,
     /// In header order (oldest first).
     pub references: Vec<String>,
@@ -65,6 +69,7 @@ pub fn parse(raw: &[u8]) -> ParsedMail {
         return ParsedMail {
             message_id: derived_message_id(raw),
             has_message_id: false,
+            message_id_written: None,
             in_reply_to: Vec::new(),
             references: Vec::new(),
             subject: String::new(),
@@ -109,7 +114,12 @@ pub fn parse(raw: &[u8]) -> ParsedMail {
                 .subtype()
                 .is_some_and(|s| s.eq_ignore_ascii_case("report"))
     });
+    let message_id_written = own_id.as_ref().and_then(|id| {
+        let written = raw_message_id(raw)?;
+        (written != super::bracketed(id)).then_some(written)
+    });
     ParsedMail {
+        message_id_written,
         has_message_id: own_id.is_some(),
         message_id: own_id.unwrap_or_else(|| derived_message_id(raw)),
         in_reply_to: id_list(msg.in_reply_to()),
@@ -172,6 +182,33 @@ fn raw_markers(raw: &[u8]) -> Vec<(String, String)> {
     out
 }
 
+/// The first `Message-ID` header of the message's own header block, as
+/// written (unfolded, trimmed). Only called for messages that have one.
+fn raw_message_id(raw: &[u8]) -> Option<String> {
+    let mut value: Option<Vec<u8>> = None;
+    for line in raw[..raw.len().min(MAX_HEADER_SCAN)].split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        match (line.first(), value.as_mut()) {
+            (None, _) => break,
+            (Some(b' ' | b'\t'), Some(v)) => v.extend_from_slice(line.trim_ascii()),
+            (Some(b' ' | b'\t'), None) => {}
+            (_, Some(_)) => break,
+            (_, None) => {
+                if let Some(colon) = line.iter().position(|&b| b == b':') {
+                    if line[..colon]
+                        .trim_ascii()
+                        .eq_ignore_ascii_case(b"message-id")
+                    {
+                        value = Some(line[colon + 1..].trim_ascii().to_vec());
+                    }
+                }
+            }
+        }
+    }
+    let value = String::from_utf8_lossy(&value?).trim().to_string();
+    (!value.is_empty()).then_some(value)
+}
+
 fn id_list(value: &HeaderValue<'_>) -> Vec<String> {
     let ids: Vec<String> = match value {
         HeaderValue::TextList(list) => list
@@ -228,6 +265,24 @@ mod tests {
         );
         assert_eq!(p.subject, "Re: hi");
         assert_eq!(p.text.trim(), "hello");
+    }
+
+    #[test]
+    fn a_message_id_is_kept_as_written_beside_its_normal_form() {
+        let p = parse(b"Subject: x\r\nMessage-ID:  <Abc.Def@EXAMPLE.com>\r\n\r\nhi\r\n");
+        assert_eq!(p.message_id, "Abc.Def@example.com");
+        assert_eq!(
+            p.message_id_written.as_deref(),
+            Some("<Abc.Def@EXAMPLE.com>")
+        );
+        // Folded onto the next line.
+        let p = parse(b"Message-ID:\r\n <x@Y.example>\r\nSubject: s\r\n\r\nhi\r\n");
+        assert_eq!(p.message_id_written.as_deref(), Some("<x@Y.example>"));
+        // Already in normal form: nothing extra kept.
+        assert_eq!(
+            parse(b"Message-ID: <a@b.example>\r\n\r\nhi\r\n").message_id_written,
+            None
+        );
     }
 
     #[test]

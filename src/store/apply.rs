@@ -97,6 +97,7 @@ impl Inbound {
             seq,
             ticket,
             message_id: p.message_id.clone(),
+            message_id_written: p.message_id_written.clone(),
             direction: Direction::In,
             kind: kind.into(),
             from: p.from.clone(),

@@ -439,6 +439,7 @@ pub(super) fn queue(
         seq,
         ticket: Some(ticket.id),
         message_id: message_id.clone(),
+        message_id_written: None,
         direction: Direction::Out,
         kind: draft.kind.into(),
         from: Some(sender_mailbox(config, &channel_addr)),

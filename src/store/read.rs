@@ -139,7 +139,9 @@ impl MessageView {
             (m.direction == Direction::In && m.kind == "agent_email").then_some(!m.unverified);
         MessageView {
             verified,
-            message_id: bracketed(&m.message_id),
+            message_id: m
+                .message_id_written
+                .unwrap_or_else(|| bracketed(&m.message_id)),
             direction: m.direction,
             kind: m.kind,
             from: m.from.as_ref().map(|f| f.email.clone()),

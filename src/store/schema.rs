@@ -125,6 +125,9 @@ pub struct MessageRec {
     pub ticket: Option<TicketId>,
     /// Normalised, without brackets.
     pub message_id: String,
+    /// As the message wrote it, when that differs from `<message_id>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id_written: Option<String>,
     pub direction: Direction,
     /// "email" for now; later also "bounce", "auto_reply", ...
     pub kind: String,
@@ -254,6 +257,7 @@ impl MessageRec {
             seq,
             ticket: None,
             message_id: message_id.into(),
+            message_id_written: None,
             direction: Direction::In,
             kind: "email".into(),
             from: None,

@@ -283,3 +283,18 @@ fn a_forged_agent_cannot_add_participants() {
     let t = d.ticket(id);
     assert_eq!(t["participants"].as_array().map(Vec::len), Some(1), "{t:#}");
 }
+
+#[test]
+fn a_message_id_is_shown_exactly_as_written_and_found_in_any_case() {
+    let d = Daemon::start(&config_with("", &[]));
+    let first = carol("Case").message_id("<Mixed.Case@EXAMPLE.Test>");
+    let id = d.send_ok(&first);
+    let t = d.ticket(id);
+    assert_eq!(
+        t["messages"][0]["message_id"], "<Mixed.Case@EXAMPLE.Test>",
+        "{t:#}"
+    );
+    // A client that lower-cased the domain still threads.
+    let reply = carol("Re: Case").in_reply_to("<Mixed.Case@example.test>");
+    assert_eq!(d.send_ok(&reply), id);
+}
