@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
-use super::raw::{self, RawBranding, RawLimits, RawOutbound, RawServer};
+use super::raw::{self, RawBranding, RawLimits, RawOutbound, RawSecurity, RawServer};
 use super::raw::{RawChannel, RawPipeline, RawTeam, RawUser, RawWorkflow};
 use super::{validate, Config};
 
@@ -239,6 +239,7 @@ pub(super) struct RawConfig {
     pub outbound: Section<RawOutbound>,
     pub branding: Section<RawBranding>,
     pub limits: Section<RawLimits>,
+    pub security: Section<RawSecurity>,
     pub users: Vec<Item<RawUser>>,
     pub teams: Vec<Item<RawTeam>>,
     pub channels: Vec<Item<RawChannel>>,
@@ -252,6 +253,7 @@ fn read_sections(mut root: DeTable<'_>, cx: &mut Ctx<'_>) -> RawConfig {
     let outbound = take("outbound");
     let branding = take("branding");
     let limits = take("limits");
+    let security = take("security");
     let users = take("user");
     let teams = take("team");
     let channels = take("channel");
@@ -262,6 +264,7 @@ fn read_sections(mut root: DeTable<'_>, cx: &mut Ctx<'_>) -> RawConfig {
         outbound: section(outbound, "outbound", cx),
         branding: section(branding, "branding", cx),
         limits: section(limits, "limits", cx),
+        security: section(security, "security", cx),
         users: items(users, "user", cx),
         teams: items(teams, "team", cx),
         channels: items(channels, "channel", cx),

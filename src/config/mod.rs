@@ -30,6 +30,7 @@ pub struct Config {
     pub outbound: Outbound,
     pub branding: Branding,
     pub limits: Limits,
+    pub security: Security,
     pub users: Vec<User>,
     pub teams: Vec<Team>,
     pub channels: Vec<Channel>,
@@ -87,6 +88,17 @@ pub struct Branding {
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub auto_replies_per_contact_per_hour: u32,
+}
+
+/// `[security]` (SPEC §12).
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    /// The authserv-id of the operator's own MTA: only its
+    /// `Authentication-Results` are read. `None`: none are.
+    pub trusted_authserv_id: Option<String>,
+    /// A message whose authentication failed joins an existing ticket only
+    /// by a signed reply address or a Message-ID we sent.
+    pub require_auth_to_join: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -66,6 +66,13 @@ pub(super) struct RawLimits {
     pub auto_replies_per_contact_per_hour: Option<u32>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(expecting = "a table: [security]")]
+pub(super) struct RawSecurity {
+    pub trusted_authserv_id: Option<Str>,
+    pub require_auth_to_join: Option<Spanned<bool>>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(expecting = "a table: [[user]]")]
 pub(super) struct RawUser {
@@ -196,7 +203,8 @@ impl<'de> Deserialize<'de> for RawSize {
 
 /// The top-level keys: the sections of SPEC §2.
 pub(super) const TOP_LEVEL: &[&str] = &[
-    "server", "outbound", "branding", "limits", "user", "team", "channel", "pipeline", "workflow",
+    "server", "outbound", "branding", "limits", "security", "user", "team", "channel", "pipeline",
+    "workflow",
 ];
 
 /// The keys serde knows for struct `T`, in declaration order.
@@ -253,6 +261,7 @@ pub(super) fn check_unknown_keys(root: &DeTable<'_>) -> Vec<UnknownKey> {
         ("outbound", fields::<RawOutbound>()),
         ("branding", fields::<RawBranding>()),
         ("limits", fields::<RawLimits>()),
+        ("security", fields::<RawSecurity>()),
     ] {
         if let Some(table) = table_at(root, name) {
             keys(&mut out, table, known, &format!("in [{name}]"));

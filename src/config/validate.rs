@@ -55,6 +55,7 @@ pub(super) fn validate(
     let outbound = v.outbound(raw.outbound, &server.data_dir);
     let branding = sections::branding(raw.branding);
     let limits = sections::limits(raw.limits);
+    let security = v.security(raw.security);
 
     let users = v.users(raw.users);
     let teams = v.teams(raw.teams, &users.known);
@@ -92,6 +93,7 @@ pub(super) fn validate(
         outbound,
         branding,
         limits,
+        security,
         users: users.list,
         teams: teams.list,
         channels,

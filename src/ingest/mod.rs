@@ -6,6 +6,7 @@
 //!
 //! Never does I/O, never reads the clock, never names tokio or redb.
 
+pub mod authres;
 pub mod bounce;
 pub mod classify;
 pub mod parse;

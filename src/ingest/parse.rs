@@ -51,6 +51,17 @@ pub struct ParsedMail {
     pub report: bool,
 }
 
+impl ParsedMail {
+    /// The values of every `Authentication-Results` header, topmost first.
+    pub fn auth_results(&self) -> Vec<String> {
+        self.markers
+            .iter()
+            .filter(|(name, _)| name == "authentication-results")
+            .map(|(_, value)| value.clone())
+            .collect()
+    }
+}
+
 /// The headers [`super::classify`] looks at.
 pub const MARKER_HEADERS: &[&str] = &[
     "auto-submitted",
@@ -61,6 +72,9 @@ pub const MARKER_HEADERS: &[&str] = &[
     "x-autorespond",
     "x-auto-response-suppress",
     "x-postdesk-ticket",
+    // Not a loop marker: read from the raw header block in order, topmost
+    // first, for [`super::authres::verdict`].
+    "authentication-results",
 ];
 
 pub fn parse(raw: &[u8]) -> ParsedMail {

@@ -16,9 +16,10 @@ use super::StoreError;
 use crate::automation::{self, route_reply, Event, ReplyRoute};
 use crate::clock::Millis;
 use crate::config::{Config, Source};
+use crate::ingest::authres::{self, AuthStatus};
 use crate::ingest::bounce::Bounce;
 use crate::ingest::thread::{decide, SubjectTag, ThreadInput};
-use crate::ingest::trust::{Credentials, ReplyKeys};
+use crate::ingest::trust::{AuthProof, Credentials, ReplyKeys};
 use crate::ingest::{
     bracketed, classify, AutoReason, ParsedMail, ThreadMatch, ThreadView, ThreadedBy, TicketId,
 };
@@ -112,6 +113,7 @@ impl Inbound {
             text: String::new(),
             blob: None,
             unverified: false,
+            auth: None,
             outbox: None,
         }
     }
@@ -369,6 +371,34 @@ impl ThreadView for Tables<'_> {
     }
 }
 
+/// The store as threading sees it under `require_auth_to_join` for mail
+/// whose authentication failed: only the Message-IDs of emails we sent.
+struct SentOnly<'a, 'txn>(&'a Tables<'txn>);
+
+impl ThreadView for SentOnly<'_, '_> {
+    type Error = StoreError;
+
+    fn ticket_for_message_id(&self, id: &str) -> Result<Option<TicketId>, StoreError> {
+        let Some((ticket, seq)) = self.0.message_ids.get(id)?.map(|v| v.value()) else {
+            return Ok(None);
+        };
+        let sent = seq != 0
+            && self
+                .0
+                .message(seq)?
+                .is_some_and(|m| m.direction == Direction::Out);
+        Ok((sent && ticket != 0).then_some(ticket))
+    }
+
+    fn ticket_exists(&self, ticket: TicketId) -> Result<bool, StoreError> {
+        self.0.ticket_exists(ticket)
+    }
+
+    fn is_participant(&self, _: TicketId, _: &str) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+}
+
 pub(super) fn apply_inbound(
     tables: &mut Tables<'_>,
     inb: &Inbound,
@@ -398,24 +428,47 @@ pub(super) fn apply_inbound(
     let auto = classify(p, &inb.mail_from, |a| config.is_channel_address(a));
     let sender = p.from.as_ref().map(|m| m.email.as_str());
     let agent = sender.and_then(|s| config.agent_by_email(s));
+    let auth = config.security.trusted_authserv_id.as_deref().map(|id| {
+        let from_domain = sender.and_then(|s| s.rsplit_once('@')).map(|(_, d)| d);
+        authres::verdict(&p.auth_results(), id, from_domain)
+    });
     let creds = Credentials::assess(
         &tables.keys,
         inb.plus,
         inb.plus_key.as_deref(),
         config.users.iter().map(|u| u.id.as_str()),
-        None,
+        auth.as_ref().and_then(|a| a.proof.clone()).map(AuthProof),
     );
+    // `require_auth_to_join`: failed mail joins only by a signed address or
+    // a Message-ID we sent (SPEC §12).
+    let restricted = config.security.require_auth_to_join
+        && auth.as_ref().is_some_and(|a| a.status == AuthStatus::Fail);
+    let plus = creds
+        .plus_for_threading()
+        .filter(|(_, signed)| *signed || !restricted);
     let input = ThreadInput {
         message_id: &p.message_id,
         in_reply_to: &p.in_reply_to,
         references: &p.references,
-        plus: creds.plus_for_threading(),
+        plus,
         subject: &p.subject,
         sender,
         sender_is_agent: agent.is_some(),
     };
-    let tag = SubjectTag::new(&config.outbound.subject_tag);
-    let matched = decide(&input, &tag, &*tables)?;
+    let matched = if restricted {
+        // No subject tag, and only the ids of emails we sent.
+        let input = ThreadInput {
+            subject: "",
+            ..input
+        };
+        decide(&input, &SubjectTag::new(""), &SentOnly(&*tables))?
+    } else {
+        decide(
+            &input,
+            &SubjectTag::new(&config.outbound.subject_tag),
+            &*tables,
+        )?
+    };
 
     // Where the message goes: the matched ticket, a new ticket linked to a
     // closed one (reply_to_closed = new_ticket), a new ticket, or nowhere.
@@ -463,6 +516,10 @@ pub(super) fn apply_inbound(
     };
     let mut rec = inb.record(seq, ticket.as_ref().map(|t| t.id), kind);
     rec.unverified = unproven.is_some();
+    rec.auth = auth.as_ref().map(|a| AuthRec {
+        status: a.status,
+        summary: a.summary.clone(),
+    });
     tables.put_message(&mut rec, &inb.raw)?;
 
     let Some(ticket) = ticket.as_mut() else {

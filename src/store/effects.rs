@@ -454,6 +454,7 @@ pub(super) fn queue(
         text: String::new(),
         blob: None,
         unverified: false,
+        auth: None,
         outbox: Some(out_id),
     };
     tables.put_message(&mut rec, &raw)?;

@@ -129,6 +129,10 @@ pub struct MessageView {
     /// §12); absent for every other message.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verified: Option<bool>,
+    /// The trusted MTA's verdict: `{status: pass|fail|none, summary}`
+    /// (only with `[security] trusted_authserv_id`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthRec>,
 }
 
 impl MessageView {
@@ -139,6 +143,7 @@ impl MessageView {
             (m.direction == Direction::In && m.kind == "agent_email").then_some(!m.unverified);
         MessageView {
             verified,
+            auth: m.auth.clone(),
             message_id: m
                 .message_id_written
                 .unwrap_or_else(|| bracketed(&m.message_id)),

@@ -156,10 +156,20 @@ pub struct MessageRec {
     /// kept on the ticket, never relayed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unverified: bool,
+    /// The trusted MTA's verdict (`[security] trusted_authserv_id` set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthRec>,
     /// An outbound row's outbox entry (rows of earlier builds: none), so
     /// that a bounce naming its Message-ID finds the email it returns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outbox: Option<u64>,
+}
+
+/// What the operator's MTA said about an inbound message (SPEC §12).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthRec {
+    pub status: crate::ingest::authres::AuthStatus,
+    pub summary: String,
 }
 
 /// The decoded text of a message: its row's own `stored` text (an old
@@ -272,6 +282,7 @@ impl MessageRec {
             text: String::new(),
             blob: None,
             unverified: false,
+            auth: None,
             outbox: None,
         }
     }

@@ -298,3 +298,112 @@ fn a_message_id_is_shown_exactly_as_written_and_found_in_any_case() {
     let reply = carol("Re: Case").in_reply_to("<Mixed.Case@example.test>");
     assert_eq!(d.send_ok(&reply), id);
 }
+
+const TRUSTED: &str = "\n[security]\ntrusted_authserv_id = \"mx.acme.example\"\n";
+const SECURITY: &str =
+    "\n[security]\ntrusted_authserv_id = \"mx.acme.example\"\nrequire_auth_to_join = true\n";
+
+fn with_ar(m: Msg, values: &[&str]) -> Msg {
+    values
+        .iter()
+        .fold(m, |m, v| m.header("Authentication-Results", v))
+}
+
+#[test]
+fn the_trusted_mtas_dmarc_pass_proves_an_agent_and_nothing_else_does() {
+    let d = Daemon::start(&config_with(&format!("{ACK_NEW}{TRUSTED}"), &[]));
+    let first = carol("Invoice question");
+    let id = d.send_ok(&first);
+    let pass =
+        "mx.acme.example; dkim=pass header.d=acme.example; dmarc=pass header.from=acme.example";
+    let fail = "mx.acme.example; dmarc=fail header.from=acme.example";
+    // A forged pass below the MTA's own fail, and one of another id: ignored.
+    for (n, headers) in [
+        vec![fail, pass],
+        vec!["evil.example; dmarc=pass header.from=acme.example"],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let m = with_ar(
+            forged(id)
+                .in_reply_to(&first.mid())
+                .subject(&format!("forged {n}")),
+            &headers,
+        );
+        assert_eq!(d.send_ok(&m), id);
+        let t = d.ticket(id);
+        assert_eq!(t["status"], "new", "{t:#}");
+        let view = t["messages"]
+            .as_array()
+            .and_then(|ms| ms.iter().find(|v| v["message_id"] == m.mid()).cloned())
+            .unwrap_or_default();
+        assert_eq!(view["verified"], false, "{view:#}");
+        let want = if n == 0 { "fail" } else { "none" };
+        assert_eq!(view["auth"]["status"], want, "{view:#}");
+    }
+    // The MTA's own pass, on top: Alice is proven, in-thread to the channel.
+    let m = with_ar(
+        msg()
+            .from("Alice Agent <alice@acme.example>")
+            .subject("Re: Invoice question")
+            .in_reply_to(&first.mid())
+            .body("Proven reply.\n"),
+        &[pass, fail],
+    );
+    assert_eq!(d.send_ok(&m), id);
+    wait_email(&d, "the relayed reply", |e| {
+        e.is_to("carol@example.com") && e.text().contains("Proven reply.")
+    });
+    let t = d.ticket(id);
+    assert_eq!(t["status"], "waiting_on_contact", "{t:#}");
+    let view = t["messages"]
+        .as_array()
+        .and_then(|ms| ms.iter().find(|v| v["message_id"] == m.mid()).cloned())
+        .unwrap_or_default();
+    assert_eq!(view["auth"]["status"], "pass", "{view:#}");
+    assert_eq!(view["verified"], true, "{view:#}");
+}
+
+#[test]
+fn require_auth_to_join_keeps_failed_mail_off_tickets_unless_it_names_our_email() {
+    let d = Daemon::start(&config_with(&format!("{ACK_NEW}{SECURITY}"), &[]));
+    let first = carol("Login");
+    let id = d.send_ok(&first);
+    let ack = wait_email(&d, "the acknowledgement", |e| e.ticket() == Some(id));
+    let fail =
+        "mx.acme.example; spf=fail smtp.mailfrom=example.com; dmarc=fail header.from=example.com";
+    // Naming the customer's own Message-ID, or by the bare plus address: a new ticket.
+    let m = with_ar(carol("Re: Login").in_reply_to(&first.mid()), &[fail]);
+    assert_ne!(d.send_ok(&m), id);
+    let m = with_ar(
+        carol("x").rcpt_to(&format!("support+{id}@acme.example")),
+        &[fail],
+    );
+    assert_ne!(d.send_ok(&m), id);
+    // Naming our acknowledgement, or by the signed address: joins.
+    let m = with_ar(carol("Re: Login").in_reply_to(&ack.message_id()), &[fail]);
+    assert_eq!(d.send_ok(&m), id);
+    let m = with_ar(carol("y").rcpt_to(&reply_to(&ack)), &[fail]);
+    assert_eq!(d.send_ok(&m), id);
+}
+
+#[test]
+fn check_validates_the_security_keys() {
+    let dir = crate::support::daemon::temp_dir();
+    let config = dir.path().join("postdesk.toml");
+    let text = crate::support::render_config(
+        &config_with("\n[security]\ntrusted_authserv_id = \"mx; evil\"\nrequire_auth_to_join = true\nbogus = 1\n", &[]),
+        dir.path(),
+    );
+    std::fs::write(&config, text).unwrap_or_default();
+    let out =
+        crate::support::daemon::run_cli(&["check", "-c", &config.to_string_lossy()], dir.path());
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    for needle in ["trusted_authserv_id", "require_auth_to_join needs", "bogus"] {
+        assert!(
+            out.stdout.contains(needle) || out.stderr.contains(needle),
+            "{needle}: {out:?}"
+        );
+    }
+}

@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 use toml::Spanned;
 
 use super::{io_reason, lowercase_first, parse_size, Read, Section, Validator};
-use crate::config::raw::{RawBranding, RawLimits, RawOutbound, RawServer, RawSize, Str};
-use crate::config::{Branding, Limits, Outbound, Server, Transport};
+use crate::config::raw::{
+    RawBranding, RawLimits, RawOutbound, RawSecurity, RawServer, RawSize, Str,
+};
+use crate::config::{Branding, Limits, Outbound, Security, Server, Transport};
 
 const DEFAULT_HOSTNAME: &str = "localhost";
 const DEFAULT_LISTEN: SocketAddr =
@@ -412,5 +414,48 @@ pub(super) fn limits(section: Section<RawLimits>) -> Limits {
         auto_replies_per_contact_per_hour: raw
             .auto_replies_per_contact_per_hour
             .unwrap_or(DEFAULT_AUTO_REPLIES_PER_HOUR),
+    }
+}
+
+impl Validator<'_, '_> {
+    /// `[security]` (SPEC §12): the authserv-id of the operator's own MTA,
+    /// as it writes it in `Authentication-Results`.
+    pub(super) fn security(&mut self, section: Section<RawSecurity>) -> Security {
+        let raw = match section {
+            Section::Read(read) => read.value,
+            Section::Absent | Section::Broken => RawSecurity::default(),
+        };
+        let trusted_authserv_id = raw.trusted_authserv_id.and_then(|id| {
+            let value = id.get_ref().trim();
+            let token = !value.is_empty()
+                && value
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b) || b == b'.');
+            if token {
+                Some(value.to_string())
+            } else {
+                self.cx.at(
+                    id.span(),
+                    format!(
+                        "trusted_authserv_id \"{value}\" is not an authserv-id: write the name \
+                         your MTA puts first in its Authentication-Results header, e.g. \"mx.acme.example\""
+                    ),
+                );
+                None
+            }
+        });
+        let require = raw.require_auth_to_join;
+        if let Some(r) = &require {
+            if *r.get_ref() && trusted_authserv_id.is_none() {
+                self.cx.at(
+                    r.span(),
+                    "require_auth_to_join needs trusted_authserv_id (whose results to trust)",
+                );
+            }
+        }
+        Security {
+            trusted_authserv_id,
+            require_auth_to_join: require.is_some_and(|r| *r.get_ref()),
+        }
     }
 }
