@@ -572,16 +572,8 @@ pub(super) fn apply_inbound(
         if !inb.imported {
             not_relayed(tables, config, ticket, agent, &rec, &why.reason, now)?;
         }
-        tables.put_ticket(ticket)?;
-        return Ok(Outcome::Ticket {
-            id,
-            created,
-            duplicate: false,
-            by: matched.by,
-        });
     }
-
-    if inb.imported {
+    if inb.imported || rec.unverified {
         tables.put_ticket(ticket)?;
         return Ok(Outcome::Ticket {
             id,

@@ -5,16 +5,9 @@
 
 use serde_json::{json, Value};
 
+use crate::automation::NOTIFY_ALICE;
 use crate::support::eml::{self, Eml};
 use crate::support::{config_with, msg, timeline_events, Daemon, Msg, ACK_NEW, DEADLINE};
-
-const NOTIFY_ALICE: &str = r#"
-[[workflow]]
-id = "notify-new"
-pipeline = "support"
-enroll = { status = "new" }
-actions = [ { notify = { user = "alice" } } ]
-"#;
 
 fn emails(d: &Daemon) -> Vec<Eml> {
     eml::read_dir(&d.sent_dir())
