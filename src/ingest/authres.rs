@@ -228,7 +228,8 @@ pub fn verdict(headers: &[String], trusted_id: &str, from_domain: Option<&str>) 
     // damaged result list in the MTA's own header cannot make us skip to a
     // lower (forgeable) one.
     let ours = headers.iter().find(|h| {
-        lex(h.split(';').next().unwrap_or_default())
+        lex(h)
+            .or_else(|| lex(h.split(';').next().unwrap_or_default()))
             .and_then(|t| match t.first() {
                 Some(Tok::Text(id)) => Some(id.eq_ignore_ascii_case(trusted_id)),
                 _ => None,
@@ -449,6 +450,15 @@ mod tests {
         assert_eq!(
             v(&["MX.ACME.EXAMPLE; dmarc=pass"], "acme.example"),
             (Pass, Some("dmarc=pass".into()))
+        );
+        // A comment with a `;` in the MTA's authserv-id part still names it.
+        assert_eq!(
+            v(
+                &["mx.acme.example (a; b) 1; dmarc=fail", forged_pass],
+                "acme.example"
+            )
+            .0,
+            Fail
         );
         // The MTA's own header that does not parse: no fall-through.
         assert_eq!(
