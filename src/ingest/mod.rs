@@ -10,6 +10,7 @@ pub mod authres;
 pub mod bounce;
 pub mod classify;
 pub mod parse;
+pub mod quote;
 pub mod thread;
 pub mod trust;
 

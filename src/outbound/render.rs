@@ -66,6 +66,9 @@ pub struct MessageVars {
     pub subject: String,
     /// The plain-text body.
     pub text: String,
+    /// The body without quoted history and signature (what the sender
+    /// newly wrote; [`crate::ingest::quote`]).
+    pub new_text: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -99,6 +102,7 @@ impl Vars {
                 from: "Jane Doe <jane@example.com>".to_owned(),
                 subject: "Printer on fire".to_owned(),
                 text: "Hello,\n\nthe printer on floor 3 is on fire.\n\nJane\n".to_owned(),
+                new_text: "Hello,\n\nthe printer on floor 3 is on fire.\n\nJane".to_owned(),
             }),
             channel: ChannelVars {
                 id: "support".to_owned(),

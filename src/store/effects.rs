@@ -303,10 +303,14 @@ fn vars(tables: &Tables<'_>, config: &Config, t: &TicketRec) -> Result<Vars, Sto
         .map_or_else(|| t.status.clone(), |s| s.name.clone());
     let message = match t.last_inbound {
         Some(seq) => match tables.message(seq)? {
-            Some(m) => Some(MessageVars {
-                text: tables.message_text(&m)?,
-                from: m.from.map(|f| f.email).unwrap_or_default(),
-                subject: m.subject,
+            Some(m) => Some({
+                let text = tables.message_text(&m)?;
+                MessageVars {
+                    new_text: crate::ingest::quote::new_text(&text),
+                    text,
+                    from: m.from.map(|f| f.email).unwrap_or_default(),
+                    subject: m.subject,
+                }
             }),
             None => None,
         },

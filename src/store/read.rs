@@ -125,6 +125,8 @@ pub struct MessageView {
     pub received_at: String,
     pub size: u64,
     pub text: String,
+    /// `text` without the quoted history and the signature (SPEC §12).
+    pub new_text: String,
     /// Mail from an agent's address: whether it proved the agent (SPEC
     /// §12); absent for every other message.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -142,6 +144,7 @@ impl MessageView {
         let verified =
             (m.direction == Direction::In && m.kind == "agent_email").then_some(!m.unverified);
         MessageView {
+            new_text: crate::ingest::quote::new_text(&text),
             verified,
             auth: m.auth.clone(),
             message_id: m

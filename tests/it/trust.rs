@@ -400,3 +400,38 @@ fn check_validates_the_security_keys() {
         );
     }
 }
+
+#[test]
+fn views_and_notifications_show_the_new_text_without_the_quoted_history() {
+    let d = Daemon::start(&config_with(
+        "\n[[workflow]]\nid = \"notify-replies\"\npipeline = \"support\"\nenroll = { status = \"waiting_on_us\" }\nactions = [ { notify = { user = \"alice\" } } ]\n",
+        &[],
+    ));
+    let first = carol("Printer");
+    let id = d.send_ok(&first);
+    let body = "It is still broken.\n\nOn Mon, 7 Dec 2026 at 10:00, Acme Support <support@acme.example> wrote:\n> We received your request.\n> Secret quoted history.\n\n-- \nCarol\n";
+    let reply = carol("Re: Printer").in_reply_to(&first.mid()).body(body);
+    assert_eq!(d.send_ok(&reply), id);
+    let t = d.ticket(id);
+    let view = t["messages"]
+        .as_array()
+        .and_then(|ms| ms.iter().find(|v| v["message_id"] == reply.mid()).cloned())
+        .unwrap_or_default();
+    assert_eq!(view["new_text"], "It is still broken.", "{view:#}");
+    assert!(
+        view["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Secret quoted history"),
+        "raw text kept: {view:#}"
+    );
+    let note = wait_email(&d, "alice's notification of the reply", |e| {
+        e.ticket() == Some(id) && e.is_to("alice@acme.example")
+    });
+    assert!(note.text().contains("It is still broken."), "{}", note.raw);
+    assert!(
+        !note.text().contains("Secret quoted history"),
+        "{}",
+        note.raw
+    );
+}
