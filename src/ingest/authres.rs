@@ -245,6 +245,12 @@ pub fn verdict(headers: &[String], trusted_id: &str, from_domain: Option<&str>) 
             "the Authentication-Results of {trusted_id} could not be parsed"
         ));
     };
+    // RFC 8601 §2.2: a version we do not know is a header we cannot read.
+    if parsed.version.is_some_and(|v| v != 1) {
+        return none(format!(
+            "the Authentication-Results of {trusted_id} has an unknown version"
+        ));
+    }
     let summary = if parsed.results.is_empty() {
         "none".to_string()
     } else {
@@ -267,16 +273,24 @@ pub fn verdict(headers: &[String], trusted_id: &str, from_domain: Option<&str>) 
             _ => false,
         }
     };
-    let proof = if of("dmarc").any(|r| r.result == "pass") {
+    // A dmarc pass counts for the From domain we read (a message with two
+    // From headers may have had the other one checked).
+    let dmarc_for_from = |r: &MethodResult| match (r.prop("header", "from"), from_domain) {
+        (Some(checked), Some(f)) => checked.trim().eq_ignore_ascii_case(f.trim()),
+        (Some(_), None) => false,
+        (None, _) => true,
+    };
+    let proof = if of("dmarc").any(|r| r.result == "pass" && dmarc_for_from(r)) {
         Some("dmarc=pass".to_string())
     } else {
         of("dkim")
             .find(|r| r.result == "pass" && aligned(r))
-            .map(|r| {
-                format!(
-                    "dkim=pass header.d={}",
-                    r.prop("header", "d").unwrap_or_default()
-                )
+            .map(|r| match r.prop("header", "d") {
+                Some(d) => format!("dkim=pass header.d={d}"),
+                None => format!(
+                    "dkim=pass header.i={}",
+                    r.prop("header", "i").unwrap_or_default()
+                ),
             })
     };
     let failed = |r: &MethodResult| r.result == "fail" || r.result == "permerror";
@@ -305,7 +319,8 @@ fn aligned(d: &str, from: &str) -> bool {
         d.trim().to_ascii_lowercase(),
         from.trim().to_ascii_lowercase(),
     );
-    if d.is_empty() || from.is_empty() {
+    // A bare top-level domain (`d=com`, `d=example`) aligns with nothing.
+    if d.is_empty() || from.is_empty() || !d.contains('.') || !from.contains('.') {
         return false;
     }
     d == from || from.ends_with(&format!(".{d}")) || d.ends_with(&format!(".{from}"))
@@ -486,6 +501,28 @@ mod tests {
             (None, Option::None)
         );
         assert_eq!(v(&[&dkim("notacme.example")], "acme.example").0, None);
+        // Found by review: a bare TLD, a dmarc pass for another From domain,
+        // an unknown header version, and header.i without header.d.
+        assert_eq!(v(&[&dkim("example")], "acme.example").0, None);
+        assert_eq!(
+            v(
+                &["mx.acme.example; dmarc=pass header.from=evil.example"],
+                "acme.example"
+            )
+            .0,
+            None
+        );
+        assert_eq!(
+            v(&["mx.acme.example 2; dmarc=pass"], "acme.example").0,
+            None
+        );
+        assert_eq!(
+            v(
+                &["mx.acme.example; dkim=pass header.i=@news.acme.example"],
+                "acme.example"
+            ),
+            (Pass, Some("dkim=pass header.i=@news.acme.example".into()))
+        );
         assert_eq!(
             v(
                 &["mx.acme.example; dkim=fail header.d=acme.example"],
