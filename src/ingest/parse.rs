@@ -128,10 +128,15 @@ pub fn parse(raw: &[u8]) -> ParsedMail {
                 .subtype()
                 .is_some_and(|s| s.eq_ignore_ascii_case("report"))
     });
-    let message_id_written = own_id.as_ref().and_then(|id| {
-        let written = raw_message_id(raw)?;
-        (written != super::bracketed(id)).then_some(written)
-    });
+    // The header is read again from the raw bytes only when mail-parser's
+    // id already differs from the normal form (a case-folded domain,
+    // spaces): the usual message costs no second scan.
+    let message_id_written = match (msg.message_id(), own_id.as_ref()) {
+        (Some(parsed), Some(id)) if parsed != id => {
+            raw_message_id(raw).filter(|written| *written != super::bracketed(id))
+        }
+        _ => None,
+    };
     ParsedMail {
         message_id_written,
         has_message_id: own_id.is_some(),

@@ -164,18 +164,7 @@ fn send_template(
     };
     let why = match why {
         Some(w) => Some(w),
-        None => {
-            let limit = u64::from(config.limits.auto_replies_per_contact_per_hour);
-            let sent = recent_auto_sent(tables, &to, now)?;
-            (sent >= limit).then(|| {
-                (
-                    "rate_limit",
-                    format!(
-                        "{to} already got {sent} automatic emails in the last hour (limit {limit})"
-                    ),
-                )
-            })
-        }
+        None => over_hourly_limit(tables, config, &to, now)?.map(|w| ("rate_limit", w)),
     };
     if let Some((code, words)) = why {
         crate::metrics::inc_key(&crate::metrics::METRICS.suppressed, code);
@@ -269,6 +258,21 @@ fn render_failed(
         "email_failed",
         json!({"summary": format!("{template} email not sent: template error: {error}"), "workflow": workflow, "template": template, "error": error}),
     )
+}
+
+/// Why one more automatic email to `addr` would break
+/// `limits.auto_replies_per_contact_per_hour`, if it would.
+fn over_hourly_limit(
+    tables: &mut Tables<'_>,
+    config: &Config,
+    addr: &str,
+    now: Millis,
+) -> Result<Option<String>, StoreError> {
+    let limit = u64::from(config.limits.auto_replies_per_contact_per_hour);
+    let sent = recent_auto_sent(tables, addr, now)?;
+    Ok((sent >= limit).then(|| {
+        format!("{addr} already got {sent} automatic emails in the last hour (limit {limit})")
+    }))
 }
 
 /// Automatic emails to `addr` in the last hour (see [`super::window`]).
@@ -611,18 +615,13 @@ pub(super) fn not_relayed(
             "message_id": mid,
         }),
     )?;
-    let limit = u64::from(config.limits.auto_replies_per_contact_per_hour);
-    let sent = recent_auto_sent(tables, &agent.email, now)?;
-    if sent >= limit {
+    if let Some(words) = over_hourly_limit(tables, config, &agent.email, now)? {
         return tables.event(
             ticket.id,
             now,
             "suppressed",
             json!({
-                "summary": format!(
-                    "not-relayed notice to {} suppressed: already {sent} automatic emails in the last hour (limit {limit})",
-                    agent.email
-                ),
+                "summary": format!("not-relayed notice to {} suppressed: {words}", agent.email),
                 "reason": "rate_limit", "to": agent.email, "user": agent.id,
             }),
         );

@@ -435,3 +435,32 @@ fn views_and_notifications_show_the_new_text_without_the_quoted_history() {
         note.raw
     );
 }
+
+#[test]
+fn signed_addresses_survive_a_restart_and_a_reload() {
+    let mut d = Daemon::start(&config_with(ACK_NEW, &[]));
+    let id = d.send_ok(&carol("Keys"));
+    let ack = wait_email(&d, "the acknowledgement", |e| e.ticket() == Some(id));
+    let signed = reply_to(&ack);
+    let from_anyone = |n: u32| {
+        msg()
+            .from("Dave <dave@example.org>")
+            .subject(&format!("forwarded {n}"))
+            .rcpt_to(&signed)
+    };
+    d.restart();
+    assert_eq!(d.send_ok(&from_anyone(1)), id, "same key after a restart");
+    d.sighup();
+    assert_eq!(d.send_ok(&from_anyone(2)), id, "same key after a reload");
+    // And the emails written after the restart carry the same address.
+    let second = d.send_ok(&carol("Other"));
+    let ack2 = wait_email(&d, "the second acknowledgement", |e| {
+        e.ticket() == Some(second)
+    });
+    assert_ne!(reply_to(&ack2), signed, "another ticket, another key");
+    d.cmd(json!({"cmd": "reply", "id": id, "body": "After restart.", "user": "alice"}));
+    let reply = wait_email(&d, "the reply after the restart", |e| {
+        e.ticket() == Some(id) && e.text().contains("After restart.")
+    });
+    assert_eq!(reply_to(&reply), signed, "{}", reply.raw);
+}
