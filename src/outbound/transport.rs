@@ -468,8 +468,11 @@ impl SmtpRelay {
             .chain(envelope.to())
             .any(|a: &Address| !AsRef::<str>::as_ref(a).is_ascii());
         if non_ascii {
+            // RFC 6531 §3.2: such an email cannot go through this relay;
+            // trying again would not change that (a bounce, as a relay
+            // would write it).
             if !info.supports_feature(Extension::SmtpUtfEight) {
-                return Attempt::Failed(SendError::transient(format!(
+                return Attempt::Failed(SendError::permanent(format!(
                     "sending through {}: the envelope has non-ASCII addresses but the relay \
                      does not offer SMTPUTF8",
                     self.server

@@ -37,7 +37,11 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 struct Envelope {
     /// Set by the task from its own MAIL parse (the engine cannot take `<>`).
     pending_from: String,
+    /// `SMTPUTF8` at the MAIL FROM being handed to the engine.
+    pending_utf8: bool,
     from: String,
+    /// The transaction said `SMTPUTF8` (RFC 6531): UTF-8 addresses allowed.
+    utf8: bool,
     rcpts: Vec<String>,
     channel: Option<String>,
     plus: Option<u64>,
@@ -61,6 +65,7 @@ impl Handler for EngineHandler {
     fn mail(&mut self, _ip: std::net::IpAddr, _domain: &str, _from: &str) -> Response {
         let mut env = self.env();
         env.from = std::mem::take(&mut env.pending_from);
+        env.utf8 = std::mem::take(&mut env.pending_utf8);
         env.rcpts.clear();
         env.channel = None;
         env.plus = None;
@@ -232,6 +237,11 @@ async fn run(
     }
 }
 
+/// RFC 6531 §3.5: a UTF-8 address in a transaction that did not say
+/// `SMTPUTF8` at its MAIL FROM.
+const NEEDS_SMTPUTF8: &[u8] =
+    b"553 5.6.7 Error: a non-ASCII address needs SMTPUTF8 at MAIL FROM\r\n";
+
 enum Reply {
     Bytes(Vec<u8>),
     /// The engine said 354: write this, then read the message.
@@ -268,7 +278,7 @@ fn command(
             }
             let s = &config.server;
             let text = format!(
-                "250-{}\r\n250-SIZE {}\r\n250-8BITMIME\r\n250-PIPELINING\r\n250 ENHANCEDSTATUSCODES\r\n",
+                "250-{}\r\n250-SIZE {}\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-PIPELINING\r\n250 ENHANCEDSTATUSCODES\r\n",
                 s.hostname, s.max_message_size
             );
             (Reply::Bytes(text.into_bytes()), Next::Continue)
@@ -296,6 +306,15 @@ fn command(
                     None => return simple(b"501 5.5.4 Error: bad SIZE parameter\r\n"),
                 }
             }
+            // RFC 6531 §3.4: SMTPUTF8 takes no value.
+            let utf8 = match arg.param("SMTPUTF8") {
+                None => false,
+                Some(None) => true,
+                Some(Some(_)) => return simple(b"501 5.5.4 Error: SMTPUTF8 takes no value\r\n"),
+            };
+            if !utf8 && !arg.address.is_ascii() {
+                return simple(NEEDS_SMTPUTF8);
+            }
             let engine_path = if arg.address.is_empty() {
                 "null-sender@postdesk.invalid"
             } else {
@@ -303,6 +322,7 @@ fn command(
             };
             if let Ok(mut e) = env.lock() {
                 e.pending_from = arg.address.clone();
+                e.pending_utf8 = utf8;
             }
             let normalized = format!("MAIL FROM:<{engine_path}>\r\n");
             let resp = session.process(normalized.as_bytes());
@@ -315,6 +335,10 @@ fn command(
             };
             if arg.address.is_empty() {
                 return simple(b"501 5.1.3 Error: empty recipient address\r\n");
+            }
+            let utf8 = env.lock().map(|e| e.utf8).unwrap_or(false);
+            if !utf8 && !arg.address.is_ascii() {
+                return simple(NEEDS_SMTPUTF8);
             }
             let normalized = format!("RCPT TO:<{}>\r\n", arg.address);
             let resp = session.process(normalized.as_bytes());

@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::smtp::eai_message;
 use crate::support::eml::{self, footer, Eml};
 use crate::support::sink::{Sink, Transaction};
 use crate::support::ACK_NEW;
 use crate::support::{
-    config_with, msg, timeline_events, timeline_kinds, wait_until, Daemon, DEADLINE,
+    config_with, msg, timeline_events, timeline_kinds, unique_id, wait_until, Client, Daemon,
+    DEADLINE,
 };
 
 /// Acknowledge every new ticket to the customer and tell alice about it.
@@ -666,4 +668,60 @@ fn a_relay_refusing_with_550_marks_the_email_failed() {
     assert_eq!(timeline_events(&t, "email_failed").len(), 1, "{t:#}");
     assert!(timeline_events(&t, "email_sent").is_empty(), "{t:#}");
     assert_eq!(sink.transactions().len(), 1, "{}", sink.describe());
+}
+
+/// SPEC §5: a contact with a UTF-8 address is answered, through a relay
+/// that offers SMTPUTF8, with the address as written (envelope and
+/// header); a relay without SMTPUTF8 fails that email at once, with the
+/// reason on the timeline and in the outbox.
+#[test]
+fn a_utf8_contact_is_answered_with_smtputf8_or_the_email_fails_saying_why() {
+    let sink = Sink::start();
+    let d = Daemon::start(&relay_config(&sink, ACK_NEW));
+    let deliver = |from: &str| {
+        let mut c = Client::ready(d.smtp_addr());
+        assert_eq!(c.mail_from_with(from, "SMTPUTF8").code, 250);
+        assert_eq!(c.rcpt_to("support@acme.example").code, 250);
+        let mid = unique_id("eai").replace("@test.example>", "@exämple.com>");
+        let reply = c.data(&eai_message(from, &mid));
+        reply
+            .ticket_id()
+            .unwrap_or_else(|| d.fail(format!("the EAI message was not taken: {reply}")))
+    };
+
+    let id = deliver("jöran@exämple.com");
+    let got = sink.wait_accepted(1, DEADLINE);
+    assert_eq!(got[0].rcpt, vec!["jöran@exämple.com".to_string()]);
+    assert!(
+        got[0].mail_params.iter().any(|p| p == "SMTPUTF8"),
+        "MAIL FROM says SMTPUTF8: {:?}",
+        got[0].mail_params
+    );
+    let e = got[0].eml();
+    assert!(
+        e.header("To")
+            .is_some_and(|to| to.contains("jöran@exämple.com")),
+        "the To header holds the address as written: {}",
+        e.raw
+    );
+    wait_email_sent(&d, id, 1);
+
+    // The next email comes on a new connection, to a relay without it.
+    sink.wait_no_open_sessions(DEADLINE);
+    sink.set_smtputf8(false);
+    let id = deliver("zoë@exämple.com");
+    let failed = wait_until(DEADLINE, "the email marked failed", || {
+        match d.outbox("failed").into_iter().find(|o| o["ticket"] == id) {
+            Some(o) => Ok(o),
+            None => Err(format!("all: {:#?}", d.outbox_all())),
+        }
+    });
+    assert_eq!(failed["attempts"], 1, "not retried: {failed:#}");
+    let error = failed["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("SMTPUTF8"), "{failed:#}");
+    let t = d.ticket(id);
+    let events = timeline_events(&t, "email_failed");
+    assert_eq!(events.len(), 1, "{t:#}");
+    assert!(events[0].to_string().contains("SMTPUTF8"), "{t:#}");
+    assert_eq!(sink.accepted().len(), 1, "{}", sink.describe());
 }

@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use serde_json::{json, Value};
 
 use crate::support::corpus::{corpus_dir, deliver, eml_files, envelope_sender, header_values};
@@ -1030,18 +1029,6 @@ fn plain_message_id(value: &str) -> Option<&str> {
     plain.then_some(value)
 }
 
-/// The raw bytes stored for `message_id`, if it is stored.
-fn raw_of(d: &Daemon, message_id: &str) -> Option<Vec<u8>> {
-    let stored = d.message(message_id)?;
-    let b64 = stored["raw_base64"]
-        .as_str()
-        .unwrap_or_else(|| d.fail(format!("`message` without raw_base64: {stored}")));
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .unwrap_or_else(|e| d.fail(format!("raw_base64 of {message_id} is not base64: {e}")));
-    Some(raw)
-}
-
 /// Where two byte strings first differ, with a little context, for a
 /// failure message.
 fn first_difference(got: &[u8], want: &[u8]) -> String {
@@ -1125,7 +1112,7 @@ fn corpus_messages_are_stored_byte_exact() {
             _ => None,
         };
         if let Some(mid) = by_id {
-            if let Some(got) = raw_of(&d, mid) {
+            if let Some(got) = d.raw(mid) {
                 if got != want {
                     problems.push(format!("{name}: {}", first_difference(&got, &want)));
                 }
@@ -1145,7 +1132,7 @@ fn corpus_messages_are_stored_byte_exact() {
         };
         let candidates: Vec<Vec<u8>> = message_ids(&d.ticket(ticket))
             .iter()
-            .filter_map(|mid| raw_of(&d, mid))
+            .filter_map(|mid| d.raw(mid))
             .collect();
         if !candidates.contains(&want) {
             let closest = candidates

@@ -397,3 +397,74 @@ fn a_client_that_disconnects_mid_data_stores_nothing() {
     assert_eq!(d.ticket(id)["subject"], "Complete");
     assert_eq!(d.tickets().len(), 1);
 }
+
+/// A hand-written internationalised message (RFC 6532): UTF-8 in the
+/// addresses of the envelope and the headers, 8-bit body.
+pub fn eai_message(from: &str, mid: &str) -> Vec<u8> {
+    format!(
+        "From: Jöran Øberg <{from}>\r\n\
+         To: support@acme.example\r\n\
+         Subject: Größe der Lieferung\r\n\
+         Message-ID: {mid}\r\n\
+         Date: Mon, 7 Dec 2026 09:00:00 +0100\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\
+         Content-Transfer-Encoding: 8bit\r\n\
+         \r\n\
+         Grüß Gott, wo bleibt meine Lieferung?\r\n"
+    )
+    .into_bytes()
+}
+
+/// SPEC §5, RFC 6531: SMTPUTF8 is offered; a UTF-8 address is taken only
+/// in a transaction that said SMTPUTF8 (else 553 5.6.7), and the contact
+/// is kept as written.
+#[test]
+fn smtputf8_takes_utf8_addresses_and_nothing_else_does() {
+    let d = Daemon::start("");
+    let mut c = Client::connect(d.smtp_addr());
+    let ehlo = c.ehlo("client.test.example");
+    assert!(
+        ehlo.lines.iter().skip(1).any(|l| l == "SMTPUTF8"),
+        "EHLO should advertise SMTPUTF8: {ehlo}"
+    );
+
+    let reply = c.mail_from("jöran@exämple.com");
+    assert_eq!(reply.status(), "553 5.6.7", "{reply}");
+    let reply = c.mail_from_with("jöran@exämple.com", "SMTPUTF8=yes");
+    assert_eq!(
+        reply.status(),
+        "501 5.5.4",
+        "SMTPUTF8 takes no value: {reply}"
+    );
+    // An ASCII sender without SMTPUTF8: a UTF-8 recipient is refused too.
+    assert_eq!(c.mail_from("carol@example.com").code, 250);
+    let reply = c.rcpt_to("süpport@acme.example");
+    assert_eq!(reply.status(), "553 5.6.7", "{reply}");
+    assert_eq!(c.rset().code, 250);
+
+    let mid = unique_id("eai").replace("@test.example>", "@exämple.com>");
+    let reply = c.mail_from_with("jöran@exämple.com", "SMTPUTF8 BODY=8BITMIME");
+    assert_eq!(reply.code, 250, "{reply}");
+    // With SMTPUTF8 a UTF-8 recipient is judged like any other.
+    let reply = c.rcpt_to("süpport@acme.example");
+    assert_eq!(reply.status(), "550 5.1.1", "{reply}");
+    assert_eq!(c.rcpt_to("support@acme.example").code, 250);
+    let reply = c.data(&eai_message("jöran@exämple.com", &mid));
+    assert_eq!(reply.status(), "250 2.0.0", "{reply}");
+    let id = reply.ticket_id().expect("a ticket id");
+
+    let t = d.ticket(id);
+    assert_eq!(t["contact"]["email"], "jöran@exämple.com", "{t:#}");
+    assert_eq!(t["contact"]["name"], "Jöran Øberg", "{t:#}");
+    assert_eq!(t["subject"], "Größe der Lieferung", "{t:#}");
+    assert_eq!(message_ids(&t), vec![mid.clone()], "{t:#}");
+    let text = t["messages"][0]["text"].as_str().unwrap_or_default();
+    assert!(text.contains("Grüß Gott"), "{t:#}");
+    let raw = d.raw(&mid).expect("stored");
+    assert_eq!(
+        raw,
+        eai_message("jöran@exämple.com", &mid),
+        "raw bytes kept"
+    );
+}

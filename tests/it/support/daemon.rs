@@ -450,6 +450,21 @@ impl Daemon {
         self.fail(format!("admin request {req} failed: {resp}"))
     }
 
+    /// The raw bytes stored for `message_id`, if it is stored.
+    pub fn raw(&self, message_id: &str) -> Option<Vec<u8>> {
+        use base64::Engine as _;
+        let stored = self.message(message_id)?;
+        let b64 = stored["raw_base64"]
+            .as_str()
+            .unwrap_or_else(|| self.fail(format!("`message` without raw_base64: {stored}")));
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap_or_else(|e| {
+                self.fail(format!("raw_base64 of {message_id} is not base64: {e}"))
+            });
+        Some(raw)
+    }
+
     pub fn conversations(&self) -> Vec<Value> {
         self.array(json!({"cmd": "conversations"}))
     }

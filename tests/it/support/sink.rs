@@ -21,6 +21,9 @@ use super::{wait_until, DEADLINE};
 pub struct Transaction {
     /// The reverse path, without brackets (`""` for `<>`).
     pub mail_from: String,
+    /// The ESMTP parameters after the reverse path, upper-cased
+    /// (`["BODY=8BITMIME", "SMTPUTF8"]`).
+    pub mail_params: Vec<String>,
     /// The recipients the sink accepted.
     pub rcpt: Vec<String>,
     /// The message, dot-unstuffed, CRLF line ends (empty if DATA never
@@ -54,6 +57,8 @@ struct Shared {
     hang_rcpt: Mutex<Option<String>>,
     /// Sessions open now.
     open: AtomicUsize,
+    /// EHLO does not offer SMTPUTF8 (RFC 6531) while this is set.
+    no_smtputf8: AtomicBool,
 }
 
 /// Counts a session as open while it lives.
@@ -116,6 +121,11 @@ impl Sink {
     /// The answer to the end of `DATA` from now on (250 accepts).
     pub fn set_data_reply(&self, code: u16) {
         self.shared.data_reply.store(code, Ordering::SeqCst);
+    }
+
+    /// Whether EHLO offers SMTPUTF8 from now on (it does by default).
+    pub fn set_smtputf8(&self, offer: bool) {
+        self.shared.no_smtputf8.store(!offer, Ordering::SeqCst);
     }
 
     /// From now on `RCPT TO:<addr>` gets no answer (a relay that hangs
@@ -316,12 +326,20 @@ fn session(stream: TcpStream, shared: &Shared) -> io::Result<()> {
             "EHLO" => {
                 say(&mut writer, "250-sink.test.example")?;
                 say(&mut writer, "250-8BITMIME")?;
+                if !shared.no_smtputf8.load(Ordering::SeqCst) {
+                    say(&mut writer, "250-SMTPUTF8")?;
+                }
                 say(&mut writer, "250 SIZE 52428800")?;
             }
             "HELO" => say(&mut writer, "250 sink.test.example")?,
             "MAIL" => {
+                let params = cmd
+                    .rsplit_once('>')
+                    .map(|(_, p)| p.split_whitespace().map(str::to_ascii_uppercase).collect())
+                    .unwrap_or_default();
                 current = Some(Transaction {
                     mail_from: path_arg(&cmd),
+                    mail_params: params,
                     rcpt: Vec::new(),
                     data: Vec::new(),
                     reply: 0,
