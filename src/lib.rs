@@ -27,6 +27,7 @@ pub mod clock;
 pub mod config;
 pub mod ctl;
 pub mod daemon;
+pub mod desk;
 pub mod import;
 pub mod ingest;
 pub mod metrics;

@@ -29,19 +29,9 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
 use super::StoreError;
 
-/// Where one message's raw bytes are in the blob file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BlobRef {
-    pub at: u64,
-    pub len: u64,
-    /// CRC-32 of the bytes: a read that does not match is an error, never
-    /// somebody else's message.
-    pub crc: u32,
-}
+pub use crate::desk::records::BlobRef;
 
 /// The open blob file, shared by the writer and readers (positioned reads
 /// and writes only, so no cursor is shared).

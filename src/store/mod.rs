@@ -1,8 +1,10 @@
 //! SHELL: the redb database.
 //!
 //! Owns: every table ([`schema`]), the raw messages' file ([`blobs`]), the
-//! one writer thread ([`writer`]) that performs all write transactions, and
-//! the read views the admin socket uses ([`read`]).
+//! one writer thread ([`writer`]) that performs all write transactions —
+//! each command applied by the ticket logic ([`crate::desk`]) through
+//! [`tables::Tables`], this engine's [`crate::desk::Txn`] — and the read
+//! views the admin socket uses ([`read`]).
 //!
 //! Invariants:
 //! - Durability is decided here and nowhere else: a [`Store::ingest`] call
@@ -21,13 +23,11 @@
 //!   the writer reopens the database before the next batch, and every
 //!   caller meanwhile gets an error (→ `451`), never a false success.
 
-mod apply;
 mod blobs;
-mod effects;
 mod journal;
-mod ops;
 pub mod read;
 pub mod schema;
+mod tables;
 mod window;
 mod writer;
 
@@ -42,80 +42,8 @@ use crate::config::Config;
 use crate::ingest::TicketId;
 use blobs::BlobFile;
 
-pub use apply::{Inbound, Outcome};
-pub use ops::Delivery;
+pub use crate::desk::{Delivery, Inbound, Outcome, StoreError};
 pub use writer::WriterHandle;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("storage error: {0}")]
-    Db(#[from] redb::Error),
-    #[error("corrupt record: {0}")]
-    Corrupt(String),
-    #[error("the store is not available (reopening after an error, or shutting down)")]
-    Unavailable,
-    /// A command named a ticket, status or user that does not exist.
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Invalid(String),
-    #[error("journal {path}: {source}")]
-    Journal {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("blob file {path}: {source}")]
-    Blobs {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot create data directory {path}: {source}")]
-    DataDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
-
-impl StoreError {
-    /// Whether the error belongs to the command itself (its data or what
-    /// it names), so that applying it again fails the same way; anything
-    /// else (the disk, the blob file, the database) may pass.
-    pub fn is_entry_fault(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Corrupt(_) | StoreError::NotFound(_) | StoreError::Invalid(_)
-        )
-    }
-
-    /// Whether redb must be reopened before it accepts writes again.
-    pub fn needs_reopen(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Db(
-                redb::Error::Io(_)
-                    | redb::Error::PreviousIo
-                    | redb::Error::DatabaseClosed
-                    | redb::Error::Backend(_)
-            ) | StoreError::Journal { .. }
-        )
-    }
-}
-
-macro_rules! from_redb {
-    ($($t:ty),*) => {$(
-        impl From<$t> for StoreError {
-            fn from(e: $t) -> Self { StoreError::Db(e.into()) }
-        }
-    )*};
-}
-from_redb!(
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError,
-    redb::DatabaseError,
-    redb::SetDurabilityError
-);
 
 /// The database handle shared by the writer (which may replace it after an
 /// I/O error) and readers (who clone the `Arc` for one transaction).

@@ -46,13 +46,14 @@ use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableTable, WriteTransaction};
 
-use super::apply::{apply_inbound, Inbound, Tables};
 use super::blobs::{BlobFile, Pending};
 use super::journal::{self, Entry, Journal, CHECKPOINT_INTERVAL, IDLE_CHECKPOINT};
 use super::schema::*;
-use super::{open_db, ops, DbSlot, Delivery, Done, Job, StoreCmd, StoreError, WriterMsg};
+use super::tables::Tables;
+use super::{open_db, DbSlot, Delivery, Done, Job, StoreCmd, StoreError, WriterMsg};
 use crate::clock::{self, Millis};
 use crate::config::Config;
+use crate::desk::{self, apply_inbound, Inbound};
 
 pub const MAX_BATCH: usize = 256;
 /// An open transaction is committed after this many batches, or once it is
@@ -1001,24 +1002,31 @@ fn apply(tables: &mut Tables<'_>, cmd: &StoreCmd, now: Millis) -> Result<Done, S
     Ok(match cmd {
         StoreCmd::Ingest(inbound) => Done::Ingested(apply_inbound(tables, inbound, now)?),
         StoreCmd::SetStatus { config, id, status } => {
-            Done::Ticket(ops::set_status(tables, config, *id, status, now)?)
+            Done::Ticket(desk::set_status(tables, config, *id, status, now)?)
         }
         StoreCmd::Reply {
             config,
             id,
             body,
             user,
-        } => Done::Queued(ops::reply(tables, config, *id, body, user.as_deref(), now)?),
+        } => Done::Queued(desk::reply(
+            tables,
+            config,
+            *id,
+            body,
+            user.as_deref(),
+            now,
+        )?),
         StoreCmd::Assign { config, id, owner } => {
-            Done::Ticket(ops::assign(tables, config, *id, owner, now)?)
+            Done::Ticket(desk::assign(tables, config, *id, owner, now)?)
         }
         StoreCmd::Merge {
             config,
             source,
             target,
-        } => Done::Ticket(ops::merge(tables, config, *source, *target, now)?),
+        } => Done::Ticket(desk::merge(tables, config, *source, *target, now)?),
         StoreCmd::Delivered { id, result } => {
-            ops::delivered(tables, *id, result, now)?;
+            desk::delivered(tables, *id, result, now)?;
             Done::Ok
         }
     })

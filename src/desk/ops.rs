@@ -1,13 +1,12 @@
 //! Operator commands (admin socket) and outbox delivery results, applied in
-//! the writer's transaction like inbound mail.
+//! the engine's transaction like inbound mail.
 
-use redb::ReadableTable;
 use serde_json::json;
 
-use super::apply::{facts, Tables};
 use super::effects::{agent_reply, apply_effects, Cause};
-use super::schema::*;
-use super::StoreError;
+use super::inbound::facts;
+use super::records::*;
+use super::{StoreError, Txn};
 use crate::automation::{self, Event};
 use crate::clock::Millis;
 use crate::config::Config;
@@ -23,14 +22,14 @@ pub fn retry_delay(attempts: u32) -> i64 {
     (RETRY_FIRST_MS << shift).min(RETRY_MAX_MS)
 }
 
-fn ticket_or_not_found(tables: &Tables<'_>, id: TicketId) -> Result<TicketRec, StoreError> {
+fn ticket_or_not_found(tables: &impl Txn, id: TicketId) -> Result<TicketRec, StoreError> {
     tables
         .ticket(id)?
         .ok_or_else(|| StoreError::NotFound(format!("no ticket {id}")))
 }
 
-pub(super) fn set_status(
-    tables: &mut Tables<'_>,
+pub fn set_status(
+    tables: &mut impl Txn,
     config: &Config,
     id: TicketId,
     status: &str,
@@ -58,8 +57,8 @@ pub(super) fn set_status(
     Ok(id)
 }
 
-pub(super) fn reply(
-    tables: &mut Tables<'_>,
+pub fn reply(
+    tables: &mut impl Txn,
     config: &Config,
     id: TicketId,
     body: &str,
@@ -97,8 +96,8 @@ pub(super) fn reply(
     Ok(out)
 }
 
-pub(super) fn assign(
-    tables: &mut Tables<'_>,
+pub fn assign(
+    tables: &mut impl Txn,
     config: &Config,
     id: TicketId,
     owner: &str,
@@ -128,8 +127,8 @@ pub(super) fn assign(
 /// target; the source is closed (without running workflows: nobody should
 /// get a "your ticket is closed" email for a merge) and points at the
 /// target, so every future reply to either thread lands on the target.
-pub(super) fn merge(
-    tables: &mut Tables<'_>,
+pub fn merge(
+    tables: &mut impl Txn,
     config: &Config,
     source: TicketId,
     target: TicketId,
@@ -200,22 +199,19 @@ pub enum Delivery {
     Permanent(String),
 }
 
-pub(super) fn delivered(
-    tables: &mut Tables<'_>,
+pub fn delivered(
+    tables: &mut impl Txn,
     id: u64,
     result: &Delivery,
     now: Millis,
 ) -> Result<(), StoreError> {
-    let Some(bytes) = tables.outbox.get(id)?.map(|v| v.value().to_vec()) else {
+    let Some(mut rec) = tables.outbox(id)? else {
         return Ok(());
     };
-    let mut rec: OutboxRec = decode(&bytes)?;
     if rec.state != OutState::Queued {
         return Ok(());
     }
-    if let Some(due) = rec.next_attempt_at {
-        tables.outbox_due.remove((due.max(0) as u64, id))?;
-    }
+    let was_due = rec.next_attempt_at;
     rec.attempts += 1;
     let to = rec.rcpt.join(", ");
     let mid = bracketed(&rec.message_id);
@@ -235,7 +231,6 @@ pub(super) fn delivered(
             let next = now + retry_delay(rec.attempts);
             rec.next_attempt_at = Some(next);
             rec.last_error = Some(err.clone());
-            tables.outbox_due.insert((next.max(0) as u64, id), ())?;
         }
         Delivery::Transient(err) | Delivery::Permanent(err) => {
             let gave_up = matches!(result, Delivery::Transient(_));
@@ -255,7 +250,7 @@ pub(super) fn delivered(
             )?;
         }
     }
-    tables.outbox.insert(id, encode(&rec).as_slice())?;
+    tables.put_outbox(&rec, was_due)?;
     Ok(())
 }
 

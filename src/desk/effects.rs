@@ -1,5 +1,5 @@
 //! Applying what [`crate::automation::decide`] returned, and queueing
-//! outbound email — inside the writer's transaction, so an email is queued
+//! outbound email — inside the engine's transaction, so an email is queued
 //! if and only if the change that caused it is committed.
 //!
 //! Loop protection is enforced here, in one place, before anything is
@@ -8,13 +8,10 @@
 //! daemon, and the per-contact hourly limit. A suppressed email leaves a
 //! `suppressed` timeline event saying why.
 
-use redb::ReadableTable;
 use serde_json::json;
 
-use super::apply::Tables;
-use super::schema::*;
-use super::window;
-use super::StoreError;
+use super::records::*;
+use super::{StoreError, Txn};
 use crate::automation::{Agent, Effect};
 use crate::clock::Millis;
 use crate::config::{Config, User};
@@ -34,7 +31,7 @@ impl Cause<'_> {
 }
 
 pub(super) fn apply_effects(
-    tables: &mut Tables<'_>,
+    tables: &mut impl Txn,
     config: &Config,
     ticket: &mut TicketRec,
     effects: Vec<Effect>,
@@ -148,7 +145,7 @@ fn unsafe_recipient(config: &Config, addr: &str) -> Option<String> {
 
 #[allow(clippy::too_many_arguments)]
 fn send_template(
-    tables: &mut Tables<'_>,
+    tables: &mut impl Txn,
     config: &Config,
     ticket: &mut TicketRec,
     workflow: &str,
@@ -202,11 +199,11 @@ fn send_template(
         json!({"workflow": workflow, "action": action, "template": template}),
         now,
     )?;
-    record_auto_sent(tables, &to, now)
+    tables.count_auto_sent(&to, now)
 }
 
 fn notify(
-    tables: &mut Tables<'_>,
+    tables: &mut impl Txn,
     config: &Config,
     ticket: &mut TicketRec,
     workflow: &str,
@@ -244,7 +241,7 @@ fn notify(
 }
 
 fn render_failed(
-    tables: &mut Tables<'_>,
+    tables: &mut impl Txn,
     ticket: u64,
     workflow: &str,
     template: &str,
@@ -263,44 +260,19 @@ fn render_failed(
 /// Why one more automatic email to `addr` would break
 /// `limits.auto_replies_per_contact_per_hour`, if it would.
 fn over_hourly_limit(
-    tables: &mut Tables<'_>,
+    tables: &mut impl Txn,
     config: &Config,
     addr: &str,
     now: Millis,
 ) -> Result<Option<String>, StoreError> {
     let limit = u64::from(config.limits.auto_replies_per_contact_per_hour);
-    let sent = recent_auto_sent(tables, addr, now)?;
+    let sent = tables.auto_sent_last_hour(addr, now)?;
     Ok((sent >= limit).then(|| {
         format!("{addr} already got {sent} automatic emails in the last hour (limit {limit})")
     }))
 }
 
-/// Automatic emails to `addr` in the last hour (see [`super::window`]).
-fn recent_auto_sent(tables: &mut Tables<'_>, addr: &str, now: Millis) -> Result<u64, StoreError> {
-    let pairs = match tables.auto_sent.get(addr)? {
-        Some(v) => window::decode(v.value()),
-        None => return Ok(0),
-    };
-    Ok(window::count(&pairs, window::minute(now)))
-}
-
-/// Counts one automatic email to `addr`, dropping minutes older than the
-/// window from its record.
-fn record_auto_sent(tables: &mut Tables<'_>, addr: &str, now: Millis) -> Result<(), StoreError> {
-    let minute = window::minute(now);
-    let mut pairs = match tables.auto_sent.get(addr)? {
-        Some(v) => window::decode(v.value()),
-        None => Vec::new(),
-    };
-    window::prune(&mut pairs, minute);
-    window::record(&mut pairs, minute);
-    tables
-        .auto_sent
-        .insert(addr, window::encode(&pairs).as_slice())?;
-    Ok(())
-}
-
-fn vars(tables: &Tables<'_>, config: &Config, t: &TicketRec) -> Result<Vars, StoreError> {
+fn vars(tables: &impl Txn, config: &Config, t: &TicketRec) -> Result<Vars, StoreError> {
     let pipeline = config.pipeline(&t.pipeline);
     let status_name = pipeline
         .and_then(|p| p.status(&t.status))
@@ -392,21 +364,20 @@ fn channel_addresses(
 /// outbound message row and raw bytes, its Message-ID row (so replies to it
 /// thread), the outbox row and its due row, and an `email_queued` event.
 pub(super) fn queue(
-    tables: &mut Tables<'_>,
+    tables: &mut impl Txn,
     config: &Config,
     ticket: &mut TicketRec,
     draft: Draft,
     detail: serde_json::Value,
     now: Millis,
 ) -> Result<u64, StoreError> {
-    let out_id = tables.next_outbox;
-    tables.next_outbox += 1;
-    let message_id = compose::message_id(&config.server.hostname, ticket.id, out_id, tables.salt);
+    let out_id = tables.next_outbox_id();
+    let message_id = compose::message_id(&config.server.hostname, ticket.id, out_id, tables.salt());
     let tag =
         crate::ingest::thread::SubjectTag::new(&config.outbound.subject_tag).render(ticket.id);
     let subject = compose::with_subject_tag(&draft.subject, &tag);
     let (channel_addr, reply_to) =
-        channel_addresses(config, &tables.keys, ticket, draft.agent.as_deref());
+        channel_addresses(config, tables.keys(), ticket, draft.agent.as_deref());
     let references = ticket.thread.clone();
     let mail = OutMail {
         from: config.outbound.from.clone(),
@@ -483,9 +454,8 @@ pub(super) fn queue(
         last_error: None,
         bounce: None,
     };
-    tables.outbox.insert(out_id, encode(&out).as_slice())?;
-    tables.outbox_due.insert((now.max(0) as u64, out_id), ())?;
-    tables.queued_mail = true;
+    tables.put_outbox(&out, None)?;
+    tables.mail_queued();
     crate::metrics::inc(&crate::metrics::METRICS.emails_queued);
     if draft.kind != "notification" {
         // The customer's view of the thread; agents' notifications stay out.
@@ -522,7 +492,7 @@ fn sender_mailbox(config: &Config, fallback: &str) -> crate::ingest::Mailbox {
 /// An agent's email on the ticket's thread goes to the contact, from the
 /// channel address, keeping the thread.
 pub(super) fn relay_agent_email(
-    tables: &mut Tables<'_>,
+    tables: &mut impl Txn,
     config: &Config,
     ticket: &mut TicketRec,
     agent: &User,
@@ -544,7 +514,7 @@ pub(super) fn relay_agent_email(
 
 /// An agent's reply to the contact (admin `reply`, or a relayed email).
 pub(super) fn agent_reply(
-    tables: &mut Tables<'_>,
+    tables: &mut impl Txn,
     config: &Config,
     ticket: &mut TicketRec,
     agent: &User,
@@ -591,7 +561,7 @@ pub(super) fn agent_reply(
 /// key. The email is automatic: the hourly limit per address holds, so a
 /// stranger cannot flood an agent through it.
 pub(super) fn not_relayed(
-    tables: &mut Tables<'_>,
+    tables: &mut impl Txn,
     config: &Config,
     ticket: &mut TicketRec,
     agent: &User,
@@ -659,5 +629,5 @@ pub(super) fn not_relayed(
         json!({"reason": "unverified_agent", "user": agent.id, "not_relayed": mid}),
         now,
     )?;
-    record_auto_sent(tables, &agent.email, now)
+    tables.count_auto_sent(&agent.email, now)
 }

@@ -1,25 +1,22 @@
-//! Gather → decide → apply, for one inbound message, inside the writer's
-//! write transaction. Gathering is the [`ThreadView`] over the open tables;
+//! Gather → decide → apply, for one inbound message, inside an engine's
+//! write transaction ([`Txn`]). Gathering is the [`ThreadView`] over it;
 //! the decision is [`crate::ingest::thread::decide`] (pure); applying writes
 //! every row the message causes.
 
 use std::sync::Arc;
 
-use redb::{ReadableTable, Table, WriteTransaction};
 use serde_json::json;
 
-use super::blobs::{BlobFile, Pending};
 use super::effects::{apply_effects, not_relayed, relay_agent_email, Cause};
-use super::schema::*;
-use super::writer::counter;
-use super::StoreError;
+use super::records::*;
+use super::{IdRow, StoreError, Txn};
 use crate::automation::{self, route_reply, Event, ReplyRoute};
 use crate::clock::Millis;
 use crate::config::{Config, Source};
 use crate::ingest::authres::{self, AuthStatus};
 use crate::ingest::bounce::Bounce;
 use crate::ingest::thread::{decide, SubjectTag, ThreadInput};
-use crate::ingest::trust::{AuthProof, Credentials, ReplyKeys};
+use crate::ingest::trust::{AuthProof, Credentials};
 use crate::ingest::{
     bracketed, classify, AutoReason, ParsedMail, ThreadMatch, ThreadView, ThreadedBy, TicketId,
 };
@@ -132,262 +129,26 @@ pub enum Outcome {
     Kept { duplicate: bool },
 }
 
-/// Every table a write needs, opened once per batch, plus the id counters
-/// and the raw bytes the batch adds to the blob file.
-pub(super) struct Tables<'txn> {
-    meta: Table<'txn, &'static str, u64>,
-    tickets: Table<'txn, u64, &'static [u8]>,
-    messages: Table<'txn, u64, &'static [u8]>,
-    raw: Table<'txn, u64, &'static [u8]>,
-    message_ids: Table<'txn, &'static str, (u64, u64)>,
-    ticket_messages: Table<'txn, (u64, u64), ()>,
-    timeline: Table<'txn, (u64, u64), &'static [u8]>,
-    conversations: Table<'txn, u64, ()>,
-    pub(super) outbox: Table<'txn, u64, &'static [u8]>,
-    pub(super) outbox_due: Table<'txn, (u64, u64), ()>,
-    pub(super) auto_sent: Table<'txn, &'static str, &'static [u8]>,
-    next_ticket: u64,
-    next_message: u64,
-    next_event: u64,
-    pub(super) next_outbox: u64,
-    /// This store's Message-ID salt (see [`crate::outbound::compose::message_id`]).
-    pub(super) salt: u64,
-    /// The keys of reply addresses, from this store's secret.
-    pub(super) keys: ReplyKeys,
-    /// Set when this batch queued an email: the outbox worker is woken
-    /// after the commit.
-    pub(super) queued_mail: bool,
-    /// The inbound message being applied (seq, decoded text), so that a
-    /// template quoting it does not parse its raw bytes again.
-    current_text: Option<(u64, String)>,
-    blobs: &'txn BlobFile,
-    /// Raw bytes of this transaction's messages, to be written at the
-    /// transaction's `blob_len` before it commits ([`Tables::finish`]).
-    pending: Pending,
-}
-
-impl<'txn> Tables<'txn> {
-    pub(super) fn open(
-        txn: &'txn WriteTransaction,
-        blobs: &'txn BlobFile,
-    ) -> Result<Self, StoreError> {
-        let meta = txn.open_table(META)?;
-        let blob_len = meta.get(BLOB_LEN)?.map_or(0, |v| v.value());
-        let next_ticket = counter(&meta, NEXT_TICKET)?;
-        let next_message = counter(&meta, NEXT_MESSAGE)?;
-        let next_event = counter(&meta, NEXT_EVENT)?;
-        let next_outbox = counter(&meta, NEXT_OUTBOX)?;
-        let salt = meta.get(MESSAGE_ID_SALT)?.map_or(0, |v| v.value());
-        let keys = reply_keys(txn)?;
-        Ok(Tables {
-            meta,
-            tickets: txn.open_table(TICKETS)?,
-            messages: txn.open_table(MESSAGES)?,
-            raw: txn.open_table(RAW)?,
-            message_ids: txn.open_table(MESSAGE_IDS)?,
-            ticket_messages: txn.open_table(TICKET_MESSAGES)?,
-            timeline: txn.open_table(TIMELINE)?,
-            conversations: txn.open_table(CONVERSATIONS)?,
-            outbox: txn.open_table(OUTBOX)?,
-            outbox_due: txn.open_table(OUTBOX_DUE)?,
-            auto_sent: txn.open_table(AUTO_SENT)?,
-            next_ticket,
-            next_message,
-            next_event,
-            next_outbox,
-            salt,
-            keys,
-            queued_mail: false,
-            current_text: None,
-            blobs,
-            pending: Pending::new(blob_len),
-        })
-    }
-
-    pub(super) fn meta_set(&mut self, key: &str, value: u64) -> Result<(), StoreError> {
-        self.meta.insert(key, value)?;
-        Ok(())
-    }
-
-    /// Saves the counters and the blob file's new length; returns the raw
-    /// bytes the caller must write (at [`Pending::base`]) before it commits.
-    pub(super) fn finish(mut self) -> Result<Pending, StoreError> {
-        self.meta.insert(NEXT_TICKET, self.next_ticket)?;
-        self.meta.insert(NEXT_MESSAGE, self.next_message)?;
-        self.meta.insert(NEXT_EVENT, self.next_event)?;
-        self.meta.insert(NEXT_OUTBOX, self.next_outbox)?;
-        if !self.pending.bytes.is_empty() {
-            self.meta.insert(BLOB_LEN, self.pending.end())?;
-        }
-        Ok(self.pending)
-    }
-
-    pub(super) fn ticket(&self, id: TicketId) -> Result<Option<TicketRec>, StoreError> {
-        match self.tickets.get(id)? {
-            Some(bytes) => Ok(Some(decode(bytes.value())?)),
-            None => Ok(None),
-        }
-    }
-
-    pub(super) fn message(&self, seq: u64) -> Result<Option<MessageRec>, StoreError> {
-        match self.messages.get(seq)? {
-            Some(bytes) => Ok(Some(decode(bytes.value())?)),
-            None => Ok(None),
-        }
-    }
-
-    /// The decoded text of a stored message (see [`text_of`]).
-    pub(super) fn message_text(&self, rec: &MessageRec) -> Result<String, StoreError> {
-        if let Some((seq, text)) = &self.current_text {
-            if *seq == rec.seq {
-                return Ok(text.clone());
-            }
-        }
-        if !rec.text.is_empty() {
-            return Ok(rec.text.clone());
-        }
-        Ok(match &rec.blob {
-            Some(r) => text_of(String::new(), Some(&self.pending.read(self.blobs, r)?)),
-            None => {
-                let raw = self.raw.get(rec.seq)?;
-                text_of(String::new(), raw.as_ref().map(|r| r.value()))
-            }
-        })
-    }
-
-    /// Stores a message row (naming its raw bytes, queued for the blob
-    /// file) and its Message-ID row; adds it to its ticket's messages or to
-    /// the conversations.
-    pub(super) fn put_message(
-        &mut self,
-        rec: &mut MessageRec,
-        raw: &[u8],
-    ) -> Result<(), StoreError> {
-        rec.blob = Some(self.pending.push(raw));
-        self.messages.insert(rec.seq, encode(rec).as_slice())?;
-        self.message_ids
-            .insert(rec.message_id.as_str(), (rec.ticket.unwrap_or(0), rec.seq))?;
-        match rec.ticket {
-            Some(t) => self.ticket_messages.insert((t, rec.seq), ())?,
-            None => self.conversations.insert(rec.seq, ())?,
-        };
-        Ok(())
-    }
-
-    /// A ticket's message seqs, in order.
-    pub(super) fn ticket_message_seqs(&self, ticket: TicketId) -> Result<Vec<u64>, StoreError> {
-        let mut out = Vec::new();
-        for row in self
-            .ticket_messages
-            .range((ticket, 0)..=(ticket, u64::MAX))?
-        {
-            let (k, _) = row?;
-            out.push(k.value().1);
-        }
-        Ok(out)
-    }
-
-    /// Moves one message (its row, index entry and Message-ID row) from one
-    /// ticket to another.
-    pub(super) fn move_message(
-        &mut self,
-        seq: u64,
-        from: TicketId,
-        to: TicketId,
-    ) -> Result<(), StoreError> {
-        self.ticket_messages.remove((from, seq))?;
-        self.ticket_messages.insert((to, seq), ())?;
-        if let Some(mut rec) = self.message(seq)? {
-            rec.ticket = Some(to);
-            self.messages.insert(seq, encode(&rec).as_slice())?;
-            self.message_ids
-                .insert(rec.message_id.as_str(), (to, seq))?;
-        }
-        Ok(())
-    }
-
-    pub(super) fn next_message_seq(&mut self) -> u64 {
-        let seq = self.next_message;
-        self.next_message += 1;
-        seq
-    }
-
-    pub(super) fn put_ticket(&mut self, t: &TicketRec) -> Result<(), StoreError> {
-        self.tickets.insert(t.id, encode(t).as_slice())?;
-        Ok(())
-    }
-
-    pub(super) fn event(
-        &mut self,
-        ticket: TicketId,
-        at: Millis,
-        kind: &str,
-        detail: serde_json::Value,
-    ) -> Result<(), StoreError> {
-        let seq = self.next_event;
-        self.next_event += 1;
-        let rec = EventRec {
-            at,
-            kind: kind.to_string(),
-            detail,
-        };
-        self.timeline
-            .insert((ticket, seq), encode(&rec).as_slice())?;
-        Ok(())
-    }
-}
-
-/// The store's reply-key secret (created at open by `init_tables`).
-fn reply_keys(txn: &WriteTransaction) -> Result<ReplyKeys, StoreError> {
-    let secrets = txn.open_table(SECRETS)?;
-    let secret = secrets.get(REPLY_KEY_SECRET)?;
-    match secret.as_ref().map(|s| <[u8; 32]>::try_from(s.value())) {
-        Some(Ok(secret)) => Ok(ReplyKeys::new(secret)),
-        _ => Err(StoreError::Corrupt(
-            "the reply-key secret is missing or damaged".into(),
-        )),
-    }
-}
-
-impl ThreadView for Tables<'_> {
-    type Error = StoreError;
-
-    fn ticket_for_message_id(&self, id: &str) -> Result<Option<TicketId>, StoreError> {
-        Ok(self
-            .message_ids
-            .get(id)?
-            .map(|v| v.value().0)
-            .filter(|t| *t != 0))
-    }
-
-    fn ticket_exists(&self, ticket: TicketId) -> Result<bool, StoreError> {
-        Ok(self.tickets.get(ticket)?.is_some())
-    }
-
-    fn is_participant(&self, ticket: TicketId, email: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .ticket(ticket)?
-            .is_some_and(|t| t.participants.iter().any(|p| p == email)))
-    }
-}
-
 /// The store as threading sees it under `require_auth_to_join` for mail
 /// whose authentication failed: only the Message-IDs of emails we sent.
-struct SentOnly<'a, 'txn>(&'a Tables<'txn>);
+struct SentOnly<'a, T>(&'a T);
 
-impl ThreadView for SentOnly<'_, '_> {
+impl<T: Txn> ThreadView for SentOnly<'_, T> {
     type Error = StoreError;
 
     fn ticket_for_message_id(&self, id: &str) -> Result<Option<TicketId>, StoreError> {
-        let Some((ticket, seq)) = self.0.message_ids.get(id)?.map(|v| v.value()) else {
+        let Some(IdRow {
+            ticket: Some(ticket),
+            seq: Some(seq),
+        }) = self.0.message_id_row(id)?
+        else {
             return Ok(None);
         };
-        let sent = seq != 0
-            && self
-                .0
-                .message(seq)?
-                .is_some_and(|m| m.direction == Direction::Out);
-        Ok((sent && ticket != 0).then_some(ticket))
+        let sent = self
+            .0
+            .message(seq)?
+            .is_some_and(|m| m.direction == Direction::Out);
+        Ok(sent.then_some(ticket))
     }
 
     fn ticket_exists(&self, ticket: TicketId) -> Result<bool, StoreError> {
@@ -399,26 +160,27 @@ impl ThreadView for SentOnly<'_, '_> {
     }
 }
 
-pub(super) fn apply_inbound(
-    tables: &mut Tables<'_>,
+pub fn apply_inbound(
+    tables: &mut impl Txn,
     inb: &Inbound,
     now: Millis,
 ) -> Result<Outcome, StoreError> {
     let p = &inb.parsed;
     // A Message-ID already stored is a duplicate: accept, store nothing.
-    if let Some(existing) = tables.message_ids.get(p.message_id.as_str())? {
-        let (ticket, seq) = existing.value();
-        if seq != 0 {
-            return Ok(match ticket {
-                0 => Outcome::Kept { duplicate: true },
-                id => Outcome::Ticket {
-                    id,
-                    created: false,
-                    duplicate: true,
-                    by: ThreadedBy::New,
-                },
-            });
-        }
+    if let Some(IdRow {
+        ticket,
+        seq: Some(_),
+    }) = tables.message_id_row(&p.message_id)?
+    {
+        return Ok(match ticket {
+            None => Outcome::Kept { duplicate: true },
+            Some(id) => Outcome::Ticket {
+                id,
+                created: false,
+                duplicate: true,
+                by: ThreadedBy::New,
+            },
+        });
     }
 
     if let Some(bounce) = &inb.bounce {
@@ -433,7 +195,7 @@ pub(super) fn apply_inbound(
         authres::verdict(&p.auth_results(), id, from_domain)
     });
     let creds = Credentials::assess(
-        &tables.keys,
+        tables.keys(),
         inb.plus,
         inb.plus_key.as_deref(),
         config.users.iter().map(|u| u.id.as_str()),
@@ -530,9 +292,7 @@ pub(super) fn apply_inbound(
     // Ids this message names join its ticket, so a parent that arrives
     // after its reply still finds the thread.
     for named in p.in_reply_to.iter().chain(&p.references) {
-        if tables.message_ids.get(named.as_str())?.is_none() {
-            tables.message_ids.insert(named.as_str(), (id, 0))?;
-        }
+        tables.add_reference(named, id)?;
     }
     ticket.updated_at = now;
     // The sender and the customers in To/Cc become participants (SPEC
@@ -583,7 +343,7 @@ pub(super) fn apply_inbound(
         });
     }
     // Templates run below may quote this message (`message.text`).
-    tables.current_text = Some((seq, p.text.clone()));
+    tables.set_current_text(seq, p.text.clone());
     let cause = Cause {
         auto: auto.as_ref(),
     };
@@ -619,7 +379,7 @@ const MAX_PARTICIPANTS: usize = 50;
 
 /// The ticket `id`, or the one it was merged into (transitively).
 pub(super) fn follow_merges(
-    tables: &Tables<'_>,
+    tables: &impl Txn,
     id: TicketId,
 ) -> Result<Option<TicketRec>, StoreError> {
     let mut current = tables.ticket(id)?;
@@ -639,7 +399,7 @@ pub(super) fn follow_merges(
 /// is never a customer reply: no status change, no automation, no answer.
 /// A bounce of nothing we know (backscatter) is kept without a ticket.
 fn apply_bounce(
-    tables: &mut Tables<'_>,
+    tables: &mut impl Txn,
     inb: &Inbound,
     b: &Bounce,
     now: Millis,
@@ -726,7 +486,7 @@ fn apply_bounce(
 /// the bounce says; its id, if there is one (a delayed-delivery notice is
 /// recorded on the timeline only: the email may still arrive).
 fn mark_bounced(
-    tables: &mut Tables<'_>,
+    tables: &mut impl Txn,
     message_id: &str,
     b: &Bounce,
     bounce_id: &str,
@@ -735,25 +495,18 @@ fn mark_bounced(
     if b.action != "failed" {
         return Ok(None);
     }
-    let Some(seq) = tables.message_ids.get(message_id)?.map(|v| v.value().1) else {
+    let Some(IdRow { seq: Some(seq), .. }) = tables.message_id_row(message_id)? else {
         return Ok(None);
     };
     let Some(out_id) = tables.message(seq)?.and_then(|m| m.outbox) else {
         return Ok(None);
     };
-    let Some(mut rec) = tables
-        .outbox
-        .get(out_id)?
-        .map(|v| decode::<OutboxRec>(v.value()))
-        .transpose()?
-    else {
+    let Some(mut rec) = tables.outbox(out_id)? else {
         return Ok(None);
     };
+    let was_due = rec.next_attempt_at;
     if rec.state == OutState::Queued {
         // Sent before a crash and queued again: it will not arrive.
-        if let Some(due) = rec.next_attempt_at {
-            tables.outbox_due.remove((due.max(0) as u64, out_id))?;
-        }
         rec.next_attempt_at = None;
     }
     rec.state = OutState::Bounced;
@@ -770,7 +523,7 @@ fn mark_bounced(
         message_id: bounce_id.to_string(),
         at: now,
     });
-    tables.outbox.insert(out_id, encode(&rec).as_slice())?;
+    tables.put_outbox(&rec, was_due)?;
     Ok(Some(out_id))
 }
 
@@ -785,7 +538,7 @@ pub(super) fn facts(t: &TicketRec) -> automation::TicketFacts<'_> {
 }
 
 fn link(
-    tables: &mut Tables<'_>,
+    tables: &mut impl Txn,
     old: TicketId,
     new: TicketId,
     now: Millis,
@@ -829,7 +582,7 @@ fn opens_tickets(config: &Config, ch: &crate::config::Channel) -> bool {
 }
 
 fn create_ticket(
-    tables: &mut Tables<'_>,
+    tables: &mut impl Txn,
     inb: &Inbound,
     ch: &crate::config::Channel,
     now: Millis,
@@ -841,8 +594,7 @@ fn create_ticket(
             ch.id, ch.pipeline
         )));
     };
-    let id = tables.next_ticket;
-    tables.next_ticket += 1;
+    let id = tables.next_ticket_id();
     let p = &inb.parsed;
     let contact = p.from.clone().unwrap_or_else(|| crate::ingest::Mailbox {
         email: inb.mail_from.to_ascii_lowercase(),
@@ -932,59 +684,4 @@ fn message_in_detail(
         "size": inb.raw.len(),
         "imported": inb.imported,
     })
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    fn row(seq: u64) -> MessageRec {
-        MessageRec {
-            ticket: Some(1),
-            ..MessageRec::for_test(seq, &format!("{seq}@example.com"))
-        }
-    }
-
-    /// Templates quote a ticket's last inbound message: after an upgrade
-    /// that may be a row of an earlier build (bytes in the `raw` table),
-    /// one committed in the blob file, or one of this very transaction.
-    #[test]
-    fn a_message_text_comes_from_the_raw_table_the_blob_file_or_this_transaction() {
-        let dir = tempfile::tempdir().unwrap();
-        let (db, blobs) = super::super::scratch_store(dir.path());
-
-        let txn = db.begin_write().unwrap();
-        let (old, committed) = {
-            let mut t = Tables::open(&txn, &blobs).unwrap();
-            let old = row(1);
-            t.messages.insert(1, encode(&old).as_slice()).unwrap();
-            t.raw
-                .insert(1, b"Subject: a\r\n\r\nFrom the raw table.\r\n".as_slice())
-                .unwrap();
-            let mut committed = row(2);
-            t.put_message(&mut committed, b"Subject: b\r\n\r\nFrom the blob file.\r\n")
-                .unwrap();
-            let pending = t.finish().unwrap();
-            blobs.write_at(&pending.bytes, pending.base).unwrap();
-            (old, committed)
-        };
-        txn.commit().unwrap();
-
-        let txn = db.begin_write().unwrap();
-        let mut t = Tables::open(&txn, &blobs).unwrap();
-        let mut current = row(3);
-        t.put_message(
-            &mut current,
-            b"Subject: c\r\n\r\nFrom this transaction.\r\n",
-        )
-        .unwrap();
-        let text = |t: &Tables<'_>, rec: &MessageRec| t.message_text(rec).unwrap();
-        assert_eq!(text(&t, &old).trim_end(), "From the raw table.");
-        assert_eq!(text(&t, &committed).trim_end(), "From the blob file.");
-        assert_eq!(text(&t, &current).trim_end(), "From this transaction.");
-        // The second transaction's bytes go where the first one's ended.
-        let (c, n) = (committed.blob.unwrap(), current.blob.unwrap());
-        assert_eq!(n.at, c.at + c.len);
-    }
 }

@@ -1,0 +1,76 @@
+//! The one error type of a desk transaction, whichever engine runs it:
+//! the command's own fault (what it names does not exist, a record does
+//! not decode), or the engine's (the disk, the database, the journal).
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage error: {0}")]
+    Db(#[from] redb::Error),
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    #[error("the store is not available (reopening after an error, or shutting down)")]
+    Unavailable,
+    /// A command named a ticket, status or user that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("journal {path}: {source}")]
+    Journal {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("blob file {path}: {source}")]
+    Blobs {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    /// Whether the error belongs to the command itself (its data or what
+    /// it names), so that applying it again fails the same way; anything
+    /// else (the disk, the blob file, the database) may pass.
+    pub fn is_entry_fault(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Corrupt(_) | StoreError::NotFound(_) | StoreError::Invalid(_)
+        )
+    }
+
+    /// Whether redb must be reopened before it accepts writes again.
+    pub fn needs_reopen(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Db(
+                redb::Error::Io(_)
+                    | redb::Error::PreviousIo
+                    | redb::Error::DatabaseClosed
+                    | redb::Error::Backend(_)
+            ) | StoreError::Journal { .. }
+        )
+    }
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self { StoreError::Db(e.into()) }
+        }
+    )*};
+}
+from_redb!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::DatabaseError,
+    redb::SetDurabilityError
+);
