@@ -175,7 +175,7 @@ fn send_template(
             }),
         );
     }
-    let vars = vars(tables, config, ticket)?;
+    let vars = vars(tables, config, ticket, template)?;
     let rendered = match config.templates.render(template, &vars) {
         Ok(r) => r,
         Err(e) => return render_failed(tables, ticket.id, workflow, template, &e.to_string(), now),
@@ -211,7 +211,7 @@ fn notify(
     agent: &Agent,
     now: Millis,
 ) -> Result<(), StoreError> {
-    let vars = vars(tables, config, ticket)?;
+    let vars = vars(tables, config, ticket, "notification")?;
     let rendered = match config.templates.render("notification", &vars) {
         Ok(r) => r,
         Err(e) => {
@@ -272,7 +272,13 @@ fn over_hourly_limit(
     }))
 }
 
-fn vars(tables: &impl Txn, config: &Config, t: &TicketRec) -> Result<Vars, StoreError> {
+/// The variables for rendering `template` about ticket `t`.
+fn vars(
+    tables: &impl Txn,
+    config: &Config,
+    t: &TicketRec,
+    template: &str,
+) -> Result<Vars, StoreError> {
     let pipeline = config.pipeline(&t.pipeline);
     let status_name = pipeline
         .and_then(|p| p.status(&t.status))
@@ -282,7 +288,11 @@ fn vars(tables: &impl Txn, config: &Config, t: &TicketRec) -> Result<Vars, Store
             Some(m) => Some({
                 let text = tables.message_text(&m)?;
                 MessageVars {
-                    new_text: crate::ingest::quote::new_text(&text),
+                    new_text: if config.templates.uses_new_text(template) {
+                        crate::ingest::quote::new_text(&text)
+                    } else {
+                        String::new()
+                    },
                     text,
                     from: m.from.map(|f| f.email).unwrap_or_default(),
                     subject: m.subject,

@@ -213,6 +213,9 @@ pub struct Templates {
     html: Handlebars<'static>,
     /// Every template name seen, with the parts it has.
     names: BTreeMap<String, BTreeSet<Part>>,
+    /// Templates that may show `message.new_text`: a part names it, or
+    /// calls a partial (which might).
+    new_text: BTreeSet<String>,
 }
 
 impl fmt::Debug for Templates {
@@ -252,6 +255,7 @@ impl Templates {
             plain,
             html,
             names: BTreeMap::new(),
+            new_text: BTreeSet::new(),
         }
     }
 
@@ -324,6 +328,9 @@ impl Templates {
             };
             match registry.register_template_string(&key, &source) {
                 Ok(()) => {
+                    if may_show_new_text(&source) {
+                        templates.new_text.insert(name.to_owned());
+                    }
                     templates
                         .names
                         .entry(name.to_owned())
@@ -358,6 +365,13 @@ impl Templates {
         self.names
             .get(name)
             .is_some_and(|parts| parts.contains(&Part::Subject) && parts.contains(&Part::Text))
+    }
+
+    /// Whether template `name` may show `message.new_text` — when it does
+    /// not, the caller need not work it out ([`crate::ingest::quote`] is
+    /// the costliest variable).
+    pub fn uses_new_text(&self, name: &str) -> bool {
+        self.new_text.contains(name)
     }
 
     /// The names that [`Templates::has`], sorted.
@@ -725,6 +739,18 @@ impl Walk<'_> {
     }
 }
 
+/// Whether a template's source may show `message.new_text`: it names
+/// it, or calls a partial (`{{> x}}`, `{{#> x}}`, with `~` or not), which
+/// might. An over-approximation: a comment naming it counts too.
+fn may_show_new_text(source: &str) -> bool {
+    source.contains("new_text")
+        || source.match_indices("{{").any(|(at, _)| {
+            source[at + 2..]
+                .trim_start_matches(['~', '#'])
+                .starts_with('>')
+        })
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -1026,5 +1052,23 @@ mod tests {
             "{text}"
         );
         assert!(text.len() < 400, "{text}");
+    }
+
+    #[test]
+    fn only_templates_that_may_show_new_text_get_it_worked_out() {
+        let t = shipped();
+        assert!(t.uses_new_text("notification"), "the shipped one shows it");
+        assert!(!t.uses_new_text("ticket_received"));
+        for (source, may) in [
+            ("{{message.text}}", false),
+            ("{{{message.new_text}}}", true),
+            ("{{#with message}}{{new_text}}{{/with}}", true),
+            ("{{> footer}}", true),
+            ("{{~> footer}}", true),
+            ("{{#> layout}}x{{/layout}}", true),
+            ("a > b {{ticket.id}}", false),
+        ] {
+            assert_eq!(may_show_new_text(source), may, "{source}");
+        }
     }
 }
