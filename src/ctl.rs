@@ -204,7 +204,9 @@ fn ticket_detail(t: &Value) -> String {
             s(&m["from"]),
             s(&m["subject"])
         ));
-        for line in s(&m["text"]).lines().take(8) {
+        // What the message newly says; `ctl message` shows all of it.
+        let text = m.get("new_text").unwrap_or(&m["text"]);
+        for line in s(text).lines().take(8) {
             out.push_str(&format!("      {line}\n"));
         }
     }

@@ -224,13 +224,20 @@ pub fn ticket(txn: &Snapshot, id: TicketId) -> Result<Option<TicketDetail>, Stor
     let messages_table = txn.open_table(MESSAGES)?;
     let raw = txn.raw_table()?;
     let mut messages = Vec::new();
+    // `message_in` entries name their message as `<normalised id>`.
+    let mut new_texts = std::collections::HashMap::new();
     for row in index.range((id, 0)..=(id, u64::MAX))? {
         let (key, _) = row?;
         let (_, seq) = key.value();
         if let Some(m) = messages_table.get(seq)? {
             let rec: MessageRec = decode(m.value())?;
             let bytes = txn.raw_for_view(&rec, &raw)?;
-            messages.push(MessageView::new(rec, bytes.as_deref()));
+            let named = bracketed(&rec.message_id);
+            let view = MessageView::new(rec, bytes.as_deref());
+            if view.direction == Direction::In {
+                new_texts.insert(named, view.new_text.clone());
+            }
+            messages.push(view);
         }
     }
     let timeline_table = txn.open_table(TIMELINE)?;
@@ -238,10 +245,22 @@ pub fn ticket(txn: &Snapshot, id: TicketId) -> Result<Option<TicketDetail>, Stor
     for row in timeline_table.range((id, 0)..=(id, u64::MAX))? {
         let (_, v) = row?;
         let e: EventRec = decode(v.value())?;
+        let mut detail = e.detail;
+        // The timeline shows what a message newly says (SPEC §12),
+        // derived here rather than stored twice.
+        if e.kind == "message_in" {
+            let text = detail["message_id"]
+                .as_str()
+                .and_then(|named| new_texts.get(named));
+            if let (Some(text), Some(obj)) = (text, detail.as_object_mut()) {
+                obj.entry("new_text")
+                    .or_insert_with(|| serde_json::Value::String(text.clone()));
+            }
+        }
         timeline.push(EventView {
             at: rfc3339(e.at),
             kind: e.kind,
-            detail: e.detail,
+            detail,
         });
     }
     Ok(Some(TicketDetail {

@@ -425,6 +425,18 @@ fn views_and_notifications_show_the_new_text_without_the_quoted_history() {
             .contains("Secret quoted history"),
         "raw text kept: {view:#}"
     );
+    let entry = t["timeline"]
+        .as_array()
+        .and_then(|es| {
+            es.iter()
+                .find(|e| e["kind"] == "message_in" && e["detail"]["message_id"] == reply.mid())
+                .cloned()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        entry["detail"]["new_text"], "It is still broken.",
+        "the timeline shows the new text: {entry:#}"
+    );
     let note = wait_email(&d, "alice's notification of the reply", |e| {
         e.ticket() == Some(id) && e.is_to("alice@acme.example")
     });
