@@ -18,7 +18,7 @@ use std::sync::Arc;
 use crate::clock;
 use crate::config::Config;
 use crate::ingest;
-use crate::store::{Inbound, Outcome};
+use crate::store::{Envelope, Inbound, Outcome};
 
 /// Splits an mbox (mboxo/mboxrd) into messages: a message starts at a line
 /// beginning with `From ` at the start of the file or after a blank line;
@@ -191,12 +191,14 @@ pub fn inbound(config: &Arc<Config>, raw: Vec<u8>, default_channel: &str) -> Inb
     Inbound::new(
         config.clone(),
         raw,
-        mail_from,
-        rcpt,
-        channel,
-        plus,
-        received_at,
-        true,
+        Envelope {
+            mail_from,
+            rcpt,
+            channel,
+            plus,
+            received_at,
+            imported: true,
+        },
     )
 }
 

@@ -21,12 +21,10 @@ use crate::ingest::{
     bracketed, classify, AutoReason, ParsedMail, ThreadMatch, ThreadView, ThreadedBy, TicketId,
 };
 
-/// One message as the SMTP layer (or an import) hands it over.
+/// How a message came: the SMTP envelope as the session (or an import)
+/// saw it, and when.
 #[derive(Debug, Clone)]
-pub struct Inbound {
-    pub config: Arc<Config>,
-    pub raw: Vec<u8>,
-    pub parsed: ParsedMail,
+pub struct Envelope {
     /// Envelope sender, "" for the null sender.
     pub mail_from: String,
     pub rcpt: Vec<String>,
@@ -34,13 +32,22 @@ pub struct Inbound {
     pub channel: String,
     /// The ticket id of a plus recipient, if any.
     pub plus: Option<TicketId>,
-    /// The key of that plus recipient (`+<id>.<key>`), as written; derived
-    /// from `rcpt` (so the journal need not carry it).
-    pub plus_key: Option<String>,
     pub received_at: Millis,
     /// Loaded by `postdesk import`: threaded and stored like any message,
     /// but no automation runs and nothing is sent.
     pub imported: bool,
+}
+
+/// One message as the SMTP layer (or an import) hands it over.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    pub config: Arc<Config>,
+    pub raw: Vec<u8>,
+    pub parsed: ParsedMail,
+    pub envelope: Envelope,
+    /// The key of the plus recipient (`+<id>.<key>`), as written; derived
+    /// from the envelope's `rcpt` (so the journal need not carry it).
+    pub plus_key: Option<String>,
     /// A delivery failure report about mail we sent (see
     /// [`crate::ingest::bounce`]), detected before the store is involved.
     pub bounce: Option<Bounce>,
@@ -49,26 +56,18 @@ pub struct Inbound {
 impl Inbound {
     /// Parses `raw` and checks it for a bounce: the one way an inbound
     /// message is built (SMTP, import, and journal recovery alike).
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        config: Arc<Config>,
-        raw: Vec<u8>,
-        mail_from: String,
-        rcpt: Vec<String>,
-        channel: String,
-        plus: Option<TicketId>,
-        received_at: Millis,
-        imported: bool,
-    ) -> Inbound {
+    pub fn new(config: Arc<Config>, raw: Vec<u8>, envelope: Envelope) -> Inbound {
         let parsed = crate::ingest::parse(&raw);
         // Off the commit path, and only for mail that may be one.
-        let bounce = if crate::ingest::maybe_bounce(&parsed, &mail_from) {
-            crate::ingest::bounce::detect(&raw, &mail_from)
+        let bounce = if crate::ingest::maybe_bounce(&parsed, &envelope.mail_from) {
+            crate::ingest::bounce::detect(&raw, &envelope.mail_from)
         } else {
             None
         };
-        let plus_key = plus.and_then(|ticket| {
-            rcpt.iter()
+        let plus_key = envelope.plus.and_then(|ticket| {
+            envelope
+                .rcpt
+                .iter()
                 .filter_map(|r| config.recipient(r))
                 .find(|r| r.plus == Some(ticket))
                 .and_then(|r| r.key)
@@ -77,13 +76,8 @@ impl Inbound {
             config,
             raw,
             parsed,
-            mail_from,
-            rcpt,
-            channel,
-            plus,
+            envelope,
             plus_key,
-            received_at,
-            imported,
             bounce,
         }
     }
@@ -102,10 +96,10 @@ impl Inbound {
             to: p.to.clone(),
             subject: p.subject.clone(),
             date: p.date,
-            received_at: self.received_at,
-            mail_from: self.mail_from.clone(),
-            rcpt: self.rcpt.clone(),
-            channel: self.channel.clone(),
+            received_at: self.envelope.received_at,
+            mail_from: self.envelope.mail_from.clone(),
+            rcpt: self.envelope.rcpt.clone(),
+            channel: self.envelope.channel.clone(),
             size: self.raw.len() as u64,
             text: String::new(),
             blob: None,
@@ -187,7 +181,7 @@ pub fn apply_inbound(
         return apply_bounce(tables, inb, bounce, now);
     }
     let config = &inb.config;
-    let auto = classify(p, &inb.mail_from, |a| config.is_channel_address(a));
+    let auto = classify(p, &inb.envelope.mail_from, |a| config.is_channel_address(a));
     let sender = p.from.as_ref().map(|m| m.email.as_str());
     let agent = sender.and_then(|s| config.agent_by_email(s));
     let auth = config.security.trusted_authserv_id.as_deref().map(|id| {
@@ -196,7 +190,7 @@ pub fn apply_inbound(
     });
     let creds = Credentials::assess(
         tables.keys(),
-        inb.plus,
+        inb.envelope.plus,
         inb.plus_key.as_deref(),
         config.users.iter().map(|u| u.id.as_str()),
         auth.as_ref().and_then(|a| a.proof.clone()).map(AuthProof),
@@ -234,7 +228,7 @@ pub fn apply_inbound(
 
     // Where the message goes: the matched ticket, a new ticket linked to a
     // closed one (reply_to_closed = new_ticket), a new ticket, or nowhere.
-    let channel = config.channel(&inb.channel);
+    let channel = config.channel(&inb.envelope.channel);
     let mut linked_from = None;
     let mut target = match matched.ticket {
         Some(id) => follow_merges(tables, id)?,
@@ -329,11 +323,11 @@ pub fn apply_inbound(
     if let (Some(why), Some(agent)) = (unproven, agent) {
         // Kept on the ticket, nothing relayed, no status change; the real
         // agent is told how to reply so that it counts.
-        if !inb.imported {
+        if !inb.envelope.imported {
             not_relayed(tables, config, ticket, agent, &rec, &why.reason, now)?;
         }
     }
-    if inb.imported || rec.unverified {
+    if inb.envelope.imported || rec.unverified {
         tables.put_ticket(ticket)?;
         return Ok(Outcome::Ticket {
             id,
@@ -597,7 +591,7 @@ fn create_ticket(
     let id = tables.next_ticket_id();
     let p = &inb.parsed;
     let contact = p.from.clone().unwrap_or_else(|| crate::ingest::Mailbox {
-        email: inb.mail_from.to_ascii_lowercase(),
+        email: inb.envelope.mail_from.to_ascii_lowercase(),
         name: None,
     });
     let participants = if contact.email.is_empty() {
@@ -680,8 +674,8 @@ fn message_in_detail(
         "matched": m.via,
         "automatic": auto.map(|a| a.code()),
         "verified": (kind == "agent_email").then_some(!unverified),
-        "channel": inb.channel,
+        "channel": inb.envelope.channel,
         "size": inb.raw.len(),
-        "imported": inb.imported,
+        "imported": inb.envelope.imported,
     })
 }

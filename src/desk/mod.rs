@@ -26,7 +26,7 @@ mod ops;
 pub mod records;
 
 pub use error::StoreError;
-pub use inbound::{apply_inbound, Inbound, Outcome};
+pub use inbound::{apply_inbound, Envelope, Inbound, Outcome};
 pub use ops::{assign, delivered, merge, reply, set_status, Delivery};
 
 use crate::clock::Millis;

@@ -17,7 +17,7 @@ use super::reader::{is_crlf, read_line, Read};
 use crate::clock;
 use crate::config::Config;
 use crate::metrics::{self, METRICS};
-use crate::store::{Inbound, Outcome, Store};
+use crate::store::{self, Inbound, Outcome, Store};
 
 /// RFC 5321 §4.5.3.1.4: a command line is at most 512 octets with CRLF.
 pub const MAX_COMMAND_LINE: usize = 512;
@@ -32,9 +32,10 @@ const MAX_ERRORS: usize = 20;
 /// (RFC 5321 §4.5.3.2 suggests 5 minutes for commands).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// What the engine's callbacks record for the connection task.
+/// The SMTP transaction in progress, as the engine's callbacks record it
+/// for the connection task.
 #[derive(Default)]
-struct Envelope {
+struct Transaction {
     /// Set by the task from its own MAIL parse (the engine cannot take `<>`).
     pending_from: String,
     /// `SMTPUTF8` at the MAIL FROM being handed to the engine.
@@ -49,12 +50,12 @@ struct Envelope {
 }
 
 struct EngineHandler {
-    env: Arc<Mutex<Envelope>>,
+    env: Arc<Mutex<Transaction>>,
     config: Arc<Config>,
 }
 
 impl EngineHandler {
-    fn env(&self) -> std::sync::MutexGuard<'_, Envelope> {
+    fn env(&self) -> std::sync::MutexGuard<'_, Transaction> {
         // The mutex is only ever held briefly by this task; a poisoned lock
         // still holds valid data.
         self.env.lock().unwrap_or_else(|p| p.into_inner())
@@ -163,7 +164,7 @@ async fn run(
     ctx: &Ctx,
     config: Arc<Config>,
 ) -> std::io::Result<()> {
-    let env = Arc::new(Mutex::new(Envelope::default()));
+    let env = Arc::new(Mutex::new(Transaction::default()));
     let handler = EngineHandler {
         env: env.clone(),
         config: config.clone(),
@@ -264,7 +265,7 @@ fn next_of(resp: &Response) -> Next {
 
 fn command(
     session: &mut mailin::Session<EngineHandler>,
-    env: &Mutex<Envelope>,
+    env: &Mutex<Transaction>,
     config: &Config,
     line: &[u8],
     peer: SocketAddr,
@@ -370,7 +371,7 @@ async fn data(
     reader: &mut Reader,
     writer: &mut Writer,
     session: &mut mailin::Session<EngineHandler>,
-    env: &Mutex<Envelope>,
+    env: &Mutex<Transaction>,
     config: &Arc<Config>,
     ctx: &Ctx,
     peer: SocketAddr,
@@ -457,19 +458,16 @@ async fn data(
     };
     let aside = body.len() >= PARSE_ASIDE;
     let parse = {
-        let (config, channel, received_at) = (config.clone(), channel.clone(), clock::now_millis());
-        move || {
-            Inbound::new(
-                config,
-                body,
-                mail_from,
-                rcpts,
-                channel,
-                plus,
-                received_at,
-                false,
-            )
-        }
+        let config = config.clone();
+        let envelope = store::Envelope {
+            mail_from,
+            rcpt: rcpts,
+            channel: channel.clone(),
+            plus,
+            received_at: clock::now_millis(),
+            imported: false,
+        };
+        move || Inbound::new(config, body, envelope)
     };
     let inbound = if aside {
         // A big message is parsed on a blocking thread: the runtime may

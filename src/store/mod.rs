@@ -42,7 +42,7 @@ use crate::config::Config;
 use crate::ingest::TicketId;
 use blobs::BlobFile;
 
-pub use crate::desk::{Delivery, Inbound, Outcome, StoreError};
+pub use crate::desk::{Delivery, Envelope, Inbound, Outcome, StoreError};
 pub use writer::WriterHandle;
 
 /// The database handle shared by the writer (which may replace it after an

@@ -53,7 +53,7 @@ use super::tables::Tables;
 use super::{open_db, DbSlot, Delivery, Done, Job, StoreCmd, StoreError, WriterMsg};
 use crate::clock::{self, Millis};
 use crate::config::Config;
-use crate::desk::{self, apply_inbound, Inbound};
+use crate::desk::{self, apply_inbound, Envelope, Inbound};
 
 pub const MAX_BATCH: usize = 256;
 /// An open transaction is committed after this many batches, or once it is
@@ -471,12 +471,14 @@ impl Writer {
             } => StoreCmd::Ingest(Box::new(Inbound::new(
                 config.clone(),
                 raw.to_vec(),
-                mail_from.to_string(),
-                rcpt.into_iter().map(String::from).collect(),
-                channel.to_string(),
-                plus,
-                received_at,
-                imported,
+                Envelope {
+                    mail_from: mail_from.to_string(),
+                    rcpt: rcpt.into_iter().map(String::from).collect(),
+                    channel: channel.to_string(),
+                    plus,
+                    received_at,
+                    imported,
+                },
             ))),
             Entry::Delivered { id, kind, detail } => StoreCmd::Delivered {
                 id,
@@ -919,12 +921,12 @@ fn entry(cmd: &StoreCmd) -> Option<Entry<'_>> {
     match cmd {
         StoreCmd::Ingest(inb) => Some(Entry::Ingest {
             raw: &inb.raw,
-            mail_from: &inb.mail_from,
-            rcpt: inb.rcpt.iter().map(String::as_str).collect(),
-            channel: &inb.channel,
-            plus: inb.plus,
-            received_at: inb.received_at,
-            imported: inb.imported,
+            mail_from: &inb.envelope.mail_from,
+            rcpt: inb.envelope.rcpt.iter().map(String::as_str).collect(),
+            channel: &inb.envelope.channel,
+            plus: inb.envelope.plus,
+            received_at: inb.envelope.received_at,
+            imported: inb.envelope.imported,
         }),
         StoreCmd::Delivered { id, result } => Some(match result {
             Delivery::Sent => Entry::Delivered {
