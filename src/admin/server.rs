@@ -14,9 +14,9 @@ use tokio_util::task::TaskTracker;
 
 use super::proto::{parse_request, Request, Response, DEFAULT_LIMIT, MAX_LIMIT, MAX_REQUEST};
 use crate::daemon::ConfigCell;
+use crate::desk::records::OutState;
 use crate::smtp::reader::{read_line, Read};
-use crate::store::schema::OutState;
-use crate::store::{read, Done, Store, StoreCmd, StoreError};
+use crate::store::{Done, Store, StoreCmd, StoreError, StoredMessage, TicketFilter};
 
 pub struct AdminCtx {
     pub store: Store,
@@ -126,41 +126,35 @@ async fn handle(req: Request, ctx: &AdminCtx) -> Response {
     let result = match req {
         Request::Health {} => {
             let uptime = ctx.started.elapsed().as_secs();
-            ctx.store
-                .read(move |txn| {
-                    Ok(json!({
-                        "version": env!("CARGO_PKG_VERSION"),
-                        "uptime_secs": uptime,
-                        "tickets": read::ticket_count(txn)?,
-                        "outbox_pending": read::outbox_pending(txn)?,
-                    }))
+            ctx.store.counts().await.map(|(tickets, pending)| {
+                json!({
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "uptime_secs": uptime,
+                    "tickets": tickets,
+                    "outbox_pending": pending,
                 })
-                .await
+            })
         }
         Request::Tickets {
             status,
             pipeline,
             limit: l,
         } => {
-            let filter = read::TicketFilter {
+            let filter = TicketFilter {
                 status,
                 pipeline,
                 limit: limit(l),
             };
-            ctx.store
-                .read(move |txn| Ok(to_value(read::tickets(txn, &filter)?)))
-                .await
+            ctx.store.tickets(filter).await.map(to_value)
         }
-        Request::Ticket { id } => match ctx.store.read(move |txn| read::ticket(txn, id)).await {
+        Request::Ticket { id } => match ctx.store.ticket(id).await {
             Ok(Some(t)) => Ok(to_value(t)),
             Ok(None) => return Response::err("not_found", format!("no ticket {id}")),
             Err(e) => Err(e),
         },
         Request::Conversations { limit: l } => {
             let n = limit(l);
-            ctx.store
-                .read(move |txn| Ok(to_value(read::conversations(txn, n)?)))
-                .await
+            ctx.store.conversations(n).await.map(to_value)
         }
         Request::Reload {} => {
             // Blocking work (files, template compilation): off the runtime.
@@ -244,15 +238,11 @@ async fn handle(req: Request, ctx: &AdminCtx) -> Response {
                 user,
             };
             match ctx.store.command(cmd).await {
-                Ok(Done::Queued(out)) => {
-                    ctx.store
-                        .read(move |txn| {
-                            Ok(read::outbox_one(txn, out)?
-                                .map(to_value)
-                                .unwrap_or(Value::Null))
-                        })
-                        .await
-                }
+                Ok(Done::Queued(out)) => ctx
+                    .store
+                    .outbox_entry(out)
+                    .await
+                    .map(|o| o.map(to_value).unwrap_or(Value::Null)),
                 Ok(_) => Ok(Value::Null),
                 Err(e) => return store_error(e),
             }
@@ -261,8 +251,8 @@ async fn handle(req: Request, ctx: &AdminCtx) -> Response {
             let Some(id) = crate::ingest::normalize_message_id(&message_id) else {
                 return Response::err("bad_request", format!("not a Message-ID: \"{message_id}\""));
             };
-            match ctx.store.read(move |txn| read::message(txn, &id)).await {
-                Ok(Some(read::StoredMessage { ticket, view, raw })) => {
+            match ctx.store.message(id).await {
+                Ok(Some(StoredMessage { ticket, view, raw })) => {
                     use base64::Engine as _;
                     let mut v = to_value(view);
                     v["ticket"] = json!(ticket);
@@ -291,9 +281,7 @@ async fn handle(req: Request, ctx: &AdminCtx) -> Response {
                 },
             };
             let n = limit(l);
-            ctx.store
-                .read(move |txn| Ok(to_value(read::outbox(txn, state, n)?)))
-                .await
+            ctx.store.outbox(state, n).await.map(to_value)
         }
     };
     match result {
@@ -318,7 +306,7 @@ async fn ticket_after(ctx: &AdminCtx, cmd: StoreCmd, id: u64) -> Response {
     if let Err(e) = ctx.store.command(cmd).await {
         return store_error(e);
     }
-    match ctx.store.read(move |txn| read::ticket(txn, id)).await {
+    match ctx.store.ticket(id).await {
         Ok(Some(t)) => Response::ok(to_value(t.ticket)),
         Ok(None) => Response::err("not_found", format!("no ticket {id}")),
         Err(e) => store_error(e),

@@ -7,8 +7,9 @@
 //! Owns: the inbound step ([`inbound`]: duplicates, bounces, trust,
 //! threading, tickets, participants), what automation's effects write and
 //! send ([`effects`]: loop protection, outgoing drafts, the outbox), the
-//! operator commands and delivery results ([`ops`]), and the records
-//! ([`records`]).
+//! operator commands and delivery results ([`ops`]), the records
+//! ([`records`]) and the views of them that the admin socket shows
+//! ([`views`]).
 //!
 //! Invariants:
 //! - No rule lives in an engine. An engine stores, locks, batches,
@@ -24,6 +25,7 @@ mod error;
 mod inbound;
 mod ops;
 pub mod records;
+pub mod views;
 
 pub use error::StoreError;
 pub use inbound::{apply_inbound, Envelope, Inbound, Outcome};

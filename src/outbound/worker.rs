@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::transport::{Link, SendError, Transport};
 use crate::clock;
 use crate::daemon::ConfigCell;
-use crate::store::{read, Delivery, Store};
+use crate::store::{Delivery, DueMail, Store};
 
 /// Emails taken per pass; their results are handed to the store writer
 /// together, after the pass (one commit).
@@ -94,7 +94,7 @@ pub async fn run(store: Store, config: Arc<ConfigCell>, shutdown: CancellationTo
             return;
         }
         let now = clock::now_millis();
-        let (due, next) = match store.read(move |txn| read::due(txn, now, BATCH)).await {
+        let (due, next) = match store.due(now, BATCH).await {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(error = %e, "outbox: cannot read the queue; retrying");
@@ -188,7 +188,7 @@ pub async fn run(store: Store, config: Arc<ConfigCell>, shutdown: CancellationTo
 /// for the next pass. Each email's outbox id and result go to `results`.
 async fn lane(
     transport: Arc<Transport>,
-    queue: Arc<Mutex<VecDeque<read::DueMail>>>,
+    queue: Arc<Mutex<VecDeque<DueMail>>>,
     results: Arc<Mutex<Vec<(u64, Delivery)>>>,
     mut link: Link,
 ) -> Link {
@@ -227,7 +227,7 @@ async fn record(store: &Store, results: Vec<(u64, Delivery)>) {
 }
 
 /// Sends one email; what the outbox should record.
-async fn deliver(transport: &Transport, link: &mut Link, mail: &read::DueMail) -> Delivery {
+async fn deliver(transport: &Transport, link: &mut Link, mail: &DueMail) -> Delivery {
     match &mail.raw {
         Ok(raw) => {
             let result = transport
@@ -244,7 +244,7 @@ async fn deliver(transport: &Transport, link: &mut Link, mail: &read::DueMail) -
 }
 
 /// What one send attempt means for the outbox (and its log line).
-fn outcome(mail: &read::DueMail, result: Result<(), SendError>) -> Delivery {
+fn outcome(mail: &DueMail, result: Result<(), SendError>) -> Delivery {
     match result {
         Ok(()) => {
             tracing::info!(ticket = mail.ticket, message_id = %mail.message_id, kind = %mail.kind, to = %mail.rcpt.join(","), "mail sent");

@@ -25,8 +25,8 @@
 
 mod blobs;
 mod journal;
-pub mod read;
-pub mod schema;
+mod read;
+mod schema;
 mod tables;
 mod window;
 mod writer;
@@ -42,7 +42,12 @@ use crate::config::Config;
 use crate::ingest::TicketId;
 use blobs::BlobFile;
 
+use crate::clock::Millis;
+pub use crate::desk::views::{
+    DueMail, MessageView, OutboxView, StoredMessage, TicketDetail, TicketFilter, TicketView,
+};
 pub use crate::desk::{Delivery, Envelope, Inbound, Outcome, StoreError};
+use schema::OutState;
 pub use writer::WriterHandle;
 
 /// The database handle shared by the writer (which may replace it after an
@@ -281,9 +286,62 @@ impl Store {
         self.outbox.notified().await;
     }
 
+    /// How many tickets are stored, and how many emails wait for a (first or
+    /// next) delivery attempt.
+    pub async fn counts(&self) -> Result<(u64, u64), StoreError> {
+        self.read(|txn| Ok((read::ticket_count(txn)?, read::outbox_pending(txn)?)))
+            .await
+    }
+
+    /// Tickets, newest first.
+    pub async fn tickets(&self, filter: TicketFilter) -> Result<Vec<TicketView>, StoreError> {
+        self.read(move |txn| read::tickets(txn, &filter)).await
+    }
+
+    /// A ticket with its messages and timeline.
+    pub async fn ticket(&self, id: TicketId) -> Result<Option<TicketDetail>, StoreError> {
+        self.read(move |txn| read::ticket(txn, id)).await
+    }
+
+    /// Messages kept without a ticket, newest first.
+    pub async fn conversations(&self, limit: usize) -> Result<Vec<MessageView>, StoreError> {
+        self.read(move |txn| read::conversations(txn, limit)).await
+    }
+
+    /// One stored message (inbound or outbound) by its normalised
+    /// Message-ID, with its raw bytes.
+    pub async fn message(&self, message_id: String) -> Result<Option<StoredMessage>, StoreError> {
+        self.read(move |txn| read::message(txn, &message_id)).await
+    }
+
+    /// The outbox, newest first, optionally only one state.
+    pub async fn outbox(
+        &self,
+        state: Option<OutState>,
+        limit: usize,
+    ) -> Result<Vec<OutboxView>, StoreError> {
+        self.read(move |txn| read::outbox(txn, state, limit)).await
+    }
+
+    /// One outbox entry.
+    pub async fn outbox_entry(&self, id: u64) -> Result<Option<OutboxView>, StoreError> {
+        self.read(move |txn| read::outbox_one(txn, id)).await
+    }
+
+    /// Up to `limit` emails due at `now` with their bytes, and when the
+    /// next one after them is due (if any).
+    pub async fn due(
+        &self,
+        now: Millis,
+        limit: usize,
+    ) -> Result<(Vec<DueMail>, Option<Millis>), StoreError> {
+        self.read(move |txn| read::due(txn, now, limit)).await
+    }
+
     /// Runs `f` on a read transaction, on a blocking thread. It sees every
-    /// job the writer has answered before the call.
-    pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    /// job the writer has answered before the call. Callers outside the
+    /// store use the typed reads above: no engine's transaction leaves it.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&read::Snapshot) -> Result<T, StoreError> + Send + 'static,
@@ -361,7 +419,7 @@ initial_status = "new"
         writer.join();
         drop(store);
         let (store, writer, _) = open(dir);
-        let count = store.read(|snap| read::ticket_count(snap)).await.unwrap();
+        let count = store.counts().await.unwrap().0;
         store.shutdown();
         writer.join();
         count
@@ -405,10 +463,7 @@ initial_status = "new"
             let Outcome::Ticket { id, .. } = first.await.unwrap() else {
                 panic!("no ticket");
             };
-            let seen = store
-                .read(move |snap| read::ticket(snap, id))
-                .await
-                .unwrap();
+            let seen = store.ticket(id).await.unwrap();
             assert!(
                 seen.is_some(),
                 "round {round}: ticket {id} answered but not visible"
@@ -452,7 +507,7 @@ initial_status = "new"
             }
             assert!(matches!(bad.await, Err(StoreError::Corrupt(_))));
             answered += 20;
-            let count = store.read(|snap| read::ticket_count(snap)).await.unwrap();
+            let count = store.counts().await.unwrap().0;
             assert_eq!(count, answered, "round {round}");
         }
         // And after a restart (the journal replayed again, if anything is
@@ -485,16 +540,13 @@ initial_status = "new"
         assert!(store.slot.blobs.fault.lock().unwrap().failing);
         // A read while the disk is still broken: the writer tries the
         // replay for it (and cannot write the answered message's bytes).
-        store.read(|snap| read::ticket_count(snap)).await.unwrap();
+        store.counts().await.unwrap();
         {
             let mut fault = store.slot.blobs.fault.lock().unwrap();
             fault.marker = None;
             fault.failing = false;
         }
-        let seen = store
-            .read(move |snap| read::ticket(snap, id))
-            .await
-            .unwrap();
+        let seen = store.ticket(id).await.unwrap();
         assert!(seen.is_some(), "ticket {id} was answered but is gone");
         assert_eq!(
             tickets_after_restart(dir.path(), store, writer).await,

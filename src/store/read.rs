@@ -4,13 +4,12 @@
 use std::ops::Deref;
 
 use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, ReadableTableMetadata};
-use serde::Serialize;
 
 use super::blobs::BlobFile;
 use super::schema::*;
 use super::StoreError;
-use crate::clock::rfc3339;
-use crate::ingest::{bracketed, Mailbox, TicketId};
+pub use crate::desk::views::*;
+use crate::ingest::TicketId;
 
 /// A read transaction and the blob file: what a view reads from. It is a
 /// [`ReadTransaction`] for views that need no raw bytes.
@@ -68,124 +67,6 @@ impl<'a> Snapshot<'a> {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct TicketView {
-    pub id: TicketId,
-    pub pipeline: String,
-    pub status: String,
-    pub subject: String,
-    pub contact: Mailbox,
-    pub owner: Option<String>,
-    pub channel: String,
-    pub source: crate::config::Source,
-    pub created_at: String,
-    pub updated_at: String,
-    /// The contact first, then every customer who wrote on the ticket or
-    /// was in the To/Cc of its inbound mail (SPEC §12).
-    pub participants: Vec<Mailbox>,
-}
-
-impl From<&TicketRec> for TicketView {
-    fn from(t: &TicketRec) -> Self {
-        TicketView {
-            id: t.id,
-            pipeline: t.pipeline.clone(),
-            status: t.status.clone(),
-            subject: t.subject.clone(),
-            contact: t.contact.clone(),
-            owner: t.owner.clone(),
-            channel: t.channel.clone(),
-            source: t.source,
-            created_at: rfc3339(t.created_at),
-            updated_at: rfc3339(t.updated_at),
-            participants: t
-                .participants
-                .iter()
-                .map(|email| Mailbox {
-                    email: email.clone(),
-                    name: (email == &t.contact.email)
-                        .then(|| t.contact.name.clone())
-                        .flatten(),
-                })
-                .collect(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct MessageView {
-    pub message_id: String,
-    pub direction: Direction,
-    pub kind: String,
-    pub from: Option<String>,
-    pub from_name: Option<String>,
-    pub to: Vec<String>,
-    pub subject: String,
-    pub date: Option<String>,
-    pub received_at: String,
-    pub size: u64,
-    pub text: String,
-    /// `text` without the quoted history and the signature (SPEC §12).
-    pub new_text: String,
-    /// Mail from an agent's address: whether it proved the agent (SPEC
-    /// §12); absent for every other message.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub verified: Option<bool>,
-    /// The trusted MTA's verdict: `{status: pass|fail|none, summary}`
-    /// (only with `[security] trusted_authserv_id`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub auth: Option<AuthRec>,
-}
-
-impl MessageView {
-    /// The view of a row and its raw bytes (the text is derived from them).
-    fn new(m: MessageRec, raw: Option<&[u8]>) -> Self {
-        let text = text_of(m.text, raw);
-        let verified =
-            (m.direction == Direction::In && m.kind == "agent_email").then_some(!m.unverified);
-        MessageView {
-            new_text: crate::ingest::quote::new_text(&text),
-            verified,
-            auth: m.auth.clone(),
-            message_id: m
-                .message_id_written
-                .unwrap_or_else(|| bracketed(&m.message_id)),
-            direction: m.direction,
-            kind: m.kind,
-            from: m.from.as_ref().map(|f| f.email.clone()),
-            from_name: m.from.and_then(|f| f.name),
-            to: m.to,
-            subject: m.subject,
-            date: m.date.map(rfc3339),
-            received_at: rfc3339(m.received_at),
-            size: m.size,
-            text,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct EventView {
-    pub at: String,
-    pub kind: String,
-    pub detail: serde_json::Value,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct TicketDetail {
-    #[serde(flatten)]
-    pub ticket: TicketView,
-    pub messages: Vec<MessageView>,
-    pub timeline: Vec<EventView>,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct TicketFilter {
-    pub status: Option<String>,
-    pub pipeline: Option<String>,
-    pub limit: usize,
-}
-
 pub fn ticket_count(txn: &ReadTransaction) -> Result<u64, StoreError> {
     Ok(txn.open_table(TICKETS)?.len()?)
 }
@@ -224,50 +105,22 @@ pub fn ticket(txn: &Snapshot, id: TicketId) -> Result<Option<TicketDetail>, Stor
     let messages_table = txn.open_table(MESSAGES)?;
     let raw = txn.raw_table()?;
     let mut messages = Vec::new();
-    // `message_in` entries name their message as `<normalised id>`.
-    let mut new_texts = std::collections::HashMap::new();
     for row in index.range((id, 0)..=(id, u64::MAX))? {
         let (key, _) = row?;
         let (_, seq) = key.value();
         if let Some(m) = messages_table.get(seq)? {
             let rec: MessageRec = decode(m.value())?;
             let bytes = txn.raw_for_view(&rec, &raw)?;
-            let named = bracketed(&rec.message_id);
-            let view = MessageView::new(rec, bytes.as_deref());
-            if view.direction == Direction::In {
-                new_texts.insert(named, view.new_text.clone());
-            }
-            messages.push(view);
+            messages.push((rec, bytes));
         }
     }
     let timeline_table = txn.open_table(TIMELINE)?;
-    let mut timeline = Vec::new();
+    let mut events = Vec::new();
     for row in timeline_table.range((id, 0)..=(id, u64::MAX))? {
         let (_, v) = row?;
-        let e: EventRec = decode(v.value())?;
-        let mut detail = e.detail;
-        // The timeline shows what a message newly says (SPEC §12),
-        // derived here rather than stored twice.
-        if e.kind == "message_in" {
-            let text = detail["message_id"]
-                .as_str()
-                .and_then(|named| new_texts.get(named));
-            if let (Some(text), Some(obj)) = (text, detail.as_object_mut()) {
-                obj.entry("new_text")
-                    .or_insert_with(|| serde_json::Value::String(text.clone()));
-            }
-        }
-        timeline.push(EventView {
-            at: rfc3339(e.at),
-            kind: e.kind,
-            detail,
-        });
+        events.push(decode::<EventRec>(v.value())?);
     }
-    Ok(Some(TicketDetail {
-        ticket: TicketView::from(&t),
-        messages,
-        timeline,
-    }))
+    Ok(Some(TicketDetail::new(&t, messages, events)))
 }
 
 /// Messages kept without a ticket, newest first.
@@ -285,14 +138,6 @@ pub fn conversations(txn: &Snapshot, limit: usize) -> Result<Vec<MessageView>, S
         }
     }
     Ok(out)
-}
-
-/// A stored message with its ticket and its raw bytes exactly as received
-/// or sent.
-pub struct StoredMessage {
-    pub ticket: Option<TicketId>,
-    pub view: MessageView,
-    pub raw: Vec<u8>,
 }
 
 /// One stored message (inbound or outbound) by its normalised Message-ID.
@@ -316,52 +161,6 @@ pub fn message(txn: &Snapshot, message_id: &str) -> Result<Option<StoredMessage>
         view: MessageView::new(rec, Some(&bytes)),
         raw: bytes,
     }))
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct OutboxView {
-    pub id: u64,
-    pub ticket: TicketId,
-    pub message_id: String,
-    pub kind: String,
-    pub to: Vec<String>,
-    pub subject: String,
-    pub state: OutState,
-    pub attempts: u32,
-    pub created_at: String,
-    pub next_attempt_at: Option<String>,
-    pub sent_at: Option<String>,
-    pub last_error: Option<String>,
-    /// A bounce's word on this email: failed recipients and status.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bounce: Option<serde_json::Value>,
-}
-
-impl From<OutboxRec> for OutboxView {
-    fn from(r: OutboxRec) -> Self {
-        OutboxView {
-            id: r.id,
-            ticket: r.ticket,
-            message_id: bracketed(&r.message_id),
-            kind: r.kind,
-            to: r.rcpt,
-            subject: r.subject,
-            state: r.state,
-            attempts: r.attempts,
-            created_at: rfc3339(r.created_at),
-            next_attempt_at: r.next_attempt_at.map(rfc3339),
-            sent_at: r.sent_at.map(rfc3339),
-            last_error: r.last_error,
-            bounce: r.bounce.map(|b| {
-                serde_json::json!({
-                    "recipients": b.recipients,
-                    "status": b.status,
-                    "message_id": bracketed(&b.message_id),
-                    "at": rfc3339(b.at),
-                })
-            }),
-        }
-    }
 }
 
 /// Emails waiting for a (first or next) delivery attempt.
@@ -389,20 +188,6 @@ pub fn outbox(
         out.push(OutboxView::from(rec));
     }
     Ok(out)
-}
-
-/// One email due for delivery, with its raw bytes.
-#[derive(Debug, Clone)]
-pub struct DueMail {
-    pub id: u64,
-    pub ticket: TicketId,
-    pub message_id: String,
-    pub kind: String,
-    pub mail_from: String,
-    pub rcpt: Vec<String>,
-    /// The email's bytes, or why they cannot be read (a damaged or missing
-    /// copy: the email cannot be sent, ever).
-    pub raw: Result<Vec<u8>, String>,
 }
 
 /// Up to `limit` emails due at `now`, and when the next one after them is
