@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::proto::{parse_request, Request, Response, DEFAULT_LIMIT, MAX_LIMIT, MAX_REQUEST};
-use crate::daemon::ConfigCell;
+use crate::config::ConfigCell;
 use crate::desk::records::OutState;
 use crate::smtp::reader::{read_line, Read};
 use crate::store::{Done, Store, StoreCmd, StoreError, StoredMessage, TicketFilter};

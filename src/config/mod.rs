@@ -13,10 +13,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+mod live;
 mod load;
 mod raw;
 mod templates;
 mod validate;
+pub use live::{summary, ConfigCell};
 pub use load::{load, Problem, Problems};
 
 /// The validated configuration. Every id referenced anywhere (channel →

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::transport::{Link, SendError, Transport};
 use crate::clock;
-use crate::daemon::ConfigCell;
+use crate::config::ConfigCell;
 use crate::store::{Delivery, DueMail, Store};
 
 /// Emails taken per pass; their results are handed to the store writer

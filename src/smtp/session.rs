@@ -116,7 +116,7 @@ impl Handler for EngineHandler {
 /// Shared by every connection.
 pub struct Ctx {
     pub store: Store,
-    pub config: Arc<crate::daemon::ConfigCell>,
+    pub config: Arc<crate::config::ConfigCell>,
     pub shutdown: CancellationToken,
     /// Messages being parsed or waiting for their commit, at most
     /// [`INGESTS_IN_FLIGHT`]: a parsed message holds its decoded text
