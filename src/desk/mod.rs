@@ -4,10 +4,10 @@
 //! apply — written once against a transaction interface, [`Txn`], that
 //! each storage engine implements.
 //!
-//! Owns: the inbound step ([`inbound`]: duplicates, bounces, trust,
+//! Owns: the inbound step (`inbound`: duplicates, bounces, trust,
 //! threading, tickets, participants), what automation's effects write and
-//! send ([`effects`]: loop protection, outgoing drafts, the outbox), the
-//! operator commands and delivery results ([`ops`]), the records
+//! send (`effects`: loop protection, outgoing drafts, the outbox), the
+//! operator commands and delivery results (`ops`), the records
 //! ([`records`]) and the views of them that the admin socket shows
 //! ([`views`]).
 //!

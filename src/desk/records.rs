@@ -13,7 +13,7 @@ use crate::clock::Millis;
 use crate::ingest::{Mailbox, TicketId};
 
 /// Where one message's raw bytes are in the redb engine's blob file
-/// (`store::blobs`).
+/// (`store::redb::blobs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlobRef {
     pub at: u64,
@@ -109,7 +109,7 @@ pub struct MessageRec {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub text: String,
     /// Where the raw bytes are in the blob file; `None` in rows written
-    /// before it existed (their bytes are in [`RAW`]).
+    /// before it existed (their bytes are in the redb engine's `raw` table).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blob: Option<BlobRef>,
     /// From an agent's address but not proven to be the agent (SPEC §12):

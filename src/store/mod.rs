@@ -1,17 +1,15 @@
-//! SHELL: the redb database.
-//!
-//! Owns: every table ([`schema`]), the raw messages' file ([`blobs`]), the
-//! one writer thread ([`writer`]) that performs all write transactions —
-//! each command applied by the ticket logic ([`crate::desk`]) through
-//! [`tables::Tables`], this engine's [`crate::desk::Txn`] — and the read
-//! views the admin socket uses ([`read`]).
+//! SHELL: the storage boundary. [`Store`] is the handle every caller
+//! holds: commands ([`StoreCmd`], applied by the ticket logic,
+//! [`crate::desk`]) and typed reads returning [`crate::desk::views`]; no
+//! engine's transaction type leaves this module. One engine today, redb
+//! (`redb`: tables, blob file, journal, the one writer thread).
 //!
 //! Invariants:
 //! - Durability is decided here and nowhere else: a [`Store::ingest`] call
-//!   returns `Ok` only after the message is on disk — in the [`journal`]
+//!   returns `Ok` only after the message is on disk — in the journal
 //!   (synced; redb commits it in memory right after, or with the batches
 //!   that follow it), or in redb committed with `Durability::Immediate`.
-//!   Callers may say `250` then, and only then. A [`Store::read`] sees
+//!   Callers may say `250` then, and only then. A typed read sees
 //!   every job answered before it.
 //! - Everything one message causes (message, Message-ID rows, ticket,
 //!   timeline) is written in the same transaction; its raw bytes go to the
@@ -23,99 +21,26 @@
 //!   the writer reopens the database before the next batch, and every
 //!   caller meanwhile gets an error (→ `451`), never a false success.
 
-mod blobs;
-mod journal;
-mod read;
-mod schema;
-mod tables;
-mod window;
-mod writer;
+mod redb;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, RwLock};
 
-use redb::Database;
 use tokio::sync::{oneshot, Notify};
 
+use self::redb::blobs::BlobFile;
+use self::redb::{open_db, read, writer, DbSlot};
 use crate::config::Config;
 use crate::ingest::TicketId;
-use blobs::BlobFile;
 
+use self::redb::schema::OutState;
 use crate::clock::Millis;
 pub use crate::desk::views::{
     DueMail, MessageView, OutboxView, StoredMessage, TicketDetail, TicketFilter, TicketView,
 };
 pub use crate::desk::{Delivery, Envelope, Inbound, Outcome, StoreError};
-use schema::OutState;
 pub use writer::WriterHandle;
-
-/// The database handle shared by the writer (which may replace it after an
-/// I/O error) and readers (who clone the `Arc` for one transaction).
-struct DbSlot {
-    path: PathBuf,
-    cache: usize,
-    db: RwLock<Option<Arc<Database>>>,
-    /// The raw messages ([`blobs`]); never reopened.
-    blobs: Arc<BlobFile>,
-    /// Set by the writer while batches it has answered are applied in a
-    /// write transaction not yet committed to redb (they are durable in the
-    /// journal); a reader then asks the writer to commit first.
-    uncommitted: AtomicBool,
-}
-
-impl Drop for DbSlot {
-    /// The last handle to redb may close with the slot (at shutdown, or a
-    /// failed open), making pending in-memory commits durable: the bytes
-    /// they name go to disk first.
-    fn drop(&mut self) {
-        self.blobs.sync();
-    }
-}
-
-impl DbSlot {
-    fn get(&self) -> Result<Arc<Database>, StoreError> {
-        match self.db.read() {
-            Ok(guard) => guard.clone().ok_or(StoreError::Unavailable),
-            Err(_) => Err(StoreError::Unavailable),
-        }
-    }
-}
-
-/// Opens (or creates) a file of the store for reading and writing; a new
-/// file's directory entry is synced at once, since durable state will
-/// depend on the file being there.
-fn open_store_file(path: &Path) -> std::io::Result<std::fs::File> {
-    let existed = path.exists();
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)?;
-    if !existed {
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-    }
-    Ok(file)
-}
-
-/// A scratch database with every table, and its blob file, in `dir`.
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-fn scratch_store(dir: &Path) -> (Database, BlobFile) {
-    let db = Database::create(dir.join("postdesk.redb")).unwrap();
-    writer::init_tables(&db).unwrap();
-    let blobs = BlobFile::open(&dir.join("postdesk.blobs")).unwrap();
-    (db, blobs)
-}
-
-/// `cache` is redb's page cache (`server.store_cache`).
-fn open_db(path: &Path, cache: usize) -> Result<Database, StoreError> {
-    let db = Database::builder().set_cache_size(cache).create(path)?;
-    Ok(db)
-}
 
 pub enum StoreCmd {
     Ingest(Box<Inbound>),
@@ -357,7 +282,7 @@ impl Store {
         let slot = self.slot.clone();
         let task = tokio::task::spawn_blocking(move || {
             let db = slot.get()?;
-            let txn = redb::ReadableDatabase::begin_read(&*db)?;
+            let txn = ::redb::ReadableDatabase::begin_read(&*db)?;
             f(&read::Snapshot::new(txn, &slot.blobs))
         });
         task.await.map_err(|_| StoreError::Unavailable)?
@@ -373,6 +298,7 @@ impl Store {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::store::redb::schema;
 
     /// A store in `dir` with one channel that opens tickets.
     fn open(dir: &Path) -> (Store, WriterHandle, Arc<Config>) {

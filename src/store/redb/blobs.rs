@@ -40,14 +40,14 @@ pub struct BlobFile {
     file: File,
     /// Tests: a disk that breaks on a given write and stays broken.
     #[cfg(test)]
-    pub(super) fault: std::sync::Mutex<Fault>,
+    pub(in crate::store) fault: std::sync::Mutex<Fault>,
 }
 
 /// Tests: the first write holding `marker` fails, and every write after it
 /// until the test clears `failing`.
 #[cfg(test)]
 #[derive(Default)]
-pub(super) struct Fault {
+pub(in crate::store) struct Fault {
     pub marker: Option<Vec<u8>>,
     pub failing: bool,
 }

@@ -91,7 +91,7 @@ impl WriterHandle {
 }
 
 /// The writer's state besides the database slot.
-pub(super) struct Writer {
+pub(in crate::store) struct Writer {
     slot: Arc<DbSlot>,
     journal: Journal,
     /// The sequence number of the next journal record.
@@ -138,7 +138,7 @@ struct OpenTxn {
 impl Writer {
     /// Opens the journal next to the database and replays what it holds
     /// beyond redb's last durable commit, then checkpoints.
-    pub(super) fn open(
+    pub(in crate::store) fn open(
         slot: Arc<DbSlot>,
         db: &Database,
         config: Arc<Config>,
@@ -174,7 +174,7 @@ impl Writer {
         Ok(w)
     }
 
-    pub(super) fn spawn(
+    pub(in crate::store) fn spawn(
         self,
         rx: mpsc::Receiver<WriterMsg>,
         tx: mpsc::Sender<WriterMsg>,
@@ -951,7 +951,7 @@ fn entry(cmd: &StoreCmd) -> Option<Entry<'_>> {
 
 /// Creates every table so that readers never meet a missing one, and draws
 /// the store's Message-ID salt and reply-key secret the first time.
-pub(super) fn init_tables(db: &Database) -> Result<(), StoreError> {
+pub(in crate::store) fn init_tables(db: &Database) -> Result<(), StoreError> {
     let txn = begin(db, Durability::Immediate)?;
     {
         let mut secrets = txn.open_table(SECRETS)?;
@@ -1085,7 +1085,7 @@ fn reopen_if_needed(slot: &DbSlot, db: Arc<Database>, e: &StoreError) {
 }
 
 /// Reads a counter inside the write transaction (used by [`Tables::open`]).
-pub(super) fn counter(
+pub(in crate::store) fn counter(
     meta: &redb::Table<'_, &'static str, u64>,
     key: &str,
 ) -> Result<u64, StoreError> {

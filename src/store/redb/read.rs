@@ -26,7 +26,7 @@ impl Deref for Snapshot<'_> {
 }
 
 impl<'a> Snapshot<'a> {
-    pub(super) fn new(txn: ReadTransaction, blobs: &'a BlobFile) -> Self {
+    pub(in crate::store) fn new(txn: ReadTransaction, blobs: &'a BlobFile) -> Self {
         Snapshot { txn, blobs }
     }
 
@@ -248,14 +248,18 @@ mod tests {
     use redb::ReadableDatabase;
 
     use super::*;
-    use crate::store::blobs::Pending;
+    use crate::store::redb::blobs::Pending;
 
     const OLD: &[u8] =
         b"Message-ID: <old@example.com>\r\nSubject: Old\r\n\r\nKept in the raw table.\r\n";
     const NEW: &[u8] =
         b"Message-ID: <new@example.com>\r\nSubject: New\r\n\r\nKept in the blob file.\r\n";
 
-    fn row(seq: u64, message_id: &str, blob: Option<crate::store::blobs::BlobRef>) -> MessageRec {
+    fn row(
+        seq: u64,
+        message_id: &str,
+        blob: Option<crate::store::redb::blobs::BlobRef>,
+    ) -> MessageRec {
         MessageRec {
             blob,
             ..MessageRec::for_test(seq, message_id)
@@ -265,7 +269,7 @@ mod tests {
     #[test]
     fn a_message_reads_its_bytes_from_the_blob_file_and_an_old_row_from_the_raw_table() {
         let dir = tempfile::tempdir().unwrap();
-        let (db, blobs) = crate::store::scratch_store(dir.path());
+        let (db, blobs) = crate::store::redb::scratch_store(dir.path());
         let mut pending = Pending::new(0);
         let r = pending.push(NEW);
         blobs.write_at(&pending.bytes, pending.base).unwrap();
@@ -327,7 +331,7 @@ mod tests {
     #[test]
     fn an_email_whose_stored_copy_is_damaged_is_due_with_the_reason_not_an_empty_message() {
         let dir = tempfile::tempdir().unwrap();
-        let (db, blobs) = crate::store::scratch_store(dir.path());
+        let (db, blobs) = crate::store::redb::scratch_store(dir.path());
         let mut pending = Pending::new(0);
         let good = pending.push(NEW);
         let bad = pending.push(OLD);

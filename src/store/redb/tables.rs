@@ -17,7 +17,7 @@ use crate::ingest::{ThreadView, TicketId};
 
 /// Every table a write needs, opened once per batch, plus the id counters
 /// and the raw bytes the batch adds to the blob file.
-pub(super) struct Tables<'txn> {
+pub(in crate::store) struct Tables<'txn> {
     meta: Table<'txn, &'static str, u64>,
     tickets: Table<'txn, u64, &'static [u8]>,
     messages: Table<'txn, u64, &'static [u8]>,
@@ -39,7 +39,7 @@ pub(super) struct Tables<'txn> {
     keys: ReplyKeys,
     /// Set when this batch queued an email: the outbox worker is woken
     /// after the commit.
-    pub(super) queued_mail: bool,
+    pub(in crate::store) queued_mail: bool,
     /// The inbound message being applied (seq, decoded text), so that a
     /// template quoting it does not parse its raw bytes again.
     current_text: Option<(u64, String)>,
@@ -50,7 +50,7 @@ pub(super) struct Tables<'txn> {
 }
 
 impl<'txn> Tables<'txn> {
-    pub(super) fn open(
+    pub(in crate::store) fn open(
         txn: &'txn WriteTransaction,
         blobs: &'txn BlobFile,
     ) -> Result<Self, StoreError> {
@@ -87,14 +87,14 @@ impl<'txn> Tables<'txn> {
         })
     }
 
-    pub(super) fn meta_set(&mut self, key: &str, value: u64) -> Result<(), StoreError> {
+    pub(in crate::store) fn meta_set(&mut self, key: &str, value: u64) -> Result<(), StoreError> {
         self.meta.insert(key, value)?;
         Ok(())
     }
 
     /// Saves the counters and the blob file's new length; returns the raw
     /// bytes the caller must write (at [`Pending::base`]) before it commits.
-    pub(super) fn finish(mut self) -> Result<Pending, StoreError> {
+    pub(in crate::store) fn finish(mut self) -> Result<Pending, StoreError> {
         self.meta.insert(NEXT_TICKET, self.next_ticket)?;
         self.meta.insert(NEXT_MESSAGE, self.next_message)?;
         self.meta.insert(NEXT_EVENT, self.next_event)?;
