@@ -6,12 +6,12 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::admin::proto::Response;
+use crate::admin::proto::{Request, Response};
 
 /// Sends one request and returns the parsed response.
-pub fn request(socket: &Path, req: &Value) -> anyhow::Result<Response> {
+pub fn request(socket: &Path, req: &Request) -> anyhow::Result<Response> {
     let stream = UnixStream::connect(socket).map_err(|e| {
         anyhow::anyhow!(
             "cannot connect to admin socket {}: {e} (is `postdesk serve` running?)",
@@ -252,20 +252,10 @@ fn key_values(v: &Value) -> String {
     }
 }
 
-/// Builds the request object for a ctl command.
-pub fn build(cmd: &str, args: &[(&str, Option<Value>)]) -> Value {
-    let mut req = json!({ "cmd": cmd });
-    for (k, v) in args {
-        if let Some(v) = v {
-            req[*k] = v.clone();
-        }
-    }
-    req
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn the_outbox_table_shows_the_last_error_of_unsent_emails_only() {

@@ -336,11 +336,10 @@ pub async fn run(
                 }
             };
             use base64::Engine as _;
-            let req = serde_json::json!({
-                "cmd": "import",
-                "raw_base64": base64::engine::general_purpose::STANDARD.encode(&raw),
-                "channel": channel,
-            });
+            let req = crate::admin::proto::Request::Import {
+                raw_base64: base64::engine::general_purpose::STANDARD.encode(&raw),
+                channel: Some(channel.clone()),
+            };
             let path = socket.clone();
             let resp = tokio::task::spawn_blocking(move || crate::ctl::request(&path, &req)).await;
             match resp {

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use serde_json::Value;
 
+use postdesk::admin::proto::Request;
 use postdesk::{config, ctl, daemon, telemetry, EX_CONFIG};
 
 #[derive(Parser)]
@@ -358,44 +358,21 @@ fn run_ctl(args: CtlArgs) -> anyhow::Result<ExitCode> {
             }
         }
     };
-    let num = |n: Option<usize>| n.map(Value::from);
-    let str_ = |s: Option<String>| s.map(Value::from);
-    let (name, req) = match args.cmd {
-        CtlCommand::Health => ("health", ctl::build("health", &[])),
+    let req = match args.cmd {
+        CtlCommand::Health => Request::Health {},
         CtlCommand::Tickets {
             status,
             pipeline,
             limit,
-        } => (
-            "tickets",
-            ctl::build(
-                "tickets",
-                &[
-                    ("status", str_(status)),
-                    ("pipeline", str_(pipeline)),
-                    ("limit", num(limit)),
-                ],
-            ),
-        ),
-        CtlCommand::Ticket { id } => (
-            "ticket",
-            ctl::build("ticket", &[("id", Some(Value::from(id)))]),
-        ),
-        CtlCommand::Conversations { limit } => (
-            "conversations",
-            ctl::build("conversations", &[("limit", num(limit))]),
-        ),
-        CtlCommand::Reload => ("reload", ctl::build("reload", &[])),
-        CtlCommand::SetStatus { id, status } => (
-            "set_status",
-            ctl::build(
-                "set_status",
-                &[
-                    ("id", Some(Value::from(id))),
-                    ("status", Some(Value::from(status))),
-                ],
-            ),
-        ),
+        } => Request::Tickets {
+            status,
+            pipeline,
+            limit,
+        },
+        CtlCommand::Ticket { id } => Request::Ticket { id },
+        CtlCommand::Conversations { limit } => Request::Conversations { limit },
+        CtlCommand::Reload => Request::Reload {},
+        CtlCommand::SetStatus { id, status } => Request::SetStatus { id, status },
         CtlCommand::Reply {
             id,
             body,
@@ -413,48 +390,15 @@ fn run_ctl(args: CtlArgs) -> anyhow::Result<ExitCode> {
                     anyhow::bail!("give the reply text with --body TEXT or --body-file FILE")
                 }
             };
-            (
-                "reply",
-                ctl::build(
-                    "reply",
-                    &[
-                        ("id", Some(Value::from(id))),
-                        ("body", Some(Value::from(body))),
-                        ("user", str_(user)),
-                    ],
-                ),
-            )
+            Request::Reply { id, body, user }
         }
-        CtlCommand::Assign { id, owner } => (
-            "assign",
-            ctl::build(
-                "assign",
-                &[
-                    ("id", Some(Value::from(id))),
-                    ("owner", Some(Value::from(owner))),
-                ],
-            ),
-        ),
-        CtlCommand::Stats => ("stats", ctl::build("stats", &[])),
-        CtlCommand::Merge { source, target } => (
-            "merge",
-            ctl::build(
-                "merge",
-                &[
-                    ("source", Some(Value::from(source))),
-                    ("target", Some(Value::from(target))),
-                ],
-            ),
-        ),
-        CtlCommand::Message { message_id } => (
-            "message",
-            ctl::build("message", &[("message_id", Some(Value::from(message_id)))]),
-        ),
-        CtlCommand::Outbox { state, limit } => (
-            "outbox",
-            ctl::build("outbox", &[("state", str_(state)), ("limit", num(limit))]),
-        ),
+        CtlCommand::Assign { id, owner } => Request::Assign { id, owner },
+        CtlCommand::Stats => Request::Stats {},
+        CtlCommand::Merge { source, target } => Request::Merge { source, target },
+        CtlCommand::Message { message_id } => Request::Message { message_id },
+        CtlCommand::Outbox { state, limit } => Request::Outbox { state, limit },
     };
+    let name = req.name();
     let resp = ctl::request(&socket, &req)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&resp)?);

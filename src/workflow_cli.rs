@@ -366,7 +366,7 @@ fn tell_daemon(config: &Config, path: &Path) {
         }
         return;
     }
-    let req = serde_json::json!({"cmd": "reload"});
+    let req = crate::admin::proto::Request::Reload {};
     match crate::ctl::request(socket, &req) {
         Ok(resp) if resp.ok => {
             println!("daemon reloaded");

@@ -13,20 +13,27 @@ pub const MAX_REQUEST: usize = 1 << 20;
 pub const DEFAULT_LIMIT: usize = 50;
 pub const MAX_LIMIT: usize = 10_000;
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// A request; `ctl`, `import` and `workflow` send these, the server
+/// parses them ([`parse_request`]). An absent optional argument is left
+/// out of the JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     // Struct variants (not unit) so that unknown arguments are refused.
     Health {},
     Tickets {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         status: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         pipeline: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         limit: Option<usize>,
     },
     Ticket {
         id: u64,
     },
     Conversations {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         limit: Option<usize>,
     },
     Reload {},
@@ -37,6 +44,7 @@ pub enum Request {
     Reply {
         id: u64,
         body: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         user: Option<String>,
     },
     Assign {
@@ -44,7 +52,9 @@ pub enum Request {
         owner: String,
     },
     Outbox {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         state: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         limit: Option<usize>,
     },
     Stats {},
@@ -52,6 +62,7 @@ pub enum Request {
     /// threaded, no automation, nothing sent.
     Import {
         raw_base64: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         channel: Option<String>,
     },
     Merge {
@@ -62,6 +73,27 @@ pub enum Request {
     Message {
         message_id: String,
     },
+}
+
+impl Request {
+    /// The request's `cmd`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Health {} => "health",
+            Request::Tickets { .. } => "tickets",
+            Request::Ticket { .. } => "ticket",
+            Request::Conversations { .. } => "conversations",
+            Request::Reload {} => "reload",
+            Request::SetStatus { .. } => "set_status",
+            Request::Reply { .. } => "reply",
+            Request::Assign { .. } => "assign",
+            Request::Outbox { .. } => "outbox",
+            Request::Stats {} => "stats",
+            Request::Import { .. } => "import",
+            Request::Merge { .. } => "merge",
+            Request::Message { .. } => "message",
+        }
+    }
 }
 
 pub const COMMANDS: &[&str] = &[
@@ -159,6 +191,64 @@ mod tests {
         match parse_request(line.as_bytes()) {
             Ok(r) => format!("{r:?}"),
             Err(resp) => resp.error.map(|e| e.code).unwrap_or_default(),
+        }
+    }
+
+    /// What the clients send is what the server parses, field for field;
+    /// absent arguments stay out of the line; `name` is the `cmd` (and a
+    /// known one).
+    #[test]
+    fn typed_requests_round_trip() {
+        let all = [
+            Request::Health {},
+            Request::Tickets {
+                status: Some("new".into()),
+                pipeline: None,
+                limit: Some(5),
+            },
+            Request::Ticket { id: 7 },
+            Request::Conversations { limit: None },
+            Request::Reload {},
+            Request::SetStatus {
+                id: 1,
+                status: "closed".into(),
+            },
+            Request::Reply {
+                id: 1,
+                body: "Hi".into(),
+                user: None,
+            },
+            Request::Assign {
+                id: 1,
+                owner: "alice".into(),
+            },
+            Request::Outbox {
+                state: None,
+                limit: Some(3),
+            },
+            Request::Stats {},
+            Request::Import {
+                raw_base64: "AA==".into(),
+                channel: Some("support".into()),
+            },
+            Request::Merge {
+                source: 2,
+                target: 1,
+            },
+            Request::Message {
+                message_id: "<a@b>".into(),
+            },
+        ];
+        assert_eq!(all.len(), COMMANDS.len());
+        for req in all {
+            let line = serde_json::to_string(&req).unwrap_or_default();
+            assert!(!line.contains("null"), "{line}");
+            assert!(
+                line.starts_with(&format!("{{\"cmd\":\"{}\"", req.name())),
+                "{line}"
+            );
+            assert!(COMMANDS.contains(&req.name()));
+            assert_eq!(parse_request(line.as_bytes()), Ok(req), "{line}");
         }
     }
 
