@@ -36,6 +36,7 @@ pub mod sdnotify;
 pub mod smtp;
 pub mod store;
 pub mod telemetry;
+pub mod wording;
 pub mod workflow_cli;
 
 /// Exit code for an invalid configuration (sysexits.h EX_CONFIG).

@@ -31,6 +31,7 @@ use std::process::ExitCode;
 use toml_edit::{Array, ArrayOfTables, DocumentMut, InlineTable, Item, Table, TableLike, Value};
 
 use crate::config::{self, ActionKind, Config, NotifyTarget, Problems, Workflow};
+use crate::wording::io_reason;
 
 /// The `postdesk workflow` subcommands. Action indexes start at 0.
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -402,15 +403,6 @@ fn tell_daemon(config: &Config, path: &Path) {
         Err(e) => println!(
             "could not reach the daemon: {e:#}; the change applies at its next reload or start"
         ),
-    }
-}
-
-/// An I/O error as a phrase, without the "(os error N)" suffix.
-fn io_reason(e: &std::io::Error) -> String {
-    let text = e.to_string();
-    match text.find(" (os error ") {
-        Some(i) => text[..i].to_owned(),
-        None => text,
     }
 }
 

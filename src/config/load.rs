@@ -20,6 +20,7 @@ use toml::Spanned;
 use super::raw::{self, RawBranding, RawLimits, RawOutbound, RawSecurity, RawServer};
 use super::raw::{RawChannel, RawPipeline, RawTeam, RawUser, RawWorkflow};
 use super::{validate, Config};
+use crate::wording::io_reason;
 
 /// One thing wrong with the configuration, at a position in a file (the
 /// config file, or a template).
@@ -132,16 +133,6 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
         (a.file != path, &a.file, a.line, a.col).cmp(&(b.file != path, &b.file, b.line, b.col))
     });
     Err(Problems(problems))
-}
-
-/// An I/O error as a lowercase-friendly phrase, without the "(os error 2)"
-/// suffix: `No such file or directory`.
-pub(super) fn io_reason(e: &std::io::Error) -> String {
-    let text = e.to_string();
-    match text.find(" (os error ") {
-        Some(i) => text[..i].to_owned(),
-        None => text,
-    }
 }
 
 /// 1-based line and column (in characters) of byte `offset` in `text`.

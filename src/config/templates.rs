@@ -9,8 +9,9 @@
 use std::ops::Range;
 use std::path::Path;
 
-use super::load::{io_reason, Ctx};
+use super::load::Ctx;
 use crate::outbound::render::{TemplateProblem, Templates};
+use crate::wording::io_reason;
 
 /// The templates the workflows need, with the config positions that need
 /// them (where a missing file is reported).

@@ -14,11 +14,12 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::load::{io_reason, Ctx, Item, RawConfig, Read, Section};
+use super::load::{Ctx, Item, RawConfig, Read, Section};
 use super::raw::Str;
 use super::templates::{self, TemplateUses};
 use super::Config;
 use crate::outbound::render::Templates;
+use crate::wording::{io_reason, lowercase_first};
 
 mod items;
 mod sections;
@@ -158,16 +159,6 @@ fn known<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> String {
         "none".to_owned()
     } else {
         list.join(", ")
-    }
-}
-
-/// Upper-case first letters are the one thing other libraries' messages
-/// get wrong by our standard.
-fn lowercase_first(text: &str) -> String {
-    let mut chars = text.chars();
-    match chars.next() {
-        Some(first) => first.to_lowercase().chain(chars).collect(),
-        None => String::new(),
     }
 }
 

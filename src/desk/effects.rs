@@ -133,8 +133,7 @@ fn unsafe_recipient(config: &Config, addr: &str) -> Option<String> {
     if addr.is_empty() || !addr.contains('@') {
         return Some("the contact has no usable address".into());
     }
-    let local = addr.split('@').next().unwrap_or_default();
-    if local.eq_ignore_ascii_case("mailer-daemon") || local.eq_ignore_ascii_case("postmaster") {
+    if crate::ingest::is_daemon_address(addr) {
         return Some("the contact is a mailer daemon or postmaster".into());
     }
     if config.is_channel_address(addr) {

@@ -22,7 +22,7 @@
 
 use mail_parser::{Message, MessageParser, MimeHeaders, PartType};
 
-use super::normalize_message_id;
+use super::{is_daemon_address, normalize_message_id, DAEMON_LOCALS};
 
 /// The most decoded text (per delivery-status part, and for all text parts
 /// together) the heuristics look at.
@@ -548,21 +548,6 @@ fn merge_recipients(list: Vec<BounceRecipient>) -> Vec<BounceRecipient> {
 
 // ---------------------------------------------------------------------------
 // Non-standard bounces
-
-/// Local parts (and display-name words) of mailer daemons.
-const DAEMON_LOCALS: &[&str] = &[
-    "mailer-daemon",
-    "mailer_daemon",
-    "mailerdaemon",
-    "mail-daemon",
-    "postmaster",
-];
-
-fn is_daemon_address(addr: &str) -> bool {
-    let addr = addr.trim().trim_start_matches('<').trim_end_matches('>');
-    let local = addr.split('@').next().unwrap_or_default().trim();
-    DAEMON_LOCALS.iter().any(|d| local.eq_ignore_ascii_case(d))
-}
 
 /// The envelope sender is empty (as RFC 5321 requires of bounces), or the
 /// envelope or header sender is a mailer daemon / postmaster.

@@ -120,12 +120,7 @@ pub fn classify(
         .map(|f| f.email.as_str())
         .unwrap_or(mail_from);
     for addr in [mail_from, sender] {
-        let local = addr
-            .split('@')
-            .next()
-            .unwrap_or_default()
-            .to_ascii_lowercase();
-        if local == "mailer-daemon" || local == "postmaster" {
+        if super::is_daemon_address(addr) {
             return Some(AutoReason::MailerDaemon);
         }
         if is_channel(addr) {
@@ -211,6 +206,9 @@ mod tests {
         check("", "", Some("null_sender"));
         check("", "MAILER-DAEMON@mx.example", Some("mailer_daemon"));
         check("", "postmaster@example.com", Some("mailer_daemon"));
+        // The same daemon names as the bounce detector's.
+        check("", "Mailer_Daemon@mx.example", Some("mailer_daemon"));
+        check("", "mail-daemon@mx.example", Some("mailer_daemon"));
         check("", "support@acme.example", Some("own_channel"));
     }
 }

@@ -21,14 +21,30 @@ pub use thread::{ThreadMatch, ThreadView, ThreadedBy};
 /// Whether a message is worth the (full-parse) bounce check: a report, or
 /// from the null sender or a mailer daemon. Keeps ordinary mail off it.
 pub fn maybe_bounce(parsed: &ParsedMail, mail_from: &str) -> bool {
-    let daemon = |addr: &str| {
-        let local = addr.split('@').next().unwrap_or_default();
-        local.eq_ignore_ascii_case("mailer-daemon") || local.eq_ignore_ascii_case("postmaster")
-    };
     parsed.report
         || mail_from.is_empty()
-        || daemon(mail_from)
-        || parsed.from.as_ref().is_some_and(|f| daemon(&f.email))
+        || is_daemon_address(mail_from)
+        || parsed
+            .from
+            .as_ref()
+            .is_some_and(|f| is_daemon_address(&f.email))
+}
+
+/// Local parts (and display-name words) of mailer daemons.
+pub const DAEMON_LOCALS: &[&str] = &[
+    "mailer-daemon",
+    "mailer_daemon",
+    "mailerdaemon",
+    "mail-daemon",
+    "postmaster",
+];
+
+/// Whether `addr` (brackets allowed) is a mailer daemon's or a
+/// postmaster's: never a customer, never answered automatically.
+pub fn is_daemon_address(addr: &str) -> bool {
+    let addr = addr.trim().trim_start_matches('<').trim_end_matches('>');
+    let local = addr.split('@').next().unwrap_or_default().trim();
+    DAEMON_LOCALS.iter().any(|d| local.eq_ignore_ascii_case(d))
 }
 
 /// A ticket's number: a positive integer given in order.

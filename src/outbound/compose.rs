@@ -20,7 +20,7 @@ use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::{Address, Message};
 use sha2::{Digest, Sha256};
 
-use super::lowercase_first;
+use crate::wording::lowercase_first;
 
 /// `Auto-Submitted` for template emails to customers (RFC 3834).
 pub const AUTO_REPLIED: &str = "auto-replied";

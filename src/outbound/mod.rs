@@ -35,22 +35,3 @@ pub use render::{
     Templates, TicketVars, Vars,
 };
 pub use transport::{install_crypto_provider, SendError, SendErrorKind, Transport};
-
-/// An I/O error as a lowercase phrase, without the "(os error 2)" suffix.
-fn io_reason(e: &std::io::Error) -> String {
-    let text = e.to_string();
-    let text = match text.find(" (os error ") {
-        Some(i) => &text[..i],
-        None => &text,
-    };
-    lowercase_first(text)
-}
-
-/// Other libraries' messages start upper-case; ours never do.
-fn lowercase_first(text: &str) -> String {
-    let mut chars = text.chars();
-    match chars.next() {
-        Some(first) => first.to_lowercase().chain(chars).collect(),
-        None => String::new(),
-    }
-}

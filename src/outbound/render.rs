@@ -21,8 +21,8 @@ use handlebars::template::{HelperTemplate, Parameter, TemplateElement};
 use handlebars::{Handlebars, PathSeg, RenderErrorReason, Template};
 use serde::Serialize;
 
-use super::{io_reason, lowercase_first};
 use crate::config::{Branding, Source};
+use crate::wording::{io_reason, lowercase_first};
 
 /// The default footer, used when branding is enabled and `branding.text` is
 /// not set.
@@ -275,7 +275,10 @@ impl Templates {
         let entries = std::fs::read_dir(dir).map_err(|e| {
             vec![problem(
                 dir.to_path_buf(),
-                format!("cannot read templates folder: {}", io_reason(&e)),
+                format!(
+                    "cannot read templates folder: {}",
+                    lowercase_first(&io_reason(&e))
+                ),
             )]
         })?;
         let mut names: Vec<String> = entries
@@ -292,7 +295,7 @@ impl Templates {
                 Ok(source) => sources.push((name, source)),
                 Err(e) => problems.push(problem(
                     dir.join(&name),
-                    format!("cannot read template: {}", io_reason(&e)),
+                    format!("cannot read template: {}", lowercase_first(&io_reason(&e))),
                 )),
             }
         }

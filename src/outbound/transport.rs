@@ -32,7 +32,7 @@ use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 
 use crate::config;
 
-use super::{io_reason, lowercase_first};
+use crate::wording::{io_reason, lowercase_first};
 
 /// How long connecting to the relay may take, and the base of the deadline
 /// for a whole SMTP transaction (see [`SmtpRelay`]). Past it the attempt
@@ -184,7 +184,7 @@ impl Transport {
                             SendError::permanent(format!(
                                 "cannot read password_file \"{}\": {}",
                                 file.display(),
-                                io_reason(&e)
+                                lowercase_first(&io_reason(&e))
                             ))
                         })?;
                         Some(Credentials::new(user.clone(), password.trim().to_owned()))
@@ -529,7 +529,7 @@ impl SmtpRelay {
             SendError::transient(format!(
                 "sending through {}: connection error: {}",
                 self.server,
-                io_reason(&e)
+                lowercase_first(&io_reason(&e))
             ))
         })?;
         let mut conn = self.greet(tcp).await.map_err(|e| self.failed(&e))?;
@@ -673,7 +673,11 @@ fn server_of(url: &str) -> String {
 fn write_eml(dir: &Path, raw: &[u8]) -> Result<PathBuf, SendError> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let failed = |what: &str, path: &Path, e: std::io::Error| {
-        SendError::transient(format!("{what} \"{}\": {}", path.display(), io_reason(&e)))
+        SendError::transient(format!(
+            "{what} \"{}\": {}",
+            path.display(),
+            lowercase_first(&io_reason(&e))
+        ))
     };
     std::fs::create_dir_all(dir).map_err(|e| failed("cannot create folder", dir, e))?;
     let name = format!("{}.eml", file_stem(raw));
