@@ -30,6 +30,7 @@ pub mod daemon;
 pub mod desk;
 pub mod import;
 pub mod ingest;
+pub mod mail;
 pub mod metrics;
 pub mod outbound;
 pub mod sdnotify;

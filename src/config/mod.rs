@@ -18,6 +18,7 @@ mod load;
 mod raw;
 mod templates;
 mod validate;
+pub use crate::mail::{Branding, Source};
 pub use live::{summary, ConfigCell};
 pub use load::{load, Problem, Problems};
 
@@ -40,7 +41,7 @@ pub struct Config {
     pub workflows: Vec<Workflow>,
     /// The template folder (`server.templates`), compiled and checked: every
     /// template a workflow names renders, and names no unknown variable.
-    pub templates: std::sync::Arc<crate::outbound::render::Templates>,
+    pub templates: std::sync::Arc<crate::mail::Templates>,
 }
 
 #[derive(Debug, Clone)]
@@ -82,12 +83,6 @@ pub enum Transport {
 }
 
 #[derive(Debug, Clone)]
-pub struct Branding {
-    pub enabled: bool,
-    pub text: Option<String>,
-}
-
-#[derive(Debug, Clone)]
 pub struct Limits {
     pub auto_replies_per_contact_per_hour: u32,
 }
@@ -115,24 +110,6 @@ pub struct User {
 pub struct Team {
     pub id: String,
     pub members: Vec<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Source {
-    Email,
-    Chat,
-    Messenger,
-}
-
-impl Source {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Email => "email",
-            Source::Chat => "chat",
-            Source::Messenger => "messenger",
-        }
-    }
 }
 
 #[derive(Debug, Clone)]

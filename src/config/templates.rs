@@ -1,6 +1,6 @@
 //! The template folder, checked at load: it exists, every template the
 //! workflows name is there, every `*.hbs` in it compiles, and no template
-//! names a variable that does not exist (`outbound::render`'s strict check).
+//! names a variable that does not exist (`mail::render`'s strict check).
 //!
 //! SHELL: reads the folder. Rendering is `outbound`'s business; this makes
 //! sure rendering can never fail for a missing or broken file, and hands the
@@ -10,7 +10,7 @@ use std::ops::Range;
 use std::path::Path;
 
 use super::load::Ctx;
-use crate::outbound::render::{TemplateProblem, Templates};
+use crate::mail::render::{TemplateProblem, Templates};
 use crate::wording::io_reason;
 
 /// The templates the workflows need, with the config positions that need

@@ -1219,7 +1219,7 @@ fn loaded_config_holds_the_compiled_templates() {
     let config = load(&root.join("config/postdesk.toml")).unwrap();
     let names: Vec<&str> = config.templates.names().collect();
     assert_eq!(names, ["notification", "ticket_closed", "ticket_received"]);
-    let vars = crate::outbound::render::Vars::sample();
+    let vars = crate::mail::render::Vars::sample();
     let rendered = config.templates.render("ticket_closed", &vars).unwrap();
     assert_eq!(
         rendered.subject,

@@ -18,7 +18,7 @@ use super::load::{Ctx, Item, RawConfig, Read, Section};
 use super::raw::Str;
 use super::templates::{self, TemplateUses};
 use super::Config;
-use crate::outbound::render::Templates;
+use crate::mail::render::Templates;
 use crate::wording::{io_reason, lowercase_first};
 
 mod items;

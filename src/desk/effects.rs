@@ -17,8 +17,8 @@ use crate::clock::Millis;
 use crate::config::{Config, User};
 use crate::ingest::trust::{KeyFor, ReplyKeys};
 use crate::ingest::{bracketed, AutoReason};
-use crate::outbound::compose::{self, OutMail};
-use crate::outbound::render::{ChannelVars, ContactVars, MessageVars, TicketVars, Vars};
+use crate::mail::compose::{self, OutMail};
+use crate::mail::render::{ChannelVars, ContactVars, MessageVars, TicketVars, Vars};
 
 /// What caused the effects: the inbound message's automatic-mail verdict,
 /// if the cause was an inbound message.
@@ -187,7 +187,7 @@ fn send_template(
         text: rendered.text,
         html: rendered.html,
         auto_submitted: Some("auto-replied"),
-        footer: crate::outbound::render::footer(&config.branding),
+        footer: crate::mail::render::footer(&config.branding),
         agent: None,
     };
     queue(
@@ -232,7 +232,7 @@ fn notify(
         text: rendered.text,
         html: rendered.html,
         auto_submitted: Some("auto-generated"),
-        footer: crate::outbound::render::footer(&config.branding),
+        footer: crate::mail::render::footer(&config.branding),
         agent: Some(agent.id.clone()),
     };
     queue(tables, config, ticket, mail, json!({"workflow": workflow, "action": action, "template": "notification", "user": agent.id}), now)

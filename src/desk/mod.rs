@@ -56,7 +56,7 @@ pub trait Txn: ThreadView<Error = StoreError> {
     fn next_message_seq(&mut self) -> u64;
     fn next_outbox_id(&mut self) -> u64;
     /// This store's Message-ID salt (see
-    /// [`crate::outbound::compose::message_id`]).
+    /// [`crate::mail::compose::message_id`]).
     fn salt(&self) -> u64;
     /// The keys of reply addresses, from this store's secret.
     fn keys(&self) -> &ReplyKeys;

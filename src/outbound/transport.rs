@@ -1106,7 +1106,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_composed_email_arrives_byte_for_byte() {
-        use crate::outbound::compose::{compose, OutMail};
+        use crate::mail::compose::{compose, OutMail};
         let raw = compose(&OutMail {
             cc: Vec::new(),
             from: "Acme Support <support@acme.example>".into(),

@@ -53,7 +53,7 @@ pub const NEXT_MESSAGE: &str = "next_message";
 pub const NEXT_EVENT: &str = "next_event";
 pub const NEXT_OUTBOX: &str = "next_outbox";
 /// Random, drawn when the store is created: see
-/// [`crate::outbound::compose::message_id`].
+/// [`crate::mail::compose::message_id`].
 pub const MESSAGE_ID_SALT: &str = "message_id_salt";
 /// The last journal record applied (see [`super::journal`]).
 pub const JOURNAL_SEQ: &str = "journal_seq";

@@ -33,7 +33,7 @@ pub(in crate::store) struct Tables<'txn> {
     next_message: u64,
     next_event: u64,
     next_outbox: u64,
-    /// This store's Message-ID salt (see [`crate::outbound::compose::message_id`]).
+    /// This store's Message-ID salt (see [`crate::mail::compose::message_id`]).
     salt: u64,
     /// The keys of reply addresses, from this store's secret.
     keys: ReplyKeys,

@@ -371,8 +371,8 @@ mod tests {
     use mail_parser::MessageParser;
 
     use super::*;
-    use crate::config::Branding;
-    use crate::outbound::render::{footer, Templates, Vars};
+    use crate::mail::render::{footer, Templates, Vars};
+    use crate::mail::Branding;
 
     /// 2023-11-14T22:13:20.123Z
     const DATE: i64 = 1_700_000_000_123;

@@ -21,7 +21,7 @@ use handlebars::template::{HelperTemplate, Parameter, TemplateElement};
 use handlebars::{Handlebars, PathSeg, RenderErrorReason, Template};
 use serde::Serialize;
 
-use crate::config::{Branding, Source};
+use super::{Branding, Source};
 use crate::wording::{io_reason, lowercase_first};
 
 /// The default footer, used when branding is enabled and `branding.text` is
