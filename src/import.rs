@@ -8,17 +8,19 @@
 //! store is opened directly. Either way each message is committed by the
 //! store writer like an SMTP delivery.
 //!
-//! The mailbox readers ([`split_mbox`], [`maildir_files`]) and the mapping
-//! to an [`Inbound`] are plain functions; the runner is the shell.
+//! The mailbox readers ([`split_mbox`], [`maildir_files`]) are plain
+//! functions (the mapping of a message to an [`Inbound`] is
+//! [`Inbound::imported`], shared with the admin `import` command); the
+//! runner is the shell.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::admin::proto::import_outcome_from_json;
 use crate::clock;
 use crate::config::Config;
-use crate::ingest;
-use crate::store::{Envelope, Inbound, Outcome};
+use crate::store::{Inbound, Outcome};
 
 /// Splits an mbox (mboxo/mboxrd) into messages: a message starts at a line
 /// beginning with `From ` at the start of the file or after a blank line;
@@ -161,47 +163,6 @@ pub fn maildir_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Maps one message to an [`Inbound`]: its channel is the first To/Cc/
-/// Delivered-To address that names one (plus addresses included), else
-/// `default_channel`. The envelope sender is the From address.
-pub fn inbound(config: &Arc<Config>, raw: Vec<u8>, default_channel: &str) -> Inbound {
-    let parsed = ingest::parse(&raw);
-    let mut channel = default_channel.to_string();
-    let mut plus = None;
-    let mut rcpt = Vec::new();
-    for addr in &parsed.to {
-        if let Some(r) = config.recipient(addr) {
-            channel = r.channel.id.clone();
-            plus = r.plus;
-            rcpt.push(addr.clone());
-            break;
-        }
-    }
-    if rcpt.is_empty() {
-        if let Some(addr) = config.channel(&channel).and_then(|c| c.addresses.first()) {
-            rcpt.push(addr.clone());
-        }
-    }
-    let mail_from = parsed
-        .from
-        .as_ref()
-        .map(|f| f.email.clone())
-        .unwrap_or_default();
-    let received_at = parsed.date.unwrap_or_else(clock::now_millis);
-    Inbound::new(
-        config.clone(),
-        raw,
-        Envelope {
-            mail_from,
-            rcpt,
-            channel,
-            plus,
-            received_at,
-            imported: true,
-        },
-    )
-}
-
 /// What an import did.
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Summary {
@@ -242,36 +203,6 @@ impl std::fmt::Display for Summary {
 pub enum Mailbox {
     Mbox(PathBuf),
     Maildir(PathBuf),
-}
-
-/// Outcome of one imported message as JSON (admin `import`).
-pub fn outcome_json(o: &Outcome) -> serde_json::Value {
-    match o {
-        Outcome::Ticket {
-            id,
-            created,
-            duplicate,
-            by,
-        } => serde_json::json!({
-            "ticket": id, "created": created, "duplicate": duplicate, "threaded_by": by.as_str(),
-        }),
-        Outcome::Kept { duplicate } => {
-            serde_json::json!({ "ticket": null, "kept": true, "duplicate": duplicate })
-        }
-    }
-}
-
-fn outcome_from_json(v: &serde_json::Value) -> Option<Outcome> {
-    let duplicate = v["duplicate"].as_bool()?;
-    match v["ticket"].as_u64() {
-        Some(id) => Some(Outcome::Ticket {
-            id,
-            created: v["created"].as_bool().unwrap_or(false),
-            duplicate,
-            by: ingest::ThreadedBy::New,
-        }),
-        None => Some(Outcome::Kept { duplicate }),
-    }
 }
 
 /// Runs an import; prints progress to stderr when it is a terminal.
@@ -343,7 +274,7 @@ pub async fn run(
             let path = socket.clone();
             let resp = tokio::task::spawn_blocking(move || crate::ctl::request(&path, &req)).await;
             match resp {
-                Ok(Ok(r)) if r.ok => match r.data.as_ref().and_then(outcome_from_json) {
+                Ok(Ok(r)) if r.ok => match r.data.as_ref().and_then(import_outcome_from_json) {
                     Some(o) => summary.count(&o),
                     None => summary.failed += 1,
                 },
@@ -382,7 +313,7 @@ pub async fn run(
                     break;
                 }
             };
-            let inb = inbound(&config, raw, &channel);
+            let inb = Inbound::imported(&config, raw, &channel, clock::now_millis());
             // Submitted here, in mailbox order, so a thread is built in the
             // order it was written; only the waiting is concurrent.
             let done = store.submit(inb);

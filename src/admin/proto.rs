@@ -6,6 +6,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::desk::Outcome;
+
 /// Longest request line accepted.
 pub const MAX_REQUEST: usize = 1 << 20;
 
@@ -181,6 +183,37 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Response> {
     }
     serde_json::from_value(value.clone())
         .map_err(|e| Response::err("bad_request", format!("bad arguments for \"{cmd}\": {e}")))
+}
+
+/// The outcome of one imported message as the admin `import` command
+/// answers it.
+pub fn import_outcome_json(o: &Outcome) -> serde_json::Value {
+    match o {
+        Outcome::Ticket {
+            id,
+            created,
+            duplicate,
+            by,
+        } => serde_json::json!({
+            "ticket": id, "created": created, "duplicate": duplicate, "threaded_by": by.as_str(),
+        }),
+        Outcome::Kept { duplicate } => {
+            serde_json::json!({ "ticket": null, "kept": true, "duplicate": duplicate })
+        }
+    }
+}
+
+pub fn import_outcome_from_json(v: &serde_json::Value) -> Option<Outcome> {
+    let duplicate = v["duplicate"].as_bool()?;
+    match v["ticket"].as_u64() {
+        Some(id) => Some(Outcome::Ticket {
+            id,
+            created: v["created"].as_bool().unwrap_or(false),
+            duplicate,
+            by: crate::ingest::ThreadedBy::New,
+        }),
+        None => Some(Outcome::Kept { duplicate }),
+    }
 }
 
 #[cfg(test)]

@@ -12,11 +12,14 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::proto::{parse_request, Request, Response, DEFAULT_LIMIT, MAX_LIMIT, MAX_REQUEST};
+use super::proto::{
+    import_outcome_json, parse_request, Request, Response, DEFAULT_LIMIT, MAX_LIMIT, MAX_REQUEST,
+};
+use crate::clock;
 use crate::config::ConfigCell;
 use crate::desk::records::OutState;
 use crate::smtp::reader::{read_line, Read};
-use crate::store::{Done, Store, StoreCmd, StoreError, StoredMessage, TicketFilter};
+use crate::store::{Done, Inbound, Store, StoreCmd, StoreError, StoredMessage, TicketFilter};
 
 pub struct AdminCtx {
     pub store: Store,
@@ -193,13 +196,14 @@ async fn handle(req: Request, ctx: &AdminCtx) -> Response {
             // Parsed on a blocking thread (twice: for its envelope, then
             // as any message), not on the runtime's worker that serves
             // the SMTP sessions.
-            let parsing =
-                tokio::task::spawn_blocking(move || crate::import::inbound(&config, raw, &channel));
+            let parsing = tokio::task::spawn_blocking(move || {
+                Inbound::imported(&config, raw, &channel, clock::now_millis())
+            });
             let Ok(inb) = parsing.await else {
                 return Response::err("internal", "parsing the message failed");
             };
             match ctx.store.ingest(inb).await {
-                Ok(o) => Ok(crate::import::outcome_json(&o)),
+                Ok(o) => Ok(import_outcome_json(&o)),
                 Err(e) => Err(e),
             }
         }

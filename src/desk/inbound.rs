@@ -82,6 +82,53 @@ impl Inbound {
         }
     }
 
+    /// A message loaded by `postdesk import` (or the admin `import`
+    /// command): its channel is the first To address that names one (plus
+    /// addresses included), else `default_channel`; the envelope sender is
+    /// the From address; it was received at its Date, else `now`.
+    pub fn imported(
+        config: &Arc<Config>,
+        raw: Vec<u8>,
+        default_channel: &str,
+        now: Millis,
+    ) -> Inbound {
+        let parsed = crate::ingest::parse(&raw);
+        let mut channel = default_channel.to_string();
+        let mut plus = None;
+        let mut rcpt = Vec::new();
+        for addr in &parsed.to {
+            if let Some(r) = config.recipient(addr) {
+                channel = r.channel.id.clone();
+                plus = r.plus;
+                rcpt.push(addr.clone());
+                break;
+            }
+        }
+        if rcpt.is_empty() {
+            if let Some(addr) = config.channel(&channel).and_then(|c| c.addresses.first()) {
+                rcpt.push(addr.clone());
+            }
+        }
+        let mail_from = parsed
+            .from
+            .as_ref()
+            .map(|f| f.email.clone())
+            .unwrap_or_default();
+        let received_at = parsed.date.unwrap_or(now);
+        Inbound::new(
+            config.clone(),
+            raw,
+            Envelope {
+                mail_from,
+                rcpt,
+                channel,
+                plus,
+                received_at,
+                imported: true,
+            },
+        )
+    }
+
     /// The stored row of this message.
     fn record(&self, seq: u64, ticket: Option<TicketId>, kind: &str) -> MessageRec {
         let p = &self.parsed;

@@ -336,7 +336,7 @@ initial_status = "new"
             "From: c{n}@example.com\r\nTo: support@acme.example\r\nSubject: request {n}\r\n\
              Message-ID: <m{n}@example.com>\r\n\r\n{body}\r\n"
         );
-        crate::import::inbound(config, raw.into_bytes(), "support")
+        Inbound::imported(config, raw.into_bytes(), "support", 0)
     }
 
     /// Stops the store, opens it again from `dir` and counts its tickets.
