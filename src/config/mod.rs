@@ -66,8 +66,9 @@ pub struct Outbound {
     pub transport: Transport,
     /// As written, e.g. "Acme Support <support@acme.example>".
     pub from: String,
-    /// With `{id}` placeholder, e.g. "[#{id}]".
-    pub subject_tag: String,
+    /// `subject_tag`, compiled at load (the pattern has `{id}`, e.g.
+    /// "[#{id}]").
+    pub subject_tag: crate::ingest::thread::SubjectTag,
 }
 
 #[derive(Debug, Clone)]

@@ -288,7 +288,7 @@ fn minimal_config_gets_defaults() {
         Transport::File { dir: sent } => assert_eq!(*sent, dir.join("data").join("sent")),
         other => panic!("expected the file transport, got {other:?}"),
     }
-    assert_eq!(config.outbound.subject_tag, "[#{id}]");
+    assert_eq!(config.outbound.subject_tag.render(42), "[#42]");
     assert!(config.branding.enabled);
     assert_eq!(config.branding.text, None);
     assert_eq!(config.limits.auto_replies_per_contact_per_hour, 5);

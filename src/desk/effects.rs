@@ -382,8 +382,7 @@ pub(super) fn queue(
 ) -> Result<u64, StoreError> {
     let out_id = tables.next_outbox_id();
     let message_id = compose::message_id(&config.server.hostname, ticket.id, out_id, tables.salt());
-    let tag =
-        crate::ingest::thread::SubjectTag::new(&config.outbound.subject_tag).render(ticket.id);
+    let tag = config.outbound.subject_tag.render(ticket.id);
     let subject = compose::with_subject_tag(&draft.subject, &tag);
     let (channel_addr, reply_to) =
         channel_addresses(config, tables.keys(), ticket, draft.agent.as_deref());

@@ -266,11 +266,7 @@ pub fn apply_inbound(
         };
         decide(&input, &SubjectTag::new(""), &SentOnly(&*tables))?
     } else {
-        decide(
-            &input,
-            &SubjectTag::new(&config.outbound.subject_tag),
-            &*tables,
-        )?
+        decide(&input, &config.outbound.subject_tag, &*tables)?
     };
 
     // Where the message goes: the matched ticket, a new ticket linked to a

@@ -176,11 +176,6 @@ pub fn with_subject_tag(subject: &str, tag: &str) -> String {
     }
 }
 
-/// The tag for `ticket` from `outbound.subject_tag`: `[#{id}]` → `[#42]`.
-pub fn subject_tag(pattern: &str, ticket: u64) -> String {
-    pattern.replace("{id}", &ticket.to_string())
-}
-
 /// A fresh bare Message-ID at `hostname`: `t42.u17.5f0c9a1e33b2d4c8@desk.acme.example`.
 ///
 /// `unique` is a counter the caller never repeats for one store (the outbox
@@ -371,6 +366,7 @@ mod tests {
     use mail_parser::MessageParser;
 
     use super::*;
+    use crate::ingest::thread::SubjectTag;
     use crate::mail::render::{footer, Templates, Vars};
     use crate::mail::Branding;
 
@@ -398,7 +394,10 @@ mod tests {
             from: "Acme Support <support@acme.example>".into(),
             to: vec![(vars.contact.name.clone(), vars.contact.email.clone())],
             reply_to: format!("support+{}@acme.example", vars.ticket.id),
-            subject: with_subject_tag(&r.subject, &subject_tag("[#{id}]", vars.ticket.id)),
+            subject: with_subject_tag(
+                &r.subject,
+                &SubjectTag::new("[#{id}]").render(vars.ticket.id),
+            ),
             message_id: ID.into(),
             in_reply_to: Some("CAF=abc123@mail.example.com".into()),
             references: vec!["CAF=abc123@mail.example.com".into()],
@@ -691,8 +690,8 @@ mod tests {
         assert_eq!(with_subject_tag("  ", "[#42]"), "[#42]");
         assert_eq!(with_subject_tag("", "[#42]"), "[#42]");
         assert_eq!(with_subject_tag("Hi ", ""), "Hi");
-        assert_eq!(subject_tag("[#{id}]", 42), "[#42]");
-        assert_eq!(subject_tag("(ticket {id})", 7), "(ticket 7)");
+        assert_eq!(SubjectTag::new("[#{id}]").render(42), "[#42]");
+        assert_eq!(SubjectTag::new("(ticket {id})").render(7), "(ticket 7)");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use crate::config::raw::{
     RawBranding, RawLimits, RawOutbound, RawSecurity, RawServer, RawSize, Str,
 };
 use crate::config::{Branding, Limits, Outbound, Security, Server, Transport};
+use crate::ingest::thread::SubjectTag;
 
 const DEFAULT_HOSTNAME: &str = "localhost";
 const DEFAULT_LISTEN: SocketAddr =
@@ -242,9 +243,9 @@ impl Validator<'_, '_> {
                         ),
                     );
                 }
-                tag.get_ref().clone()
+                SubjectTag::new(tag.get_ref())
             }
-            None => DEFAULT_SUBJECT_TAG.to_owned(),
+            None => SubjectTag::new(DEFAULT_SUBJECT_TAG),
         };
 
         let kind = match &raw.transport {
@@ -390,7 +391,7 @@ fn placeholder_outbound(dir: PathBuf) -> Outbound {
     Outbound {
         transport: Transport::File { dir },
         from: String::new(),
-        subject_tag: DEFAULT_SUBJECT_TAG.to_owned(),
+        subject_tag: SubjectTag::new(DEFAULT_SUBJECT_TAG),
     }
 }
 
