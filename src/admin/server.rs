@@ -193,9 +193,8 @@ async fn handle(req: Request, ctx: &AdminCtx) -> Response {
                     None => return Response::err("bad_request", "the config has no channel"),
                 },
             };
-            // Parsed on a blocking thread (twice: for its envelope, then
-            // as any message), not on the runtime's worker that serves
-            // the SMTP sessions.
+            // Parsed on a blocking thread, not on the runtime's worker
+            // that serves the SMTP sessions.
             let parsing = tokio::task::spawn_blocking(move || {
                 Inbound::imported(&config, raw, &channel, clock::now_millis())
             });

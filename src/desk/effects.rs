@@ -387,10 +387,16 @@ pub(super) fn queue(
     let (channel_addr, reply_to) =
         channel_addresses(config, tables.keys(), ticket, draft.agent.as_deref());
     let references = ticket.thread.clone();
+    let rcpt: Vec<String> = draft
+        .to
+        .iter()
+        .chain(&draft.cc)
+        .map(|(_, a)| a.clone())
+        .collect();
     let mail = OutMail {
         from: config.outbound.from.clone(),
-        to: draft.to.clone(),
-        cc: draft.cc.clone(),
+        to: draft.to,
+        cc: draft.cc,
         reply_to,
         subject: subject.clone(),
         message_id: message_id.clone(),
@@ -415,12 +421,6 @@ pub(super) fn queue(
             return Ok(out_id);
         }
     };
-    let rcpt: Vec<String> = draft
-        .to
-        .iter()
-        .chain(&draft.cc)
-        .map(|(_, a)| a.clone())
-        .collect();
     let seq = tables.next_message_seq();
     let mut rec = MessageRec {
         seq,

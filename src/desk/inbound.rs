@@ -58,6 +58,16 @@ impl Inbound {
     /// message is built (SMTP, import, and journal recovery alike).
     pub fn new(config: Arc<Config>, raw: Vec<u8>, envelope: Envelope) -> Inbound {
         let parsed = crate::ingest::parse(&raw);
+        Inbound::parsed(config, raw, parsed, envelope)
+    }
+
+    /// [`Inbound::new`] for bytes already parsed.
+    fn parsed(
+        config: Arc<Config>,
+        raw: Vec<u8>,
+        parsed: ParsedMail,
+        envelope: Envelope,
+    ) -> Inbound {
         // Off the commit path, and only for mail that may be one.
         let bounce = if crate::ingest::maybe_bounce(&parsed, &envelope.mail_from) {
             crate::ingest::bounce::detect(&raw, &envelope.mail_from)
@@ -115,9 +125,10 @@ impl Inbound {
             .map(|f| f.email.clone())
             .unwrap_or_default();
         let received_at = parsed.date.unwrap_or(now);
-        Inbound::new(
+        Inbound::parsed(
             config.clone(),
             raw,
+            parsed,
             Envelope {
                 mail_from,
                 rcpt,
@@ -472,15 +483,7 @@ fn apply_bounce(
         .iter()
         .map(|r| json!({"address": r.address, "status": r.status, "action": r.action, "diagnostic": r.diagnostic}))
         .collect();
-    let who = b
-        .recipients
-        .iter()
-        .map(|r| match &r.status {
-            Some(s) => format!("{} ({s})", r.address),
-            None => r.address.clone(),
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
+    let who = failed_recipients(b).join(", ");
     let original = found
         .as_ref()
         .and_then(|(_, _, id)| id.as_deref())
@@ -548,20 +551,24 @@ fn mark_bounced(
     }
     rec.state = OutState::Bounced;
     rec.bounce = Some(BounceNote {
-        recipients: b
-            .recipients
-            .iter()
-            .map(|r| match &r.status {
-                Some(s) => format!("{} ({s})", r.address),
-                None => r.address.clone(),
-            })
-            .collect(),
+        recipients: failed_recipients(b),
         status: b.recipients.iter().find_map(|r| r.status.clone()),
         message_id: bounce_id.to_string(),
         at: now,
     });
     tables.put_outbox(&rec, was_due)?;
     Ok(Some(out_id))
+}
+
+/// A bounce's recipients as people read them: `addr (5.1.1)`.
+fn failed_recipients(b: &Bounce) -> Vec<String> {
+    b.recipients
+        .iter()
+        .map(|r| match &r.status {
+            Some(s) => format!("{} ({s})", r.address),
+            None => r.address.clone(),
+        })
+        .collect()
 }
 
 pub(super) fn facts(t: &TicketRec) -> automation::TicketFacts<'_> {

@@ -161,12 +161,18 @@ pub fn parse(raw: &[u8]) -> ParsedMail {
 /// How far into a message its header block is looked for markers.
 const MAX_HEADER_SCAN: usize = 256 * 1024;
 
-/// The [`MARKER_HEADERS`] of the message's own header block (up to the
-/// first empty line), unfolded, decoded lossily, in order. Read from the raw
-/// bytes rather than from mail-parser, which leaves out a header whose
-/// value is not UTF-8: an auto-responder's `Auto-Submitted` must not vanish
-/// because of one stray byte (found by tests/fuzz.rs).
+/// The [`MARKER_HEADERS`] of the message's own header block (see
+/// [`raw_fields`]).
 fn raw_markers(raw: &[u8]) -> Vec<(String, String)> {
+    raw_fields(raw, MARKER_HEADERS)
+}
+
+/// The fields named `names` (lower-case) of the message's own header block
+/// (up to the first empty line), unfolded, decoded lossily, in order. Read
+/// from the raw bytes rather than from mail-parser, which leaves out a
+/// header whose value is not UTF-8: an auto-responder's `Auto-Submitted`
+/// must not vanish because of one stray byte (found by tests/fuzz.rs).
+fn raw_fields(raw: &[u8], names: &[&str]) -> Vec<(String, String)> {
     fn done(out: &mut Vec<(String, String)>, current: Option<(String, Vec<u8>)>) {
         if let Some((name, value)) = current {
             out.push((name, String::from_utf8_lossy(&value).trim().to_string()));
@@ -190,7 +196,7 @@ fn raw_markers(raw: &[u8]) -> Vec<(String, String)> {
                     let name = String::from_utf8_lossy(&line[..colon])
                         .trim()
                         .to_ascii_lowercase();
-                    if MARKER_HEADERS.contains(&name.as_str()) {
+                    if names.contains(&name.as_str()) {
                         current = Some((name, line[colon + 1..].trim_ascii().to_vec()));
                     }
                 }
@@ -204,28 +210,11 @@ fn raw_markers(raw: &[u8]) -> Vec<(String, String)> {
 /// The first `Message-ID` header of the message's own header block, as
 /// written (unfolded, trimmed). Only called for messages that have one.
 fn raw_message_id(raw: &[u8]) -> Option<String> {
-    let mut value: Option<Vec<u8>> = None;
-    for line in raw[..raw.len().min(MAX_HEADER_SCAN)].split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        match (line.first(), value.as_mut()) {
-            (None, _) => break,
-            (Some(b' ' | b'\t'), Some(v)) => v.extend_from_slice(line.trim_ascii()),
-            (Some(b' ' | b'\t'), None) => {}
-            (_, Some(_)) => break,
-            (_, None) => {
-                if let Some(colon) = line.iter().position(|&b| b == b':') {
-                    if line[..colon]
-                        .trim_ascii()
-                        .eq_ignore_ascii_case(b"message-id")
-                    {
-                        value = Some(line[colon + 1..].trim_ascii().to_vec());
-                    }
-                }
-            }
-        }
-    }
-    let value = String::from_utf8_lossy(&value?).trim().to_string();
-    (!value.is_empty()).then_some(value)
+    raw_fields(raw, &["message-id"])
+        .into_iter()
+        .next()
+        .map(|(_, value)| value)
+        .filter(|value| !value.is_empty())
 }
 
 fn id_list(value: &HeaderValue<'_>) -> Vec<String> {

@@ -337,7 +337,7 @@ fn command(
             if arg.address.is_empty() {
                 return simple(b"501 5.1.3 Error: empty recipient address\r\n");
             }
-            let utf8 = env.lock().map(|e| e.utf8).unwrap_or(false);
+            let utf8 = env.lock().unwrap_or_else(|p| p.into_inner()).utf8;
             if !utf8 && !arg.address.is_ascii() {
                 return simple(NEEDS_SMTPUTF8);
             }
