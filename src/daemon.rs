@@ -49,7 +49,7 @@ pub struct Bound {
 }
 
 pub async fn bind(config: Config) -> Result<Bound, BindError> {
-    let (store, writer) = Store::open(&config.server.data_dir, Arc::new(config.clone()))?;
+    let (store, writer) = Store::connect(Arc::new(config.clone())).await?;
     let mut listeners = Vec::new();
     let mut smtp_addrs = Vec::new();
     for addr in &config.server.listen {
@@ -76,6 +76,14 @@ pub async fn bind(config: Config) -> Result<Bound, BindError> {
         writer,
         config: Arc::new(ConfigCell::new(config)),
     })
+}
+
+impl BindError {
+    /// Whether the configuration (or the store it names) is at fault, not
+    /// the moment: the service should not be restarted as it is (exit 78).
+    pub fn is_config(&self) -> bool {
+        matches!(self, BindError::Store(StoreError::Refused(_)))
+    }
 }
 
 impl Bound {

@@ -290,7 +290,8 @@ pub async fn run(
             }
         }
     } else {
-        let (store, writer) = crate::store::Store::open(&config.server.data_dir, config.clone())
+        let (store, writer) = crate::store::Store::connect(config.clone())
+            .await
             .map_err(|e| {
                 format!(
                     "{e} (if the daemon is running, its admin socket {} did not answer)",

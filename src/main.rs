@@ -69,6 +69,8 @@ enum Command {
     Serve(ServeArgs),
     /// Validate the config and compile every template
     Check(ConfigArg),
+    /// Create or upgrade the PostgreSQL schema (idempotent; safe while nodes run)
+    Migrate(ConfigArg),
     /// Talk to a running daemon over its admin socket
     Ctl(CtlArgs),
     /// Load an existing mailbox into tickets (sends nothing; idempotent)
@@ -198,6 +200,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(s) => serve(&s.config.path(), s.log_format.as_deref() == Some("json")),
         Command::Check(c) => check(&c.path()),
+        Command::Migrate(c) => migrate(&c.path()),
         Command::Import(args) => import(args),
         Command::Workflow(w) => postdesk::workflow_cli::run(&w.config.path(), w.cmd),
         Command::Completions { shell } => {
@@ -240,6 +243,44 @@ fn check(path: &std::path::Path) -> ExitCode {
         Err(problems) => {
             println!("{problems}");
             ExitCode::from(1)
+        }
+    }
+}
+
+fn migrate(path: &std::path::Path) -> ExitCode {
+    let config = match config::load(path) {
+        Ok(c) => c,
+        Err(problems) => {
+            eprintln!("{problems}");
+            return ExitCode::from(EX_CONFIG as u8);
+        }
+    };
+    let config::Storage::Postgres(pg) = &config.storage else {
+        eprintln!(
+            "postdesk: {}: [storage] engine is \"redb\", which needs no migration",
+            path.display()
+        );
+        return ExitCode::from(EX_CONFIG as u8);
+    };
+    let Some(runtime) = runtime() else {
+        return ExitCode::from(1);
+    };
+    match runtime.block_on(postdesk::store::migrate(pg)) {
+        Ok(m) if m.from == m.to => {
+            println!("schema is at version {}: nothing to do", m.to);
+            ExitCode::SUCCESS
+        }
+        Ok(m) => {
+            println!("schema migrated from version {} to {}", m.from, m.to);
+            ExitCode::SUCCESS
+        }
+        Err(e @ postdesk::store::StoreError::Refused(_)) => {
+            eprintln!("postdesk: {e}");
+            ExitCode::from(EX_CONFIG as u8)
+        }
+        Err(e) => {
+            eprintln!("postdesk: {e}");
+            ExitCode::from(69)
         }
     }
 }
@@ -320,6 +361,9 @@ fn serve(path: &std::path::Path, json_logs: bool) -> ExitCode {
             Ok(b) => b,
             Err(e) => {
                 eprintln!("postdesk: {e}");
+                if e.is_config() {
+                    return ExitCode::from(EX_CONFIG as u8);
+                }
                 // EX_UNAVAILABLE-ish: a port or the database could not be had.
                 return ExitCode::from(69);
             }

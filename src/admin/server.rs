@@ -129,14 +129,24 @@ async fn handle(req: Request, ctx: &AdminCtx) -> Response {
     let result = match req {
         Request::Health {} => {
             let uptime = ctx.started.elapsed().as_secs();
-            ctx.store.counts().await.map(|(tickets, pending)| {
-                json!({
-                    "version": env!("CARGO_PKG_VERSION"),
-                    "uptime_secs": uptime,
-                    "tickets": tickets,
-                    "outbox_pending": pending,
-                })
-            })
+            let cfg = ctx.config.get();
+            match (ctx.store.counts().await, ctx.store.nodes().await) {
+                (Ok((tickets, pending)), Ok(nodes)) => {
+                    let mut body = json!({
+                        "version": env!("CARGO_PKG_VERSION"),
+                        "uptime_secs": uptime,
+                        "tickets": tickets,
+                        "outbox_pending": pending,
+                        "storage": { "engine": ctx.store.engine() },
+                    });
+                    if let crate::config::Storage::Postgres(pg) = &cfg.storage {
+                        body["node"] = json!(pg.node_id);
+                        body["nodes"] = to_value(nodes);
+                    }
+                    Ok(body)
+                }
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            }
         }
         Request::Tickets {
             status,

@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
-use super::raw::{self, RawBranding, RawLimits, RawOutbound, RawSecurity, RawServer};
+use super::raw::{self, RawBranding, RawLimits, RawOutbound, RawSecurity, RawServer, RawStorage};
 use super::raw::{RawChannel, RawPipeline, RawTeam, RawUser, RawWorkflow};
 use super::{validate, Config};
 use crate::wording::io_reason;
@@ -231,6 +231,7 @@ pub(super) struct RawConfig {
     pub branding: Section<RawBranding>,
     pub limits: Section<RawLimits>,
     pub security: Section<RawSecurity>,
+    pub storage: Section<RawStorage>,
     pub users: Vec<Item<RawUser>>,
     pub teams: Vec<Item<RawTeam>>,
     pub channels: Vec<Item<RawChannel>>,
@@ -245,6 +246,7 @@ fn read_sections(mut root: DeTable<'_>, cx: &mut Ctx<'_>) -> RawConfig {
     let branding = take("branding");
     let limits = take("limits");
     let security = take("security");
+    let storage = take("storage");
     let users = take("user");
     let teams = take("team");
     let channels = take("channel");
@@ -256,6 +258,7 @@ fn read_sections(mut root: DeTable<'_>, cx: &mut Ctx<'_>) -> RawConfig {
         branding: section(branding, "branding", cx),
         limits: section(limits, "limits", cx),
         security: section(security, "security", cx),
+        storage: section(storage, "storage", cx),
         users: items(users, "user", cx),
         teams: items(teams, "team", cx),
         channels: items(channels, "channel", cx),

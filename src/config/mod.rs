@@ -34,6 +34,7 @@ pub struct Config {
     pub branding: Branding,
     pub limits: Limits,
     pub security: Security,
+    pub storage: Storage,
     pub users: Vec<User>,
     pub teams: Vec<Team>,
     pub channels: Vec<Channel>,
@@ -97,6 +98,35 @@ pub struct Security {
     /// A message whose authentication failed joins an existing ticket only
     /// by a signed reply address or a Message-ID we sent.
     pub require_auth_to_join: bool,
+}
+
+/// `[storage]` (SPEC §8): which engine keeps the tickets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Storage {
+    /// One node: everything under `server.data_dir`.
+    #[default]
+    Redb,
+    /// Several nodes on one PostgreSQL.
+    Postgres(Postgres),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Postgres {
+    /// The file holding the connection URL (read at start, never logged).
+    pub url_file: PathBuf,
+    /// This node's name among the nodes on the database.
+    pub node_id: String,
+    /// Connections to the database (writers and readers).
+    pub pool_size: usize,
+}
+
+impl Storage {
+    pub fn engine(&self) -> &'static str {
+        match self {
+            Storage::Redb => "redb",
+            Storage::Postgres(_) => "postgres",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -265,3 +295,33 @@ impl Pipeline {
 
 #[cfg(test)]
 mod tests;
+
+/// This machine's name, the default `node_id`, with anything a node name
+/// cannot hold replaced by `-`.
+pub fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname(2) writes at most `buf.len()` bytes into `buf`.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let name = if rc == 0 {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        String::new()
+    };
+    let name: String = name
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if name.is_empty() {
+        "node".to_string()
+    } else {
+        name
+    }
+}

@@ -73,6 +73,15 @@ pub(super) struct RawSecurity {
     pub require_auth_to_join: Option<Spanned<bool>>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(expecting = "a table: [storage]")]
+pub(super) struct RawStorage {
+    pub engine: Option<Str>,
+    pub url_file: Option<Str>,
+    pub node_id: Option<Str>,
+    pub pool_size: Option<Spanned<usize>>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(expecting = "a table: [[user]]")]
 pub(super) struct RawUser {
@@ -203,8 +212,8 @@ impl<'de> Deserialize<'de> for RawSize {
 
 /// The top-level keys: the sections of SPEC §2.
 pub(super) const TOP_LEVEL: &[&str] = &[
-    "server", "outbound", "branding", "limits", "security", "user", "team", "channel", "pipeline",
-    "workflow",
+    "server", "outbound", "branding", "limits", "security", "storage", "user", "team", "channel",
+    "pipeline", "workflow",
 ];
 
 /// The keys serde knows for struct `T`, in declaration order.
@@ -262,6 +271,7 @@ pub(super) fn check_unknown_keys(root: &DeTable<'_>) -> Vec<UnknownKey> {
         ("branding", fields::<RawBranding>()),
         ("limits", fields::<RawLimits>()),
         ("security", fields::<RawSecurity>()),
+        ("storage", fields::<RawStorage>()),
     ] {
         if let Some(table) = table_at(root, name) {
             keys(&mut out, table, known, &format!("in [{name}]"));

@@ -1331,3 +1331,62 @@ fn columns_count_characters_not_bytes() {
         ]
     );
 }
+
+#[test]
+fn storage_defaults_to_redb_and_names_the_postgres_keys() {
+    let s = Setup::new();
+    let base = "[outbound]\nfrom = \"support@acme.example\"\n";
+    assert_eq!(s.ok(base).storage, Storage::Redb);
+    let pg = s.ok(&format!(
+        "{base}[storage]\nengine = \"postgres\"\nurl_file = \"pg.url\"\nnode_id = \"mx1\"\npool_size = 3\n"
+    ));
+    assert_eq!(
+        pg.storage,
+        Storage::Postgres(Postgres {
+            url_file: s.dir.path().join("pg.url"),
+            node_id: "mx1".into(),
+            pool_size: 3,
+        })
+    );
+    // The node name defaults to the host's, made a valid node name.
+    let Storage::Postgres(p) = s
+        .ok(&format!(
+            "{base}[storage]\nengine = \"postgres\"\nurl_file = \"/etc/pg.url\"\n"
+        ))
+        .storage
+    else {
+        panic!("not postgres");
+    };
+    assert!(!p.node_id.is_empty() && p.node_id.len() <= 64, "{p:?}");
+    assert_eq!(p.pool_size, 8);
+
+    let problems = s.problems(&format!(
+        "{base}[storage]\nengine = \"sqlite\"\nurl = \"postgres://u:secret@db/x\"\n"
+    ));
+    assert_eq!(
+        problems,
+        [
+            "postdesk.toml:4:10: unknown engine \"sqlite\" (known: redb, postgres)",
+            "postdesk.toml:5:1: unknown key \"url\" in [storage] (known: engine, url_file, \
+             node_id, pool_size)",
+        ]
+    );
+    let problems = s.problems(&format!(
+        "{base}[storage]\nengine = \"postgres\"\nnode_id = \"mx 1\"\npool_size = 0\n"
+    ));
+    assert_eq!(
+        problems,
+        [
+            "postdesk.toml:4:10: engine \"postgres\" needs url_file (a file holding the \
+             connection URL, e.g. /etc/postdesk/pg.url; never written inline)",
+            "postdesk.toml:5:11: node_id \"mx 1\" is not a node name: 1 to 64 letters, digits, \
+             '.', '-' or '_', e.g. \"mx1\"",
+            "postdesk.toml:6:13: pool_size must be at least 1",
+        ]
+    );
+    let problems = s.problems(&format!("{base}[storage]\nurl_file = \"pg.url\"\n"));
+    assert_eq!(
+        problems,
+        ["postdesk.toml:4:12: url_file needs engine = \"postgres\""]
+    );
+}

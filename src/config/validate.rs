@@ -57,6 +57,7 @@ pub(super) fn validate(
     let branding = sections::branding(raw.branding);
     let limits = sections::limits(raw.limits);
     let security = v.security(raw.security);
+    let storage = v.storage(raw.storage);
 
     let users = v.users(raw.users);
     let teams = v.teams(raw.teams, &users.known);
@@ -95,6 +96,7 @@ pub(super) fn validate(
         branding,
         limits,
         security,
+        storage,
         users: users.list,
         teams: teams.list,
         channels,

@@ -380,7 +380,7 @@ pub(super) fn queue(
     detail: serde_json::Value,
     now: Millis,
 ) -> Result<u64, StoreError> {
-    let out_id = tables.next_outbox_id();
+    let out_id = tables.next_outbox_id()?;
     let message_id = compose::message_id(&config.server.hostname, ticket.id, out_id, tables.salt());
     let tag = config.outbound.subject_tag.render(ticket.id);
     let subject = compose::with_subject_tag(&draft.subject, &tag);
@@ -421,7 +421,7 @@ pub(super) fn queue(
             return Ok(out_id);
         }
     };
-    let seq = tables.next_message_seq();
+    let seq = tables.next_message_seq()?;
     let mut rec = MessageRec {
         seq,
         ticket: Some(ticket.id),

@@ -8,6 +8,15 @@ use std::path::PathBuf;
 pub enum StoreError {
     #[error("storage error: {0}")]
     Db(#[from] redb::Error),
+    #[error("database: {0}")]
+    Pg(#[from] tokio_postgres::Error),
+    /// The database could not be reached (the pool's own errors).
+    #[error("database: {0}")]
+    Database(String),
+    /// The store must not be served as it is (its schema, its durability
+    /// settings, its URL): a one-line reason for the operator.
+    #[error("{0}")]
+    Refused(String),
     #[error("corrupt record: {0}")]
     Corrupt(String),
     #[error("the store is not available (reopening after an error, or shutting down)")]

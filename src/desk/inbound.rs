@@ -308,7 +308,7 @@ pub fn apply_inbound(
         },
     };
 
-    let seq = tables.next_message_seq();
+    let seq = tables.next_message_seq()?;
     let kind = if agent.is_some() {
         "agent_email"
     } else if auto.is_some() {
@@ -471,7 +471,7 @@ fn apply_bounce(
         Some((id, _, _)) => follow_merges(tables, *id)?,
         None => None,
     };
-    let seq = tables.next_message_seq();
+    let seq = tables.next_message_seq()?;
     let mut rec = inb.record(seq, ticket.as_ref().map(|t| t.id), "bounce");
     tables.put_message(&mut rec, &inb.raw)?;
     crate::metrics::inc(&crate::metrics::METRICS.bounces);
@@ -638,7 +638,7 @@ fn create_ticket(
             ch.id, ch.pipeline
         )));
     };
-    let id = tables.next_ticket_id();
+    let id = tables.next_ticket_id()?;
     let p = &inb.parsed;
     let contact = p.from.clone().unwrap_or_else(|| crate::ingest::Mailbox {
         email: inb.envelope.mail_from.to_ascii_lowercase(),

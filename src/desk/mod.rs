@@ -52,9 +52,9 @@ pub struct IdRow {
 /// Every write is part of the transaction: the engine commits all of it or
 /// none. Ids come from the engine (counters, sequences) and increase.
 pub trait Txn: ThreadView<Error = StoreError> {
-    fn next_ticket_id(&mut self) -> TicketId;
-    fn next_message_seq(&mut self) -> u64;
-    fn next_outbox_id(&mut self) -> u64;
+    fn next_ticket_id(&mut self) -> Result<TicketId, StoreError>;
+    fn next_message_seq(&mut self) -> Result<u64, StoreError>;
+    fn next_outbox_id(&mut self) -> Result<u64, StoreError>;
     /// This store's Message-ID salt (see
     /// [`crate::mail::compose::message_id`]).
     fn salt(&self) -> u64;

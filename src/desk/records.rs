@@ -153,6 +153,15 @@ pub enum OutState {
 }
 
 impl OutState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutState::Queued => "queued",
+            OutState::Sent => "sent",
+            OutState::Failed => "failed",
+            OutState::Bounced => "bounced",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<OutState> {
         Some(match s {
             "queued" => OutState::Queued,

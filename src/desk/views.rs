@@ -185,6 +185,9 @@ impl From<OutboxRec> for OutboxView {
 #[derive(Debug, Clone)]
 pub struct DueMail {
     pub id: u64,
+    /// The fencing token of this node's claim on it (engines with several
+    /// nodes; 0 otherwise): handed back with the delivery's result.
+    pub lease: u64,
     pub ticket: TicketId,
     pub message_id: String,
     pub kind: String,
@@ -244,4 +247,15 @@ impl TicketDetail {
             timeline,
         }
     }
+}
+
+/// A node serving the store (engines with several nodes), as `health`
+/// lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeView {
+    pub node_id: String,
+    pub hostname: String,
+    pub version: String,
+    pub started_at: String,
+    pub last_seen: String,
 }

@@ -31,6 +31,10 @@ const IN_FLIGHT: usize = 8;
 /// gets all of it.
 const NICE: i32 = 10;
 
+/// How often the claims on the emails of a pass are renewed (engines with
+/// several nodes): well inside their lease.
+const RENEW: Duration = Duration::from_secs(15);
+
 /// Longest sleep between passes when nothing is due (a safety net; commits
 /// that queue mail wake the worker).
 const IDLE: Duration = Duration::from_secs(60);
@@ -127,6 +131,11 @@ pub async fn run(store: Store, config: Arc<ConfigCell>, shutdown: CancellationTo
             // its relay connection from one email to the next.
             let full = due.len() >= BATCH;
             let n = due.len().min(IN_FLIGHT);
+            let leases: Vec<(u64, u64)> = due
+                .iter()
+                .filter(|m| m.lease != 0)
+                .map(|m| (m.id, m.lease))
+                .collect();
             let queue = Arc::new(Mutex::new(VecDeque::from(due)));
             let results = Arc::new(Mutex::new(Vec::new()));
             let mut lanes = tokio::task::JoinSet::new();
@@ -146,6 +155,7 @@ pub async fn run(store: Store, config: Arc<ConfigCell>, shutdown: CancellationTo
                         returned.extend(done.ok());
                     }
                 } => false,
+                () = renew(&store, &leases) => false,
                 () = shutdown.cancelled() => true,
             };
             links.extend(returned);
@@ -185,11 +195,11 @@ pub async fn run(store: Store, config: Arc<ConfigCell>, shutdown: CancellationTo
 
 /// Delivers emails from `queue` until it is empty, on `link`'s relay
 /// connection where it can; returns the link (its connection still open)
-/// for the next pass. Each email's outbox id and result go to `results`.
+/// for the next pass. Each email's outbox id, lease and result go to `results`.
 async fn lane(
     transport: Arc<Transport>,
     queue: Arc<Mutex<VecDeque<DueMail>>>,
-    results: Arc<Mutex<Vec<(u64, Delivery)>>>,
+    results: Arc<Mutex<Vec<(u64, u64, Delivery)>>>,
     mut link: Link,
 ) -> Link {
     loop {
@@ -200,10 +210,24 @@ async fn lane(
         let Some(mail) = next else { break };
         let delivery = deliver(&transport, &mut link, &mail).await;
         if let Ok(mut r) = results.lock() {
-            r.push((mail.id, delivery));
+            r.push((mail.id, mail.lease, delivery));
         }
     }
     link
+}
+
+/// Keeps this node's claims on a pass's emails ([`DueMail::lease`]) from
+/// running out while the pass lasts (a slow relay); never returns.
+async fn renew(store: &Store, leases: &[(u64, u64)]) {
+    if leases.is_empty() {
+        return std::future::pending().await;
+    }
+    loop {
+        tokio::time::sleep(RENEW).await;
+        if let Err(e) = store.renew(leases).await {
+            tracing::warn!(error = %e, "outbox: cannot renew the claims on the emails being sent; another node may send them too");
+        }
+    }
 }
 
 /// Says QUIT on every kept relay connection.
@@ -217,7 +241,7 @@ async fn close_all(links: &mut Vec<Link>) {
 /// answer is awaited, so that they share a commit. (Bursts of 8, meant to
 /// shorten the wait of mail arriving meanwhile, measured slower since one
 /// runtime worker: BENCHMARKS.md, "Runtime workers".)
-async fn record(store: &Store, results: Vec<(u64, Delivery)>) {
+async fn record(store: &Store, results: Vec<(u64, u64, Delivery)>) {
     for (id, result) in store.delivered_all(results).await {
         if let Err(e) = result {
             // The email stays queued and is tried again: at-least-once.

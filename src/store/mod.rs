@@ -21,7 +21,10 @@
 //!   the writer reopens the database before the next batch, and every
 //!   caller meanwhile gets an error (→ `451`), never a false success.
 
+mod postgres;
 mod redb;
+
+pub use postgres::{migrate, Migrated};
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,16 +34,17 @@ use tokio::sync::{oneshot, Notify};
 
 use self::redb::blobs::BlobFile;
 use self::redb::{open_db, read, writer, DbSlot};
-use crate::config::Config;
+use crate::config::{Config, Storage};
+use crate::desk::{self, apply_inbound, Txn};
 use crate::ingest::TicketId;
 
 use self::redb::schema::OutState;
 use crate::clock::Millis;
 pub use crate::desk::views::{
-    DueMail, MessageView, OutboxView, StoredMessage, TicketDetail, TicketFilter, TicketView,
+    DueMail, MessageView, NodeView, OutboxView, StoredMessage, TicketDetail, TicketFilter,
+    TicketView,
 };
 pub use crate::desk::{Delivery, Envelope, Inbound, Outcome, StoreError};
-pub use writer::WriterHandle;
 
 pub enum StoreCmd {
     Ingest(Box<Inbound>),
@@ -62,6 +66,9 @@ pub enum StoreCmd {
     },
     Delivered {
         id: u64,
+        /// The fencing token of the claim it was sent under
+        /// ([`DueMail::lease`]).
+        lease: u64,
         result: Delivery,
     },
     Merge {
@@ -97,13 +104,76 @@ pub(crate) enum WriterMsg {
 /// A cheap, cloneable handle to the store.
 #[derive(Clone)]
 pub struct Store {
-    slot: Arc<DbSlot>,
-    tx: mpsc::Sender<WriterMsg>,
+    /// The writers' queues: one for redb; one per writer connection for
+    /// PostgreSQL (see [`Store::lane`]).
+    tx: Arc<[mpsc::Sender<WriterMsg>]>,
     /// Woken after a commit that queued an email.
     outbox: Arc<Notify>,
+    engine: Engine,
+}
+
+/// What reads need of each engine.
+#[derive(Clone)]
+enum Engine {
+    Redb(Arc<DbSlot>),
+    Postgres(Arc<postgres::Shared>),
+}
+
+/// The store's writer thread(s); [`WriterHandle::join`] stops them.
+pub struct WriterHandle {
+    threads: Vec<std::thread::JoinHandle<()>>,
+    tx: Arc<[mpsc::Sender<WriterMsg>]>,
+}
+
+impl WriterHandle {
+    /// Tells the writers to stop after the queued jobs and waits for them.
+    pub fn join(self) {
+        for tx in self.tx.iter() {
+            let _ = tx.send(WriterMsg::Shutdown);
+        }
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Store {
+    /// Opens the engine `config.storage` names: redb under
+    /// `server.data_dir`, or PostgreSQL (checking its schema and
+    /// durability first).
+    pub async fn connect(config: Arc<Config>) -> Result<(Store, WriterHandle), StoreError> {
+        match &config.storage {
+            Storage::Redb => {
+                let dir = config.server.data_dir.clone();
+                tokio::task::spawn_blocking(move || Store::open(&dir, config))
+                    .await
+                    .map_err(|_| StoreError::Unavailable)?
+            }
+            Storage::Postgres(pg) => {
+                let shared = postgres::open(pg).await?;
+                tokio::spawn(postgres::heartbeat(Arc::downgrade(&shared)));
+                let (senders, queues): (Vec<_>, Vec<_>) =
+                    (0..pg.pool_size.max(1)).map(|_| mpsc::channel()).unzip();
+                let tx: Arc<[mpsc::Sender<WriterMsg>]> = senders.into();
+                let outbox = Arc::new(Notify::new());
+                let threads = postgres::writer::spawn(
+                    queues,
+                    tokio::runtime::Handle::current(),
+                    shared.clone(),
+                    outbox.clone(),
+                )?;
+                Ok((
+                    Store {
+                        tx: tx.clone(),
+                        outbox,
+                        engine: Engine::Postgres(shared),
+                    },
+                    WriterHandle { threads, tx },
+                ))
+            }
+        }
+    }
+
     /// Opens (or creates) `data_dir/postdesk.redb` and its journal, applies
     /// what the journal holds beyond the database (after a crash), and
     /// starts the writer. `config` is what recovered messages are threaded
@@ -130,22 +200,76 @@ impl Store {
         drop(db);
         let (tx, rx) = mpsc::channel();
         let outbox = Arc::new(Notify::new());
+        let tx: Arc<[mpsc::Sender<WriterMsg>]> = vec![tx].into();
         let handle = w.spawn(rx, tx.clone(), outbox.clone())?;
-        Ok((Store { slot, tx, outbox }, handle))
+        Ok((
+            Store {
+                tx,
+                outbox,
+                engine: Engine::Redb(slot),
+            },
+            handle,
+        ))
+    }
+
+    #[cfg(test)]
+    fn slot(&self) -> &Arc<DbSlot> {
+        match &self.engine {
+            Engine::Redb(slot) => slot,
+            Engine::Postgres(_) => panic!("not a redb store"),
+        }
+    }
+
+    /// The engine's name, as `[storage] engine` writes it.
+    pub fn engine(&self) -> &'static str {
+        match self.engine {
+            Engine::Redb(_) => "redb",
+            Engine::Postgres(_) => "postgres",
+        }
     }
 
     async fn run(&self, cmd: StoreCmd) -> Result<Done, StoreError> {
-        self.enqueue(cmd).await
+        let lane = Store::lane(&cmd);
+        self.enqueue(cmd, lane).await
     }
 
-    /// Hands `cmd` to the writer now (commands enqueued one after the other
-    /// are applied in that order) and returns a future of its answer.
+    /// Which writer's queue a command goes to (with several writers): the
+    /// messages of one thread, and the commands on one ticket, to the same
+    /// one, so that on one node they are applied in the order they came
+    /// (across nodes, and between threads, the database's keys and locks
+    /// decide).
+    fn lane(cmd: &StoreCmd) -> u64 {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = |s: &str| BuildHasherDefault::<DefaultHasher>::default().hash_one(s);
+        match cmd {
+            StoreCmd::Ingest(inb) => {
+                let p = &inb.parsed;
+                let root = p
+                    .references
+                    .first()
+                    .or(p.in_reply_to.first())
+                    .unwrap_or(&p.message_id);
+                hash(root)
+            }
+            StoreCmd::SetStatus { id, .. }
+            | StoreCmd::Reply { id, .. }
+            | StoreCmd::Assign { id, .. } => *id,
+            StoreCmd::Merge { source, .. } => *source,
+            StoreCmd::Delivered { id, .. } => *id,
+        }
+    }
+
+    /// Hands `cmd` to writer queue `lane` (modulo their number) now
+    /// (commands enqueued on one lane one after the other are applied in
+    /// that order) and returns a future of its answer.
     fn enqueue(
         &self,
         cmd: StoreCmd,
+        lane: u64,
     ) -> impl std::future::Future<Output = Result<Done, StoreError>> + Send + 'static {
         let (reply, rx) = oneshot::channel();
-        let sent = self.tx.send(WriterMsg::Job(Job { cmd, reply })).is_ok();
+        let tx = &self.tx[(lane % self.tx.len().max(1) as u64) as usize];
+        let sent = tx.send(WriterMsg::Job(Job { cmd, reply })).is_ok();
         async move {
             if !sent {
                 return Err(StoreError::Unavailable);
@@ -167,12 +291,13 @@ impl Store {
     }
 
     /// Queues one inbound message now (so messages submitted one after the
-    /// other are applied in that order) and returns a future of its outcome.
+    /// other are applied in that order, all on one writer) and returns a
+    /// future of its outcome.
     pub fn submit(
         &self,
         inbound: Inbound,
     ) -> impl std::future::Future<Output = Result<Outcome, StoreError>> + Send + 'static {
-        let done = self.enqueue(StoreCmd::Ingest(Box::new(inbound)));
+        let done = self.enqueue(StoreCmd::Ingest(Box::new(inbound)), 0);
         async move {
             match done.await? {
                 Done::Ingested(o) => Ok(o),
@@ -193,11 +318,16 @@ impl Store {
     /// so they share a commit.
     pub async fn delivered_all(
         &self,
-        results: Vec<(u64, Delivery)>,
+        results: Vec<(u64, u64, Delivery)>,
     ) -> Vec<(u64, Result<(), StoreError>)> {
         let waiting: Vec<_> = results
             .into_iter()
-            .map(|(id, result)| (id, self.enqueue(StoreCmd::Delivered { id, result })))
+            .map(|(id, lease, result)| {
+                (
+                    id,
+                    self.enqueue(StoreCmd::Delivered { id, lease, result }, id),
+                )
+            })
             .collect();
         let mut out = Vec::with_capacity(waiting.len());
         for (id, done) in waiting {
@@ -214,29 +344,46 @@ impl Store {
     /// How many tickets are stored, and how many emails wait for a (first or
     /// next) delivery attempt.
     pub async fn counts(&self) -> Result<(u64, u64), StoreError> {
-        self.read(|txn| Ok((read::ticket_count(txn)?, read::outbox_pending(txn)?)))
-            .await
+        match &self.engine {
+            Engine::Redb(_) => {
+                self.read(|txn| Ok((read::ticket_count(txn)?, read::outbox_pending(txn)?)))
+                    .await
+            }
+            Engine::Postgres(s) => postgres::read::counts(s).await,
+        }
     }
 
     /// Tickets, newest first.
     pub async fn tickets(&self, filter: TicketFilter) -> Result<Vec<TicketView>, StoreError> {
-        self.read(move |txn| read::tickets(txn, &filter)).await
+        match &self.engine {
+            Engine::Redb(_) => self.read(move |txn| read::tickets(txn, &filter)).await,
+            Engine::Postgres(s) => postgres::read::tickets(s, &filter).await,
+        }
     }
 
     /// A ticket with its messages and timeline.
     pub async fn ticket(&self, id: TicketId) -> Result<Option<TicketDetail>, StoreError> {
-        self.read(move |txn| read::ticket(txn, id)).await
+        match &self.engine {
+            Engine::Redb(_) => self.read(move |txn| read::ticket(txn, id)).await,
+            Engine::Postgres(s) => postgres::read::ticket(s, id).await,
+        }
     }
 
     /// Messages kept without a ticket, newest first.
     pub async fn conversations(&self, limit: usize) -> Result<Vec<MessageView>, StoreError> {
-        self.read(move |txn| read::conversations(txn, limit)).await
+        match &self.engine {
+            Engine::Redb(_) => self.read(move |txn| read::conversations(txn, limit)).await,
+            Engine::Postgres(s) => postgres::read::conversations(s, limit).await,
+        }
     }
 
     /// One stored message (inbound or outbound) by its normalised
     /// Message-ID, with its raw bytes.
     pub async fn message(&self, message_id: String) -> Result<Option<StoredMessage>, StoreError> {
-        self.read(move |txn| read::message(txn, &message_id)).await
+        match &self.engine {
+            Engine::Redb(_) => self.read(move |txn| read::message(txn, &message_id)).await,
+            Engine::Postgres(s) => postgres::read::message(s, &message_id).await,
+        }
     }
 
     /// The outbox, newest first, optionally only one state.
@@ -245,41 +392,74 @@ impl Store {
         state: Option<OutState>,
         limit: usize,
     ) -> Result<Vec<OutboxView>, StoreError> {
-        self.read(move |txn| read::outbox(txn, state, limit)).await
+        match &self.engine {
+            Engine::Redb(_) => self.read(move |txn| read::outbox(txn, state, limit)).await,
+            Engine::Postgres(s) => postgres::read::outbox(s, state, limit).await,
+        }
     }
 
     /// One outbox entry.
     pub async fn outbox_entry(&self, id: u64) -> Result<Option<OutboxView>, StoreError> {
-        self.read(move |txn| read::outbox_one(txn, id)).await
+        match &self.engine {
+            Engine::Redb(_) => self.read(move |txn| read::outbox_one(txn, id)).await,
+            Engine::Postgres(s) => postgres::read::outbox_entry(s, id).await,
+        }
     }
 
     /// Up to `limit` emails due at `now` with their bytes, and when the
-    /// next one after them is due (if any).
+    /// next one after them is due (if any). With several nodes the emails
+    /// are claimed for this one ([`DueMail::lease`]): each is handed to one
+    /// node at a time.
     pub async fn due(
         &self,
         now: Millis,
         limit: usize,
     ) -> Result<(Vec<DueMail>, Option<Millis>), StoreError> {
-        self.read(move |txn| read::due(txn, now, limit)).await
+        match &self.engine {
+            Engine::Redb(_) => self.read(move |txn| read::due(txn, now, limit)).await,
+            Engine::Postgres(s) => postgres::read::due(s, now, limit).await,
+        }
     }
 
-    /// Runs `f` on a read transaction, on a blocking thread. It sees every
-    /// job the writer has answered before the call. Callers outside the
-    /// store use the typed reads above: no engine's transaction leaves it.
+    /// Renews this node's claims `(outbox id, lease)` on emails it is
+    /// sending (engines with several nodes; nothing to do on redb).
+    pub async fn renew(&self, leases: &[(u64, u64)]) -> Result<(), StoreError> {
+        match &self.engine {
+            Engine::Redb(_) => Ok(()),
+            Engine::Postgres(s) => postgres::read::renew(s, leases).await,
+        }
+    }
+
+    /// The nodes that serve this store and were seen in the last minute
+    /// (one, this one, on redb).
+    pub async fn nodes(&self) -> Result<Vec<NodeView>, StoreError> {
+        match &self.engine {
+            Engine::Redb(_) => Ok(Vec::new()),
+            Engine::Postgres(s) => postgres::read::nodes(s).await,
+        }
+    }
+
+    /// Runs `f` on a redb read transaction, on a blocking thread. It sees
+    /// every job the writer has answered before the call. Callers outside
+    /// the store use the typed reads above: no engine's transaction leaves
+    /// it.
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&read::Snapshot) -> Result<T, StoreError> + Send + 'static,
     {
-        if self.slot.uncommitted.load(Ordering::Acquire) {
+        let Engine::Redb(slot) = &self.engine else {
+            return Err(StoreError::Unavailable);
+        };
+        if slot.uncommitted.load(Ordering::Acquire) {
             let (tx, rx) = oneshot::channel();
-            if self.tx.send(WriterMsg::Flush(tx)).is_ok() {
+            if self.tx[0].send(WriterMsg::Flush(tx)).is_ok() {
                 // A writer that stopped has committed what it answered, or
                 // left it to the journal: read what is there either way.
                 let _ = rx.await;
             }
         }
-        let slot = self.slot.clone();
+        let slot = slot.clone();
         let task = tokio::task::spawn_blocking(move || {
             let db = slot.get()?;
             let txn = ::redb::ReadableDatabase::begin_read(&*db)?;
@@ -288,10 +468,53 @@ impl Store {
         task.await.map_err(|_| StoreError::Unavailable)?
     }
 
-    /// Asks the writer to finish what is queued and stop.
+    /// Asks the writer to finish what is queued and stop (every writer
+    /// thread: [`WriterHandle::join`] sends the rest).
     pub fn shutdown(&self) {
-        let _ = self.tx.send(WriterMsg::Shutdown);
+        for tx in self.tx.iter() {
+            let _ = tx.send(WriterMsg::Shutdown);
+        }
     }
+}
+
+/// Applies one command inside an engine's transaction: the one mapping
+/// of a command onto the ticket logic, for every engine.
+pub(crate) fn apply(
+    tables: &mut impl Txn,
+    cmd: &StoreCmd,
+    now: Millis,
+) -> Result<Done, StoreError> {
+    Ok(match cmd {
+        StoreCmd::Ingest(inbound) => Done::Ingested(apply_inbound(tables, inbound, now)?),
+        StoreCmd::SetStatus { config, id, status } => {
+            Done::Ticket(desk::set_status(tables, config, *id, status, now)?)
+        }
+        StoreCmd::Reply {
+            config,
+            id,
+            body,
+            user,
+        } => Done::Queued(desk::reply(
+            tables,
+            config,
+            *id,
+            body,
+            user.as_deref(),
+            now,
+        )?),
+        StoreCmd::Assign { config, id, owner } => {
+            Done::Ticket(desk::assign(tables, config, *id, owner, now)?)
+        }
+        StoreCmd::Merge {
+            config,
+            source,
+            target,
+        } => Done::Ticket(desk::merge(tables, config, *source, *target, now)?),
+        StoreCmd::Delivered { id, result, .. } => {
+            desk::delivered(tables, *id, result, now)?;
+            Done::Ok
+        }
+    })
 }
 
 #[cfg(test)]
@@ -410,7 +633,7 @@ initial_status = "new"
         let (store, writer, config) = open(dir.path());
         // A damaged outbox row: recording a delivery for it fails.
         {
-            let db = store.slot.get().unwrap();
+            let db = store.slot().get().unwrap();
             let txn = db.begin_write().unwrap();
             txn.open_table(schema::OUTBOX)
                 .unwrap()
@@ -423,10 +646,14 @@ initial_status = "new"
             let (first, small) = big_then_small(&store, &config, round, 19);
             // Journaled like the mail, and fails in the small ones' batch
             // (in the transaction that holds the first one, answered).
-            let bad = store.enqueue(StoreCmd::Delivered {
-                id: 7,
-                result: Delivery::Sent,
-            });
+            let bad = store.enqueue(
+                StoreCmd::Delivered {
+                    id: 7,
+                    lease: 0,
+                    result: Delivery::Sent,
+                },
+                0,
+            );
             first.await.unwrap();
             for done in small {
                 done.await.unwrap();
@@ -454,7 +681,7 @@ initial_status = "new"
         let (store, writer, config) = open(dir.path());
         let big = "x".repeat(writer::MAX_BATCH_BYTES);
         let marker = "BREAK-THE-DISK";
-        store.slot.blobs.fault.lock().unwrap().marker = Some(marker.as_bytes().to_vec());
+        store.slot().blobs.fault.lock().unwrap().marker = Some(marker.as_bytes().to_vec());
         // Both queued before the writer can finish the first.
         let (a, b) = (mail(&config, 1, &big), mail(&config, 2, marker));
         let first = store.submit(a);
@@ -463,12 +690,12 @@ initial_status = "new"
             panic!("no ticket");
         };
         assert!(breaking.await.is_err(), "its bytes were never written");
-        assert!(store.slot.blobs.fault.lock().unwrap().failing);
+        assert!(store.slot().blobs.fault.lock().unwrap().failing);
         // A read while the disk is still broken: the writer tries the
         // replay for it (and cannot write the answered message's bytes).
         store.counts().await.unwrap();
         {
-            let mut fault = store.slot.blobs.fault.lock().unwrap();
+            let mut fault = store.slot().blobs.fault.lock().unwrap();
             fault.marker = None;
             fault.failing = false;
         }

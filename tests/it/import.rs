@@ -3,7 +3,8 @@
 
 use serde_json::json;
 
-use crate::support::daemon::{run_cli, temp_dir};
+use crate::support::daemon::{migrate, run_cli, temp_dir, with_test_storage};
+use crate::support::pg::TestDb;
 use crate::support::ACK_NEW;
 use crate::support::{default_config, message_ids, render_config, Daemon};
 
@@ -49,21 +50,22 @@ fn mbox() -> String {
     .join("\n")
 }
 
-/// A scratch folder holding `postdesk.toml` (data under the folder).
-fn with_config() -> (tempfile::TempDir, std::path::PathBuf) {
+/// A scratch folder holding `postdesk.toml` (data under the folder, or in
+/// the run's database: keep the [`TestDb`] while it is used).
+fn with_config() -> (tempfile::TempDir, std::path::PathBuf, Option<TestDb>) {
     let dir = temp_dir();
     let config = dir.path().join("postdesk.toml");
-    std::fs::write(
-        &config,
-        render_config(&default_config("", ACK_NEW), dir.path()),
-    )
-    .expect("config");
-    (dir, config)
+    let (text, db) = with_test_storage(&default_config("", ACK_NEW), dir.path());
+    std::fs::write(&config, render_config(&text, dir.path())).expect("config");
+    if db.is_some() {
+        migrate(&config, dir.path());
+    }
+    (dir, config, db)
 }
 
 #[test]
 fn mbox_import_threads_sends_nothing_and_is_idempotent() {
-    let (dir, config) = with_config();
+    let (dir, config, _db) = with_config();
     let mbox_path = dir.path().join("support.mbox");
     std::fs::write(&mbox_path, mbox()).expect("mbox");
     let c = config.to_string_lossy().to_string();
@@ -133,7 +135,7 @@ fn mbox_import_threads_sends_nothing_and_is_idempotent() {
 
 #[test]
 fn an_mbox_that_cannot_be_read_fails_with_its_name() {
-    let (dir, config) = with_config();
+    let (dir, config, _db) = with_config();
     // A directory opens like a file but fails at the first read.
     let not_a_file = dir.path().join("a-folder.mbox");
     std::fs::create_dir_all(&not_a_file).expect("dir");

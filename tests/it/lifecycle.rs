@@ -160,6 +160,11 @@ fn check_lists_every_problem_and_serve_exits_78() {
 /// email sent twice (its delivery result was journaled too).
 #[test]
 fn a_kill_9_between_checkpoints_is_recovered_exactly_from_the_journal() {
+    if crate::support::pg::skip_unless_redb(
+        "a_kill_9_between_checkpoints_is_recovered_exactly_from_the_journal",
+    ) {
+        return;
+    }
     let mut d = Daemon::start_with_env(
         crate::support::ACK_NEW,
         &[("POSTDESK_CHECKPOINT_MS", "3600000")],
@@ -271,6 +276,11 @@ fn a_kill_9_between_checkpoints_is_recovered_exactly_from_the_journal() {
 
 #[test]
 fn an_intact_journal_record_that_cannot_be_decoded_stops_the_start_and_is_kept() {
+    if crate::support::pg::skip_unless_redb(
+        "an_intact_journal_record_that_cannot_be_decoded_stops_the_start_and_is_kept",
+    ) {
+        return;
+    }
     let mut d = Daemon::start_with_env("", &[("POSTDESK_CHECKPOINT_MS", "3600000")]);
     d.send_ok(&msg().subject("Only in the journal"));
     d.kill9();
@@ -316,6 +326,11 @@ fn an_intact_journal_record_that_cannot_be_decoded_stops_the_start_and_is_kept()
 /// left the file out) must not start as if nothing were missing.
 #[test]
 fn a_blob_file_shorter_than_the_database_names_stops_the_start() {
+    if crate::support::pg::skip_unless_redb(
+        "a_blob_file_shorter_than_the_database_names_stops_the_start",
+    ) {
+        return;
+    }
     let mut d = Daemon::start("");
     let m = msg().subject("Bytes in the blob file");
     d.send_ok(&m);

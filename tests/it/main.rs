@@ -17,7 +17,11 @@
 //!   protection, reload;
 //! - `safety`: §3/§5/§6/§7 when things go wrong — kill -9 under load, the
 //!   outbox across a crash, a full store, overload, abusive SMTP and admin
-//!   clients, loop protection across a restart, the corpus byte-exact.
+//!   clients, loop protection across a restart, the corpus byte-exact;
+//! - `pg_harness`: the harness's PostgreSQL test databases themselves.
+//!
+//! `POSTDESK_TEST_ENGINE=postgres` runs every daemon on engine postgres (see
+//! `support`'s module doc and `.ci/pg-start`).
 
 // Tests and their harness may panic on anything unexpected: that is how a
 // test fails.
@@ -33,6 +37,7 @@ mod import;
 mod lifecycle;
 mod ops;
 mod outbound;
+mod pg_harness;
 mod safety;
 mod smtp;
 mod threading;

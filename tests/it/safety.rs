@@ -526,6 +526,11 @@ fn check_reply_vs_store(d: &Daemon, m: &Msg, reply: &Reply) -> Result<Option<Str
 /// size: the next growth fails.
 #[test]
 fn a_store_that_cannot_grow_gets_451_never_250_and_recovers() {
+    if crate::support::pg::skip_unless_redb(
+        "a_store_that_cannot_grow_gets_451_never_250_and_recovers",
+    ) {
+        return;
+    }
     const SIZE: usize = 64 * 1024;
     let mut d = Daemon::start("");
     d.terminate();
@@ -679,6 +684,11 @@ fn disk_client(
 /// the disk is back, and after a kill -9.
 #[test]
 fn a_store_that_cannot_grow_under_concurrent_load_keeps_every_250() {
+    if crate::support::pg::skip_unless_redb(
+        "a_store_that_cannot_grow_under_concurrent_load_keeps_every_250",
+    ) {
+        return;
+    }
     const SIZE: usize = 64 * 1024;
     const CLIENTS: usize = 4;
     let mut d = Daemon::start("");

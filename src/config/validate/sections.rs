@@ -8,9 +8,9 @@ use toml::Spanned;
 
 use super::{io_reason, lowercase_first, parse_size, Read, Section, Validator};
 use crate::config::raw::{
-    RawBranding, RawLimits, RawOutbound, RawSecurity, RawServer, RawSize, Str,
+    RawBranding, RawLimits, RawOutbound, RawSecurity, RawServer, RawSize, RawStorage, Str,
 };
-use crate::config::{Branding, Limits, Outbound, Security, Server, Transport};
+use crate::config::{Branding, Limits, Outbound, Postgres, Security, Server, Storage, Transport};
 use crate::ingest::thread::SubjectTag;
 
 const DEFAULT_HOSTNAME: &str = "localhost";
@@ -26,6 +26,7 @@ const DEFAULT_MAX_SESSIONS: usize = 256;
 const DEFAULT_MAX_SESSIONS_PER_CLIENT: usize = 20;
 const DEFAULT_SUBJECT_TAG: &str = "[#{id}]";
 const DEFAULT_AUTO_REPLIES_PER_HOUR: u32 = 5;
+const DEFAULT_POOL_SIZE: usize = 8;
 
 /// `sun_path` is 108 bytes on Linux, NUL included.
 const MAX_SOCKET_PATH: usize = 107;
@@ -459,4 +460,82 @@ impl Validator<'_, '_> {
             require_auth_to_join: require.is_some_and(|r| *r.get_ref()),
         }
     }
+}
+
+impl Validator<'_, '_> {
+    /// `[storage]` (SPEC §8): the engine, and for PostgreSQL where its URL
+    /// is (a file: never inline) and this node's name.
+    pub(super) fn storage(&mut self, section: Section<RawStorage>) -> Storage {
+        let raw = match section {
+            Section::Read(read) => read.value,
+            Section::Absent | Section::Broken => RawStorage::default(),
+        };
+        let engine = raw.engine.as_ref().map_or("redb", |e| e.get_ref().as_str());
+        match engine {
+            "redb" => {
+                for (key, value) in [("url_file", &raw.url_file), ("node_id", &raw.node_id)] {
+                    if let Some(v) = value {
+                        self.cx
+                            .at(v.span(), format!("{key} needs engine = \"postgres\""));
+                    }
+                }
+                if let Some(v) = &raw.pool_size {
+                    self.cx
+                        .at(v.span(), "pool_size needs engine = \"postgres\"");
+                }
+                Storage::Redb
+            }
+            "postgres" => {
+                let url_file = match &raw.url_file {
+                    Some(p) => self.path(p, "url_file").unwrap_or_default(),
+                    None => {
+                        self.cx.at_opt(
+                            raw.engine.as_ref().map(|e| e.span()),
+                            "engine \"postgres\" needs url_file (a file holding the connection \
+                             URL, e.g. /etc/postdesk/pg.url; never written inline)",
+                        );
+                        PathBuf::new()
+                    }
+                };
+                let node_id = match &raw.node_id {
+                    Some(id) if is_node_id(id.get_ref()) => id.get_ref().clone(),
+                    Some(id) => {
+                        self.cx.at(
+                            id.span(),
+                            format!(
+                                "node_id \"{}\" is not a node name: 1 to 64 letters, digits, \
+                                 '.', '-' or '_', e.g. \"mx1\"",
+                                id.get_ref()
+                            ),
+                        );
+                        String::new()
+                    }
+                    None => crate::config::host_name(),
+                };
+                let pool_size =
+                    self.positive(raw.pool_size.as_ref(), "pool_size", DEFAULT_POOL_SIZE);
+                Storage::Postgres(Postgres {
+                    url_file,
+                    node_id,
+                    pool_size,
+                })
+            }
+            other => {
+                if let Some(e) = &raw.engine {
+                    self.cx.at(
+                        e.span(),
+                        format!("unknown engine \"{other}\" (known: redb, postgres)"),
+                    );
+                }
+                Storage::Redb
+            }
+        }
+    }
+}
+
+fn is_node_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
 }

@@ -223,6 +223,7 @@ pub fn due(
         };
         out.push(DueMail {
             id,
+            lease: 0,
             ticket: rec.ticket,
             message_id: rec.message_id,
             kind: rec.kind,

@@ -107,22 +107,22 @@ impl<'txn> Tables<'txn> {
 }
 
 impl Txn for Tables<'_> {
-    fn next_ticket_id(&mut self) -> TicketId {
+    fn next_ticket_id(&mut self) -> Result<TicketId, StoreError> {
         let id = self.next_ticket;
         self.next_ticket += 1;
-        id
+        Ok(id)
     }
 
-    fn next_message_seq(&mut self) -> u64 {
+    fn next_message_seq(&mut self) -> Result<u64, StoreError> {
         let seq = self.next_message;
         self.next_message += 1;
-        seq
+        Ok(seq)
     }
 
-    fn next_outbox_id(&mut self) -> u64 {
+    fn next_outbox_id(&mut self) -> Result<u64, StoreError> {
         let id = self.next_outbox;
         self.next_outbox += 1;
-        id
+        Ok(id)
     }
 
     fn salt(&self) -> u64 {

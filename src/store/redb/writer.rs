@@ -41,7 +41,6 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableTable, WriteTransaction};
@@ -53,7 +52,8 @@ use super::tables::Tables;
 use super::{open_db, DbSlot, Delivery, Done, Job, StoreCmd, StoreError, WriterMsg};
 use crate::clock::{self, Millis};
 use crate::config::Config;
-use crate::desk::{self, apply_inbound, Envelope, Inbound};
+use crate::desk::{Envelope, Inbound};
+use crate::store::WriterHandle;
 
 pub const MAX_BATCH: usize = 256;
 /// An open transaction is committed after this many batches, or once it is
@@ -74,21 +74,6 @@ const CHECKPOINT_RETRY: Duration = Duration::from_secs(1);
 /// in memory until its commit (256 sessions finishing 25 MiB messages at
 /// once must not mean gigabytes in flight).
 pub const MAX_BATCH_BYTES: usize = 4 << 20;
-
-pub struct WriterHandle {
-    thread: Option<JoinHandle<()>>,
-    tx: mpsc::Sender<WriterMsg>,
-}
-
-impl WriterHandle {
-    /// Tells the writer to stop after the queued jobs and waits for it.
-    pub fn join(mut self) {
-        let _ = self.tx.send(WriterMsg::Shutdown);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 /// The writer's state besides the database slot.
 pub(in crate::store) struct Writer {
@@ -177,7 +162,7 @@ impl Writer {
     pub(in crate::store) fn spawn(
         self,
         rx: mpsc::Receiver<WriterMsg>,
-        tx: mpsc::Sender<WriterMsg>,
+        tx: Arc<[mpsc::Sender<WriterMsg>]>,
         outbox: Arc<tokio::sync::Notify>,
     ) -> Result<WriterHandle, StoreError> {
         let thread = std::thread::Builder::new()
@@ -185,7 +170,7 @@ impl Writer {
             .spawn(move || self.run(&rx, &outbox))
             .map_err(|e| StoreError::Db(redb::Error::Io(e)))?;
         Ok(WriterHandle {
-            thread: Some(thread),
+            threads: vec![thread],
             tx,
         })
     }
@@ -482,6 +467,7 @@ impl Writer {
             ))),
             Entry::Delivered { id, kind, detail } => StoreCmd::Delivered {
                 id,
+                lease: 0,
                 result: match kind {
                     0 => Delivery::Sent,
                     1 => Delivery::Transient(detail.to_string()),
@@ -854,7 +840,7 @@ fn apply_batch<'a>(
     {
         let mut tables = Tables::open(&txn, blobs)?;
         for cmd in cmds {
-            outcomes.push(apply(&mut tables, cmd, now)?);
+            outcomes.push(super::super::apply(&mut tables, cmd, now)?);
         }
         if let Some(seq) = seq {
             tables.meta_set(JOURNAL_SEQ, seq)?;
@@ -928,7 +914,7 @@ fn entry(cmd: &StoreCmd) -> Option<Entry<'_>> {
             received_at: inb.envelope.received_at,
             imported: inb.envelope.imported,
         }),
-        StoreCmd::Delivered { id, result } => Some(match result {
+        StoreCmd::Delivered { id, result, .. } => Some(match result {
             Delivery::Sent => Entry::Delivered {
                 id: *id,
                 kind: 0,
@@ -997,41 +983,6 @@ fn begin(db: &Database, durability: Durability) -> Result<WriteTransaction, Stor
     // a crash does not need a full repair scan.
     txn.set_quick_repair(matches!(durability, Durability::Immediate));
     Ok(txn)
-}
-
-/// Applies one command inside the batch's transaction.
-fn apply(tables: &mut Tables<'_>, cmd: &StoreCmd, now: Millis) -> Result<Done, StoreError> {
-    Ok(match cmd {
-        StoreCmd::Ingest(inbound) => Done::Ingested(apply_inbound(tables, inbound, now)?),
-        StoreCmd::SetStatus { config, id, status } => {
-            Done::Ticket(desk::set_status(tables, config, *id, status, now)?)
-        }
-        StoreCmd::Reply {
-            config,
-            id,
-            body,
-            user,
-        } => Done::Queued(desk::reply(
-            tables,
-            config,
-            *id,
-            body,
-            user.as_deref(),
-            now,
-        )?),
-        StoreCmd::Assign { config, id, owner } => {
-            Done::Ticket(desk::assign(tables, config, *id, owner, now)?)
-        }
-        StoreCmd::Merge {
-            config,
-            source,
-            target,
-        } => Done::Ticket(desk::merge(tables, config, *source, *target, now)?),
-        StoreCmd::Delivered { id, result } => {
-            desk::delivered(tables, *id, result, now)?;
-            Done::Ok
-        }
-    })
 }
 
 fn ensure_open(slot: &DbSlot) -> Result<Arc<Database>, StoreError> {

@@ -6,6 +6,13 @@
 //! read the addresses from it. Its stderr (the logs) is drained continuously
 //! into a buffer so the pipe never fills; the buffer is printed when a test
 //! panics while the daemon is alive, and put into the harness's own panics.
+//!
+//! With `POSTDESK_TEST_ENGINE=postgres` (see [`super::pg`]), every daemon
+//! gets a database of its own ([`TestDb`]): its URL goes into `{dir}/pg.url`
+//! and a `[storage]` table naming it is appended to the config, unless the
+//! config has a `[storage]` table already; when the harness appended it, it
+//! also runs `postdesk migrate` on the config before the first start. The
+//! database is dropped after the daemon has been stopped.
 
 use std::ffi::OsStr;
 use std::fmt::Display;
@@ -21,6 +28,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::admin::Admin;
+use super::pg::{engine, Engine, TestDb};
 use super::smtp::{send_mail, Msg, Reply};
 use super::DEADLINE;
 
@@ -157,6 +165,82 @@ fn split_setup(setup: &str) -> (String, String) {
     (server, extra)
 }
 
+/// The `[storage]` table the harness appends in a postgres run.
+const PG_STORAGE: &str = r#"
+[storage]
+engine = "postgres"
+url_file = "{dir}/pg.url"
+node_id = "test"
+"#;
+
+/// Whether a config text has a `[storage]` table (or a `[storage.*]` one).
+fn has_storage_table(text: &str) -> bool {
+    text.lines().any(|l| {
+        let l = l.trim_start();
+        l.starts_with("[storage]") || l.starts_with("[storage.")
+    })
+}
+
+/// `text` with the storage of this test run: unchanged on engine redb (the
+/// default). On engine postgres, a fresh [`TestDb`] whose URL is written to
+/// `{dir}/pg.url` (mode 0600), and the `[storage]` table naming it appended
+/// unless `text` has one (then the test chose its storage itself; `pg.url`
+/// is there for it to use). `{dir}` stays in the text for
+/// [`render_config`]. Keep the `TestDb` until the daemons using it are
+/// stopped.
+pub fn with_test_storage(text: &str, dir: &Path) -> (String, Option<TestDb>) {
+    match engine() {
+        Engine::Redb => (text.to_string(), None),
+        Engine::Postgres => {
+            let db = TestDb::for_engine();
+            write_url_file(&dir.join("pg.url"), db.url());
+            (with_pg_storage(text), Some(db))
+        }
+    }
+}
+
+/// `text` with [`PG_STORAGE`] appended, unless it has a `[storage]` table.
+fn with_pg_storage(text: &str) -> String {
+    if has_storage_table(text) {
+        return text.to_string();
+    }
+    let mut text = text.to_string();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(PG_STORAGE);
+    text
+}
+
+/// `postdesk migrate -c CONFIG`, which must succeed: the schema for a
+/// config on engine postgres (a fresh [`TestDb`] has none).
+pub fn migrate(config: &Path, cwd: &Path) {
+    let out = run_cli(
+        &[OsStr::new("migrate"), OsStr::new("-c"), config.as_os_str()],
+        cwd,
+    );
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "postdesk migrate -c {} should create the schema\n{out}",
+        config.display()
+    );
+}
+
+/// Writes `url` to `path`, readable by its owner only (it is a credential).
+fn write_url_file(path: &Path, url: &str) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(format!("{url}\n").as_bytes()))
+        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
 pub struct Daemon {
     dir: tempfile::TempDir,
     config: PathBuf,
@@ -171,6 +255,9 @@ pub struct Daemon {
     pre_exec: Option<PreExec>,
     /// Extra environment for every start from now on.
     env: Vec<(String, String)>,
+    /// The daemon's database on engine postgres; dropped (explicitly, in
+    /// `Drop`) only after the process is gone.
+    pg: Option<TestDb>,
 }
 
 impl Daemon {
@@ -180,6 +267,9 @@ impl Daemon {
     /// and `{templates}` are filled in) or additions to the default config:
     /// lines before the first `[table]` header go inside `[server]`, the rest
     /// is appended. `""` is the default config.
+    ///
+    /// On engine postgres the daemon gets a database of its own (see the
+    /// module doc); no PostgreSQL then fails the test.
     pub fn start(setup: &str) -> Daemon {
         let text = if setup.lines().any(|l| l.trim() == "[server]") {
             setup.to_string()
@@ -188,8 +278,14 @@ impl Daemon {
             default_config(&server, &extra)
         };
         let dir = temp_dir();
+        let harness_storage = engine() == Engine::Postgres && !has_storage_table(&text);
+        let (text, pg) = with_test_storage(&text, dir.path());
         let config = dir.path().join("postdesk.toml");
         std::fs::write(&config, render_config(&text, dir.path())).expect("write the config");
+        if harness_storage {
+            // A fresh database has no schema; `serve` refuses it (SPEC §8).
+            migrate(&config, dir.path());
+        }
         let mut d = Daemon {
             dir,
             config,
@@ -201,6 +297,7 @@ impl Daemon {
             runs: 0,
             pre_exec: None,
             env: Vec::new(),
+            pg,
         };
         d.start_again();
         d
@@ -355,15 +452,26 @@ impl Daemon {
         &self.config
     }
 
+    /// The URL of the daemon's database on engine postgres; `None` on redb.
+    pub fn pg_url(&self) -> Option<&str> {
+        self.pg.as_ref().map(TestDb::url)
+    }
+
     /// Where the file transport of the default config writes (`{dir}/sent`).
     pub fn sent_dir(&self) -> PathBuf {
         self.dir().join("sent")
     }
 
     /// Replaces the config file with `text` (`{dir}` and `{templates}`
-    /// filled in); the daemon sees it on its next reload.
+    /// filled in); the daemon sees it on its next reload. On engine
+    /// postgres the `[storage]` table is appended as at the start (unless
+    /// `text` has one), so the reload keeps the daemon's database.
     pub fn rewrite_config(&self, text: &str) {
-        std::fs::write(&self.config, render_config(text, self.dir()))
+        let text = match self.pg {
+            Some(_) => with_pg_storage(text),
+            None => text.to_string(),
+        };
+        std::fs::write(&self.config, render_config(&text, self.dir()))
             .unwrap_or_else(|e| self.fail(format!("rewrite the config: {e}")));
     }
 
@@ -575,6 +683,10 @@ impl Drop for Daemon {
                 self.logs()
             );
         }
+        // The process is gone: its database can go (a field's own drop
+        // would come after this anyway; explicit, so no reordering of the
+        // fields can change it).
+        drop(self.pg.take());
     }
 }
 

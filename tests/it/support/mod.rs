@@ -12,7 +12,53 @@
 //! - [`eml`]: reading sent emails (`.eml` files, or the sink's data);
 //! - [`corpus`]: the files of `shared/corpus` and their delivery as an MTA
 //!   would;
+//! - [`pg`]: the engine switch and PostgreSQL test databases (`TestDb`,
+//!   `psql`);
 //! - [`wait_until`]: the one way a test waits.
+//!
+//! ## The storage engine: `POSTDESK_TEST_ENGINE`
+//!
+//! The daemons of a run use engine redb (the default: unset, empty or
+//! `redb`) or, with `POSTDESK_TEST_ENGINE=postgres`, engine postgres:
+//! [`Daemon::start`] then gives each daemon a database of its own
+//! (`CREATE DATABASE t_<hex> TEMPLATE template0`, dropped after the daemon
+//! is stopped), writes its URL to `{dir}/pg.url` (0600) and appends
+//!
+//! ```toml
+//! [storage]
+//! engine = "postgres"
+//! url_file = "{dir}/pg.url"
+//! node_id = "test"
+//! ```
+//!
+//! unless the config has a `[storage]` table already ([`Daemon::pg_url`]
+//! gives the URL); then it runs `postdesk migrate -c` on that config before
+//! the first start (a fresh database has no schema). Any other value of
+//! `POSTDESK_TEST_ENGINE` fails every test that starts a daemon. The
+//! server is
+//! `POSTDESK_TEST_PG_URL` (a superuser URL, e.g.
+//! `eval "$(.ci/pg-start)"`, which starts a throwaway cluster and exports
+//! it), else, when not root, a private cluster the harness starts once per
+//! test process from `/usr/lib/postgresql/*/bin` and stops when it exits.
+//! On engine postgres no server fails every daemon test.
+//!
+//! Tests that need PostgreSQL whatever the engine use
+//! [`pg::require_pg_or_skip`]: without a server they pass after a loud
+//! `SKIPPED` line on stderr, unless `POSTDESK_REQUIRE_PG=1` (CI sets it),
+//! which makes them fail instead.
+//!
+//! ```sh
+//! cargo test --test it                                   # engine redb
+//! eval "$(.ci/pg-start)"                                 # a throwaway PostgreSQL
+//! POSTDESK_TEST_ENGINE=postgres cargo test --test it     # engine postgres
+//! .ci/pg-start --stop                                    # stop it again
+//! ```
+//!
+//! Only daemons started through [`Daemon::start`] (and the commands run on
+//! their `config_path()`) follow the switch: a test that writes a config
+//! file of its own and runs `postdesk import` / `check` / `serve` on it
+//! directly stays on redb unless it adds the storage itself
+//! ([`daemon::with_test_storage`]).
 
 #![allow(dead_code)] // each test module uses a different part of the harness
 
@@ -20,6 +66,7 @@ pub mod admin;
 pub mod corpus;
 pub mod daemon;
 pub mod eml;
+pub mod pg;
 pub mod sink;
 pub mod smtp;
 
@@ -29,6 +76,8 @@ use std::time::{Duration, Instant};
 pub use admin::{message_ids, message_in, threaded_by, timeline_kinds, Admin};
 #[allow(unused_imports)]
 pub use daemon::{config_with, default_config, edit_config, render_config, Daemon};
+#[allow(unused_imports)]
+pub use pg::{engine, psql, require_pg_or_skip, Engine, TestDb};
 #[allow(unused_imports)]
 pub use smtp::{msg, send_mail, smtp_data_content, to_smtp_data, unique_id, Client, Msg, Reply};
 

@@ -1,0 +1,330 @@
+//! The PostgreSQL engine (SPEC §8): several postdesk nodes on one
+//! database. It stores, locks, batches and retries; what a message or
+//! command does is the desk's ([`crate::desk`]), run through [`txn::PgTxn`].
+//!
+//! Invariants:
+//! - A caller is answered only after `COMMIT` returned (or, when the
+//!   connection broke during it, after the batch's token was found
+//!   committed): `Ok` means the database has it, with
+//!   `synchronous_commit` on ([`open`] refuses `off`).
+//! - Correctness comes from the database — unique keys and row locks —
+//!   never from a check made before a write: see [`txn`] for the lock
+//!   order and how a lost race is redone.
+//! - Ids come from sequences; time in leases and heartbeats from the
+//!   database's clock.
+//! - The connection URL is read from `url_file` and never logged.
+
+pub(in crate::store) mod read;
+pub mod schema;
+mod txn;
+pub(in crate::store) mod writer;
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+
+use crate::config::Postgres;
+use crate::desk::StoreError;
+use crate::ingest::trust::ReplyKeys;
+
+/// What every connection of this node shares: the pool, the node's name and
+/// the store's secrets (read once at open).
+pub(in crate::store) struct Shared {
+    pub pool: Pool,
+    pub node: String,
+    pub salt: u64,
+    pub keys: ReplyKeys,
+}
+
+/// Reads the URL from `url_file` (trimmed); the error names the file only.
+fn url(pg: &Postgres) -> Result<tokio_postgres::Config, StoreError> {
+    let text = std::fs::read_to_string(&pg.url_file).map_err(|e| {
+        StoreError::Refused(format!(
+            "cannot read storage.url_file {}: {}",
+            pg.url_file.display(),
+            crate::wording::lowercase_first(&crate::wording::io_reason(&e))
+        ))
+    })?;
+    let mut config = tokio_postgres::Config::from_str(text.trim()).map_err(|e| {
+        // The parser's message may quote the text: say only what is wrong.
+        let kind = e.to_string();
+        let kind = kind.split(':').next().unwrap_or("invalid");
+        StoreError::Refused(format!(
+            "storage.url_file {} does not hold a PostgreSQL URL or key=value string ({kind})",
+            pg.url_file.display()
+        ))
+    })?;
+    config.application_name(format!("postdesk {}", pg.node_id));
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(std::time::Duration::from_secs(10));
+    }
+    Ok(config)
+}
+
+fn pool(pg: &Postgres, size: usize) -> Result<Pool, StoreError> {
+    let manager = Manager::from_config(
+        url(pg)?,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(std::time::Duration::from_secs(10)))
+        .create_timeout(Some(std::time::Duration::from_secs(10)))
+        .build()
+        .map_err(|e| StoreError::Refused(format!("cannot set up the database pool: {e}")))
+}
+
+/// A connection from the pool; an error is the database being away
+/// (→ `451`), never a refusal to serve.
+pub(in crate::store) async fn connection(
+    pool: &Pool,
+) -> Result<deadpool_postgres::Client, StoreError> {
+    pool.get().await.map_err(|e| match e {
+        deadpool_postgres::PoolError::Backend(e) => StoreError::Pg(e),
+        other => StoreError::Database(other.to_string()),
+    })
+}
+
+/// The version the database's schema is at (0: none).
+async fn schema_version(c: &impl tokio_postgres::GenericClient) -> Result<i32, StoreError> {
+    let exists = c
+        .query_one("SELECT to_regclass('schema_meta') IS NOT NULL", &[])
+        .await?
+        .get::<_, bool>(0);
+    if !exists {
+        return Ok(0);
+    }
+    let row = c
+        .query_opt("SELECT value FROM schema_meta WHERE key = 'version'", &[])
+        .await?;
+    Ok(match row {
+        Some(r) => r.get::<_, String>(0).parse().unwrap_or(0),
+        None => 0,
+    })
+}
+
+/// What `postdesk migrate` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Migrated {
+    pub from: i32,
+    pub to: i32,
+}
+
+/// Creates or upgrades the schema: idempotent, safe while nodes run. The
+/// migration runs in one transaction that holds the `migration_lock` row
+/// of `schema_meta`: a second `migrate` at the same moment waits for the
+/// first, then finds nothing to do.
+pub async fn migrate(pg: &Postgres) -> Result<Migrated, StoreError> {
+    let (mut client, conn) = url(pg)?.connect(NoTls).await?;
+    let conn = tokio::spawn(conn);
+    let result = async {
+        // Two nodes creating the table at once may collide in the catalog
+        // (a unique violation): the second one then finds it made.
+        for _ in 0..3 {
+            match client
+                .batch_execute(
+                    "CREATE TABLE IF NOT EXISTS schema_meta (key text PRIMARY KEY, value text NOT NULL);
+                     INSERT INTO schema_meta (key, value) VALUES ('migration_lock', '') ON CONFLICT DO NOTHING",
+                )
+                .await
+            {
+                Ok(()) => break,
+                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {}
+                Err(e) => return Err(StoreError::Pg(e)),
+            }
+        }
+        let tx = client.transaction().await?;
+        tx.execute(
+            "SELECT value FROM schema_meta WHERE key = 'migration_lock' FOR UPDATE",
+            &[],
+        )
+        .await?;
+        let from = schema_version(&tx).await?;
+        if from > schema::VERSION {
+            return Err(StoreError::Refused(format!(
+                "the database's schema is version {from}, newer than this postdesk ({}): upgrade postdesk",
+                schema::VERSION
+            )));
+        }
+        for (i, steps) in schema::MIGRATIONS.iter().enumerate().skip(from.max(0) as usize) {
+            for step in *steps {
+                tx.batch_execute(step).await?;
+            }
+            tx.execute(
+                "INSERT INTO schema_meta (key, value) VALUES ('version', $1)
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                &[&(i + 1).to_string()],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Migrated {
+            from,
+            to: schema::VERSION,
+        })
+    }
+    .await;
+    drop(client);
+    let _ = conn.await;
+    result
+}
+
+/// Opens the engine: checks the schema and the durability settings, draws
+/// or reads the store's secrets, registers this node.
+pub(in crate::store) async fn open(pg: &Postgres) -> Result<Arc<Shared>, StoreError> {
+    let pool = pool(pg, pg.pool_size.max(2) + 2)?;
+    let c = connection(&pool).await?;
+    let version = schema_version(&**c).await?;
+    if version < schema::VERSION {
+        return Err(StoreError::Refused(if version == 0 {
+            "the database has no postdesk schema: run `postdesk migrate` first".to_string()
+        } else {
+            format!(
+                "the database's schema is version {version}, older than this postdesk needs ({}): run `postdesk migrate`",
+                schema::VERSION
+            )
+        }));
+    }
+    if version > schema::VERSION {
+        return Err(StoreError::Refused(format!(
+            "the database's schema is version {version}, newer than this postdesk ({}): upgrade postdesk",
+            schema::VERSION
+        )));
+    }
+    check_durability(&c).await?;
+    // Claims this node held before it stopped are its own to take again
+    // now (node names are unique): their emails are sent without waiting
+    // for the leases to run out.
+    c.execute(
+        "UPDATE outbox SET lease_owner = NULL, lease_until = NULL, lease_token = NULL
+         WHERE lease_owner = $1",
+        &[&pg.node_id],
+    )
+    .await?;
+    register(&c, pg).await?;
+    let keys = secret(&c, "reply_key", 32).await?;
+    let salt = secret(&c, "message_id_salt", 8).await?;
+    let keys: [u8; 32] = keys
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("the reply-key secret is damaged".into()))?;
+    let salt: [u8; 8] = salt
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("the Message-ID salt is damaged".into()))?;
+    drop(c);
+    Ok(Arc::new(Shared {
+        pool,
+        node: pg.node_id.clone(),
+        salt: u64::from_le_bytes(salt),
+        keys: ReplyKeys::new(keys),
+    }))
+}
+
+/// `250` must mean committed: a session whose commits return before the
+/// WAL is flushed (`synchronous_commit = off`) could lose acknowledged
+/// mail in a crash.
+pub(in crate::store) async fn check_durability(
+    c: &tokio_postgres::Client,
+) -> Result<(), StoreError> {
+    let value: String = c.query_one("SHOW synchronous_commit", &[]).await?.get(0);
+    match value.as_str() {
+        "off" => Err(StoreError::Refused(
+            "PostgreSQL's synchronous_commit is off for postdesk's role: a crash could lose mail \
+             that was acknowledged; set it to on (ALTER ROLE ... SET synchronous_commit = on)"
+                .into(),
+        )),
+        "local" | "remote_write" => {
+            tracing::warn!(synchronous_commit = %value, "PostgreSQL commits may not have reached a standby when postdesk says 250");
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Every 10 s: this node's `last_seen` (what `health` lists nodes by);
+/// now and then: batch tokens older than an hour (nothing probes for them
+/// any more). Stops when the store is gone.
+pub(in crate::store) async fn heartbeat(shared: std::sync::Weak<Shared>) {
+    let mut beats: u64 = 0;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+        let Some(s) = shared.upgrade() else { return };
+        let result = async {
+            let c = connection(&s.pool).await?;
+            c.execute(
+                "UPDATE nodes SET last_seen = now() WHERE node_id = $1",
+                &[&s.node],
+            )
+            .await?;
+            if beats % 60 == 0 {
+                c.execute(
+                    "DELETE FROM batches WHERE node_id = $1 AND at < now() - interval '1 hour'",
+                    &[&s.node],
+                )
+                .await?;
+            }
+            Ok::<_, StoreError>(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "store: heartbeat failed");
+        }
+        beats += 1;
+    }
+}
+
+/// Records this node in `nodes` (its heartbeat row).
+async fn register(c: &tokio_postgres::Client, pg: &Postgres) -> Result<(), StoreError> {
+    c.execute(
+        "INSERT INTO nodes (node_id, hostname, version, schema_version, config_hash, started_at, last_seen)
+         VALUES ($1, $2, $3, $4, '', now(), now())
+         ON CONFLICT (node_id) DO UPDATE SET hostname = EXCLUDED.hostname,
+           version = EXCLUDED.version, schema_version = EXCLUDED.schema_version,
+           started_at = now(), last_seen = now()",
+        &[
+            &pg.node_id,
+            &crate::config::host_name(),
+            &env!("CARGO_PKG_VERSION"),
+            &schema::VERSION,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The secret `name`, drawn from the operating system's CSPRNG by the first
+/// node that asks for it; every node then reads the same.
+async fn secret(c: &tokio_postgres::Client, name: &str, len: usize) -> Result<Vec<u8>, StoreError> {
+    let mut fresh = vec![0u8; len];
+    getrandom::getrandom(&mut fresh)
+        .map_err(|e| StoreError::Corrupt(format!("drawing the {name} secret: {e}")))?;
+    c.execute(
+        "INSERT INTO secrets (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        &[&name, &fresh],
+    )
+    .await?;
+    let row = c
+        .query_one("SELECT value FROM secrets WHERE name = $1", &[&name])
+        .await?;
+    Ok(row.get(0))
+}
+
+/// The key of a Message-ID: sha256 of the normalised id (never a prefix).
+pub(in crate::store) fn id_key(message_id: &str) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(message_id.as_bytes()).to_vec()
+}
+
+/// An id of the ticket logic as the database keeps it.
+pub(in crate::store) fn db_id(id: u64) -> i64 {
+    i64::try_from(id).unwrap_or(i64::MAX)
+}
+
+pub(in crate::store) fn from_db_id(id: i64) -> u64 {
+    u64::try_from(id).unwrap_or(0)
+}

@@ -1,0 +1,480 @@
+//! The PostgreSQL engine's side of a desk transaction: [`PgTxn`], one
+//! message's or command's statements inside its savepoint of a writer's
+//! batch, implementing [`crate::desk::Txn`].
+//!
+//! Correctness across nodes comes from keys and locks, not from reads:
+//! - reading a ticket or an outbox entry locks its row (`FOR UPDATE`), so
+//!   two nodes run one ticket's rules one after the other, the second on
+//!   what the first committed;
+//! - every Message-ID is one row under one unique key. Storing a message
+//!   claims its own id; a message naming others claims theirs for its
+//!   ticket. A claim that meets a row committed since this attempt read
+//!   the id (absent then) means another node won a race the decision
+//!   depended on: the attempt is marked [`PgTxn::raced`] and the writer
+//!   rolls it back to its savepoint and runs it again, now seeing the
+//!   winner (the same message twice → a duplicate; a thread started at two
+//!   nodes → one ticket).
+//! - lock order: Message-ID rows, then tickets, then the contact's row.
+//!
+//! Statements run one after another on the writer's connection from its
+//! own thread (`block_on`): the ticket logic is synchronous, the engine
+//! keeps it so.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
+
+use tokio::runtime::Handle;
+use tokio_postgres::types::{Json, ToSql};
+use tokio_postgres::Row;
+
+use super::{db_id, from_db_id, id_key, Shared};
+use crate::clock::Millis;
+use crate::desk::records::{text_of, EventRec, MessageRec, OutboxRec, TicketRec};
+use crate::desk::{IdRow, StoreError, Txn};
+use crate::ingest::trust::ReplyKeys;
+use crate::ingest::{ThreadView, TicketId};
+
+/// Raw bytes are stored in rows of at most this many bytes.
+pub(super) const CHUNK: usize = 256 * 1024;
+
+pub(super) struct PgTxn<'a> {
+    rt: &'a Handle,
+    c: &'a deadpool_postgres::Client,
+    shared: &'a Shared,
+    /// The batch this attempt belongs to (see `batches`).
+    batch: i64,
+    pub(super) queued_mail: bool,
+    current_text: Option<(u64, String)>,
+    /// Message-IDs this attempt found without a ticket.
+    absent: RefCell<HashSet<String>>,
+    /// A claim met a row committed since this attempt read it: redo.
+    raced: Cell<bool>,
+}
+
+impl<'a> PgTxn<'a> {
+    pub(super) fn new(
+        rt: &'a Handle,
+        c: &'a deadpool_postgres::Client,
+        shared: &'a Shared,
+        batch: i64,
+    ) -> Self {
+        PgTxn {
+            rt,
+            c,
+            shared,
+            batch,
+            queued_mail: false,
+            current_text: None,
+            absent: RefCell::new(HashSet::new()),
+            raced: Cell::new(false),
+        }
+    }
+
+    /// Whether this node still holds lease `token` on outbox entry `id`
+    /// (locking the row): a delivery result after the lease was lost and
+    /// the email claimed by another node must not be recorded.
+    pub(super) fn holds_lease(&self, id: u64, token: u64) -> Result<bool, StoreError> {
+        let row = self.opt(
+            "SELECT lease_token FROM outbox WHERE id = $1 FOR UPDATE",
+            &[&db_id(id)],
+        )?;
+        Ok(match row {
+            Some(r) => r.try_get::<_, Option<i64>>(0)?.map(from_db_id) == Some(token),
+            None => false,
+        })
+    }
+
+    pub(super) fn raced(&self) -> bool {
+        self.raced.get()
+    }
+
+    fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
+        self.rt.block_on(async {
+            let st = self.c.prepare_cached(sql).await?;
+            Ok(self.c.query(&st, params).await?)
+        })
+    }
+
+    fn opt(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, StoreError> {
+        Ok(self.query(sql, params)?.into_iter().next())
+    }
+
+    fn exec(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
+        self.rt.block_on(async {
+            let st = self.c.prepare_cached(sql).await?;
+            Ok(self.c.execute(&st, params).await?)
+        })
+    }
+
+    fn next(&self, seq: &str) -> Result<u64, StoreError> {
+        let row = self
+            .opt(&format!("SELECT nextval('{seq}')"), &[])?
+            .ok_or_else(|| StoreError::Corrupt(format!("sequence {seq} gave nothing")))?;
+        Ok(from_db_id(row.try_get(0)?))
+    }
+
+    /// The raw bytes of a stored message.
+    fn raw(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let rows = self.query(
+            "SELECT data FROM message_chunks WHERE seq = $1 ORDER BY part",
+            &[&db_id(seq)],
+        )?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        for r in rows {
+            out.extend_from_slice(r.try_get::<_, &[u8]>(0)?);
+        }
+        Ok(Some(out))
+    }
+
+    fn id_row(&self, id: &str) -> Result<Option<IdRow>, StoreError> {
+        let row = self.opt(
+            "SELECT ticket_id, message FROM message_ids WHERE key = $1",
+            &[&id_key(id)],
+        )?;
+        let row = match row {
+            Some(r) => Some(IdRow {
+                ticket: r.try_get::<_, Option<i64>>(0)?.map(from_db_id),
+                seq: r.try_get::<_, Option<i64>>(1)?.map(from_db_id),
+            }),
+            None => None,
+        };
+        if row.is_none_or(|r| r.ticket.is_none()) {
+            self.absent.borrow_mut().insert(id.to_string());
+        }
+        Ok(row)
+    }
+
+    /// After a claim of `id` for `ticket` found a row: a race was lost if
+    /// this attempt had found `id` without a ticket and the row now names
+    /// another one.
+    fn check_claim(&self, id: &str, ticket: Option<TicketId>) -> Result<(), StoreError> {
+        if !self.absent.borrow().contains(id) {
+            return Ok(());
+        }
+        let now = self.opt(
+            "SELECT ticket_id FROM message_ids WHERE key = $1",
+            &[&id_key(id)],
+        )?;
+        let owner = match now {
+            Some(r) => r.try_get::<_, Option<i64>>(0)?.map(from_db_id),
+            None => None,
+        };
+        if owner.is_some() && owner != ticket {
+            self.raced.set(true);
+        }
+        Ok(())
+    }
+}
+
+impl Txn for PgTxn<'_> {
+    fn next_ticket_id(&mut self) -> Result<TicketId, StoreError> {
+        self.next("ticket_id_seq")
+    }
+
+    fn next_message_seq(&mut self) -> Result<u64, StoreError> {
+        self.next("message_seq")
+    }
+
+    fn next_outbox_id(&mut self) -> Result<u64, StoreError> {
+        self.next("outbox_seq")
+    }
+
+    fn salt(&self) -> u64 {
+        self.shared.salt
+    }
+
+    fn keys(&self) -> &ReplyKeys {
+        &self.shared.keys
+    }
+
+    /// Locks the ticket's row until the batch commits.
+    fn ticket(&self, id: TicketId) -> Result<Option<TicketRec>, StoreError> {
+        let row = self.opt(
+            "SELECT rec FROM tickets WHERE id = $1 FOR UPDATE",
+            &[&db_id(id)],
+        )?;
+        match row {
+            Some(r) => Ok(Some(r.try_get::<_, Json<TicketRec>>(0)?.0)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_ticket(&mut self, t: &TicketRec) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO tickets (id, pipeline, status, created_at, updated_at, rec)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (id) DO UPDATE SET pipeline = EXCLUDED.pipeline,
+               status = EXCLUDED.status, updated_at = EXCLUDED.updated_at, rec = EXCLUDED.rec",
+            &[
+                &db_id(t.id),
+                &t.pipeline,
+                &t.status,
+                &t.created_at,
+                &t.updated_at,
+                &Json(t),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn message(&self, seq: u64) -> Result<Option<MessageRec>, StoreError> {
+        let row = self.opt("SELECT rec FROM messages WHERE seq = $1", &[&db_id(seq)])?;
+        match row {
+            Some(r) => Ok(Some(r.try_get::<_, Json<MessageRec>>(0)?.0)),
+            None => Ok(None),
+        }
+    }
+
+    fn message_text(&self, rec: &MessageRec) -> Result<String, StoreError> {
+        if let Some((seq, text)) = &self.current_text {
+            if *seq == rec.seq {
+                return Ok(text.clone());
+            }
+        }
+        if !rec.text.is_empty() {
+            return Ok(rec.text.clone());
+        }
+        Ok(text_of(String::new(), self.raw(rec.seq)?.as_deref()))
+    }
+
+    fn set_current_text(&mut self, seq: u64, text: String) {
+        self.current_text = Some((seq, text));
+    }
+
+    /// Claims the message's own Message-ID: a row only named so far (a
+    /// reply arrived first) becomes this message's; a row that already
+    /// has a message means the same message was stored at another node
+    /// since this attempt looked: [`PgTxn::raced`].
+    fn put_message(&mut self, rec: &mut MessageRec, raw: &[u8]) -> Result<(), StoreError> {
+        let key = id_key(&rec.message_id);
+        let seq = db_id(rec.seq);
+        let ticket = rec.ticket.map(db_id);
+        let claimed = self.exec(
+            "INSERT INTO message_ids (key, message_id, ticket_id, message) VALUES ($1, $2, $3, $4)
+             ON CONFLICT DO NOTHING",
+            &[&key, &rec.message_id, &ticket, &seq],
+        )?;
+        if claimed == 0 {
+            let row = self.opt(
+                "SELECT ticket_id, message FROM message_ids WHERE key = $1 FOR UPDATE",
+                &[&key],
+            )?;
+            let (owner, stored) = match &row {
+                Some(r) => (
+                    r.try_get::<_, Option<i64>>(0)?,
+                    r.try_get::<_, Option<i64>>(1)?,
+                ),
+                None => (None, None),
+            };
+            if stored.is_some() {
+                self.raced.set(true);
+                return Err(StoreError::Database(
+                    "the message was stored by another node meanwhile".into(),
+                ));
+            }
+            if owner.is_some() && owner != ticket && self.absent.borrow().contains(&rec.message_id)
+            {
+                self.raced.set(true);
+            }
+            self.exec(
+                "UPDATE message_ids SET ticket_id = $2, message = $3 WHERE key = $1",
+                &[&key, &ticket, &seq],
+            )?;
+        }
+        self.exec(
+            "INSERT INTO messages (seq, ticket_id, message_id, node_id, batch, received_at, size, rec)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                &seq,
+                &ticket,
+                &rec.message_id,
+                &self.shared.node,
+                &self.batch,
+                &rec.received_at,
+                &i64::try_from(raw.len()).unwrap_or(i64::MAX),
+                &Json(&*rec),
+            ],
+        )?;
+        let chunks: Vec<&[u8]> = if raw.is_empty() {
+            vec![raw]
+        } else {
+            raw.chunks(CHUNK).collect()
+        };
+        for (part, data) in chunks.into_iter().enumerate() {
+            self.exec(
+                "INSERT INTO message_chunks (seq, part, data) VALUES ($1, $2, $3)",
+                &[&seq, &(part as i32), &data],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn ticket_message_seqs(&self, ticket: TicketId) -> Result<Vec<u64>, StoreError> {
+        let rows = self.query(
+            "SELECT seq FROM messages WHERE ticket_id = $1 ORDER BY seq",
+            &[&db_id(ticket)],
+        )?;
+        rows.iter().map(|r| Ok(from_db_id(r.try_get(0)?))).collect()
+    }
+
+    fn move_message(&mut self, seq: u64, _from: TicketId, to: TicketId) -> Result<(), StoreError> {
+        if let Some(mut rec) = self.message(seq)? {
+            rec.ticket = Some(to);
+            self.exec(
+                "UPDATE messages SET ticket_id = $2, rec = $3 WHERE seq = $1",
+                &[&db_id(seq), &db_id(to), &Json(&rec)],
+            )?;
+            self.exec(
+                "UPDATE message_ids SET ticket_id = $2 WHERE key = $1",
+                &[&id_key(&rec.message_id), &db_id(to)],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn message_id_row(&self, id: &str) -> Result<Option<IdRow>, StoreError> {
+        self.id_row(id)
+    }
+
+    fn add_reference(&mut self, id: &str, ticket: TicketId) -> Result<(), StoreError> {
+        let claimed = self.exec(
+            "INSERT INTO message_ids (key, message_id, ticket_id) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+            &[&id_key(id), &id, &db_id(ticket)],
+        )?;
+        if claimed == 0 {
+            self.check_claim(id, Some(ticket))?;
+        }
+        Ok(())
+    }
+
+    fn event(
+        &mut self,
+        ticket: TicketId,
+        at: Millis,
+        kind: &str,
+        detail: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO timeline (ticket_id, at, kind, detail) VALUES ($1, $2, $3, $4)",
+            &[&db_id(ticket), &at, &kind, &Json(&detail)],
+        )?;
+        Ok(())
+    }
+
+    /// Locks the entry's row until the batch commits.
+    fn outbox(&self, id: u64) -> Result<Option<OutboxRec>, StoreError> {
+        let row = self.opt(
+            "SELECT rec FROM outbox WHERE id = $1 FOR UPDATE",
+            &[&db_id(id)],
+        )?;
+        match row {
+            Some(r) => Ok(Some(r.try_get::<_, Json<OutboxRec>>(0)?.0)),
+            None => Ok(None),
+        }
+    }
+
+    /// A decision about an entry ends whatever lease a node held on it.
+    fn put_outbox(&mut self, rec: &OutboxRec, _was_due: Option<Millis>) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO outbox (id, ticket_id, state, next_attempt_at, rec) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state,
+               next_attempt_at = EXCLUDED.next_attempt_at, rec = EXCLUDED.rec,
+               lease_owner = NULL, lease_until = NULL, lease_token = NULL",
+            &[
+                &db_id(rec.id),
+                &db_id(rec.ticket),
+                &rec.state.as_str(),
+                &rec.next_attempt_at,
+                &Json(rec),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn mail_queued(&mut self) {
+        self.queued_mail = true;
+    }
+
+    /// Locks the contact's row first, so that nodes count one after the
+    /// other and the window slides exactly.
+    fn auto_sent_last_hour(&self, addr: &str, now: Millis) -> Result<u64, StoreError> {
+        self.exec(
+            "INSERT INTO contacts (email) VALUES ($1) ON CONFLICT DO NOTHING",
+            &[&addr],
+        )?;
+        self.exec(
+            "SELECT 1 FROM contacts WHERE email = $1 FOR UPDATE",
+            &[&addr],
+        )?;
+        let row = self.opt(
+            "SELECT count(*) FROM auto_sent WHERE email = $1 AND at > $2",
+            &[&addr, &(now - HOUR)],
+        )?;
+        Ok(match row {
+            Some(r) => from_db_id(r.try_get(0)?),
+            None => 0,
+        })
+    }
+
+    fn count_auto_sent(&mut self, addr: &str, now: Millis) -> Result<(), StoreError> {
+        self.exec(
+            "DELETE FROM auto_sent WHERE email = $1 AND at <= $2",
+            &[&addr, &(now - HOUR)],
+        )?;
+        self.exec(
+            "INSERT INTO auto_sent (email, at) VALUES ($1, $2)",
+            &[&addr, &now],
+        )?;
+        Ok(())
+    }
+}
+
+const HOUR: Millis = 3_600_000;
+
+impl ThreadView for PgTxn<'_> {
+    type Error = StoreError;
+
+    fn ticket_for_message_id(&self, id: &str) -> Result<Option<TicketId>, StoreError> {
+        Ok(self.id_row(id)?.and_then(|r| r.ticket))
+    }
+
+    fn ticket_exists(&self, ticket: TicketId) -> Result<bool, StoreError> {
+        Ok(self
+            .opt("SELECT 1 FROM tickets WHERE id = $1", &[&db_id(ticket)])?
+            .is_some())
+    }
+
+    fn is_participant(&self, ticket: TicketId, email: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .ticket(ticket)?
+            .is_some_and(|t| t.participants.iter().any(|p| p == email)))
+    }
+}
+
+/// Whether an engine error should make the writer run the message again
+/// (a lost race on a key, a deadlock, a lock wait that timed out).
+pub(super) fn is_retryable(e: &StoreError) -> bool {
+    use tokio_postgres::error::SqlState;
+    match e {
+        StoreError::Pg(e) => e.code().is_some_and(|c| {
+            *c == SqlState::UNIQUE_VIOLATION
+                || *c == SqlState::T_R_DEADLOCK_DETECTED
+                || *c == SqlState::T_R_SERIALIZATION_FAILURE
+                || *c == SqlState::LOCK_NOT_AVAILABLE
+        }),
+        _ => false,
+    }
+}
+
+/// Reads a stored event row.
+pub(super) fn event_rec(r: &Row) -> Result<EventRec, StoreError> {
+    Ok(EventRec {
+        at: r.try_get(0)?,
+        kind: r.try_get(1)?,
+        detail: r.try_get::<_, Json<serde_json::Value>>(2)?.0,
+    })
+}

@@ -1,0 +1,301 @@
+//! The PostgreSQL engine's writers: K threads, each with one connection
+//! and its own queue (the messages of one thread and the commands on one
+//! ticket share a queue: see `Store::lane`), taking whatever jobs wait (up to [`MAX_BATCH`], never waiting to fill a
+//! batch) and applying them in one transaction, a savepoint per job.
+//!
+//! Invariants:
+//! - A job is answered after `COMMIT` returned, never before. When the
+//!   connection breaks during `COMMIT` the outcome is unknown: the writer
+//!   reconnects and looks for the batch's row in `batches`; found → the
+//!   answers stand, not found (or no database) → every job gets an error
+//!   (→ `451`). A `451` is always safe: the client retries, and the
+//!   retried message is then a duplicate, stored once.
+//! - A job that lost a race ([`PgTxn::raced`]), deadlocked or waited too
+//!   long for a lock is rolled back to its savepoint and run again (at most
+//!   [`ATTEMPTS`] times); the other jobs of the batch keep their work.
+//! - A job's own fault (what it names does not exist) is rolled back to
+//!   its savepoint and answered with that error after the commit.
+
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+use tokio::sync::Notify;
+
+use super::txn::{is_retryable, PgTxn};
+use super::{connection, Shared};
+use crate::clock::Millis;
+use crate::desk::StoreError;
+use crate::store::{Done, Job, WriterMsg};
+
+/// Jobs per transaction, at most.
+const MAX_BATCH: usize = 16;
+/// Runs of one job in its batch before it is answered with an error.
+const ATTEMPTS: usize = 4;
+/// How long a statement waits for a row lock before the job is retried.
+const LOCK_TIMEOUT: &str = "5s";
+
+/// Starts one writer thread per queue.
+pub(in crate::store) fn spawn(
+    queues: Vec<mpsc::Receiver<WriterMsg>>,
+    rt: Handle,
+    shared: Arc<Shared>,
+    outbox: Arc<Notify>,
+) -> Result<Vec<JoinHandle<()>>, StoreError> {
+    let mut threads = Vec::with_capacity(queues.len());
+    for rx in queues {
+        let w = Writer {
+            rt: rt.clone(),
+            shared: shared.clone(),
+            conn: None,
+        };
+        let outbox = outbox.clone();
+        let thread = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || {
+                w.run(&rx, &outbox);
+                // What is still queued behind the shutdown is refused
+                // (→ 451).
+                while let Ok(msg) = rx.try_recv() {
+                    match msg {
+                        WriterMsg::Job(job) => {
+                            let _ = job.reply.send(Err(StoreError::Unavailable));
+                        }
+                        WriterMsg::Flush(done) => {
+                            let _ = done.send(());
+                        }
+                        WriterMsg::Shutdown => {}
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Database(format!("cannot start a writer thread: {e}")))?;
+        threads.push(thread);
+    }
+    Ok(threads)
+}
+
+struct Writer {
+    rt: Handle,
+    shared: Arc<Shared>,
+    conn: Option<deadpool_postgres::Client>,
+}
+
+/// What one job came to inside the batch.
+type Answer = Result<Done, StoreError>;
+
+impl Writer {
+    fn run(mut self, queue: &mpsc::Receiver<WriterMsg>, outbox: &Notify) {
+        loop {
+            let (batch, stop) = take(queue);
+            if !batch.is_empty() && self.process(batch) {
+                outbox.notify_one();
+            }
+            if stop {
+                break;
+            }
+        }
+        tracing::debug!("store writer stopped");
+    }
+
+    /// Applies and commits a batch, answers its jobs; whether an email was
+    /// queued.
+    fn process(&mut self, batch: Vec<Job>) -> bool {
+        let mut jobs: Vec<Option<Job>> = batch.into_iter().map(Some).collect();
+        // A batch that failed as a whole (the connection, the commit) is
+        // tried once more on a fresh connection before its jobs get 451.
+        for round in 0..2 {
+            match self.batch(&mut jobs) {
+                Ok(queued) => return queued,
+                Err(e) => {
+                    self.conn = None;
+                    if round == 1 || jobs.iter().all(Option::is_none) {
+                        tracing::warn!(error = %e, "store: a batch failed; its messages get 451");
+                        for job in jobs.iter_mut().filter_map(Option::take) {
+                            let _ = job.reply.send(Err(StoreError::Database(e.to_string())));
+                        }
+                        return false;
+                    }
+                    tracing::info!(error = %e, "store: a batch failed; trying it again on a new connection");
+                }
+            }
+        }
+        false
+    }
+
+    /// One try of the batch. On `Ok` every job was answered; on `Err`
+    /// those not yet answered are still in `jobs`.
+    fn batch(&mut self, jobs: &mut [Option<Job>]) -> Result<bool, StoreError> {
+        let started = std::time::Instant::now();
+        if self.conn.is_none() {
+            let c = self.rt.block_on(connection(&self.shared.pool))?;
+            self.conn = Some(c);
+        }
+        let Some(c) = self.conn.as_ref() else {
+            return Err(StoreError::Unavailable);
+        };
+        let mut token_bytes = [0u8; 8];
+        getrandom::getrandom(&mut token_bytes)
+            .map_err(|e| StoreError::Database(format!("drawing a batch token: {e}")))?;
+        let token = i64::from_le_bytes(token_bytes) & i64::MAX;
+        let now = self.rt.block_on(begin(c, token, &self.shared.node))?;
+        let mut answers: Vec<Option<Answer>> = Vec::with_capacity(jobs.len());
+        let mut queued = false;
+        for job in jobs.iter() {
+            let Some(job) = job else {
+                answers.push(None);
+                continue;
+            };
+            let (answer, q) = self.one(c, token, job, now)?;
+            queued |= q;
+            answers.push(Some(answer));
+        }
+        match self.rt.block_on(c.batch_execute("COMMIT")) {
+            Ok(()) => {}
+            Err(e) => {
+                // The outcome is unknown if the connection broke: ask a
+                // fresh one whether the batch's row is there.
+                let e = StoreError::Pg(e);
+                self.conn = None;
+                match self.rt.block_on(probe(&self.shared, token)) {
+                    Ok(true) => {
+                        tracing::warn!(error = %e, "store: COMMIT failed but the batch is committed");
+                    }
+                    _ => return Err(e),
+                }
+            }
+        }
+        let m = &crate::metrics::METRICS;
+        crate::metrics::inc(&m.store_commits);
+        crate::metrics::inc(&m.store_transactions);
+        m.commit_batch.observe(jobs.len() as u64);
+        m.commit_ms.observe(started.elapsed().as_millis() as u64);
+        for (job, answer) in jobs.iter_mut().zip(answers) {
+            if let (Some(job), Some(answer)) = (job.take(), answer) {
+                let _ = job.reply.send(answer);
+            }
+        }
+        Ok(queued)
+    }
+
+    /// Runs one job in its savepoint until it neither races nor deadlocks.
+    /// `Err` only for what breaks the whole batch (the connection).
+    fn one(
+        &self,
+        c: &deadpool_postgres::Client,
+        token: i64,
+        job: &Job,
+        now: Millis,
+    ) -> Result<(Answer, bool), StoreError> {
+        let mut last = None;
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                // Jittered, short: the other node's transaction is about to
+                // commit (or has).
+                std::thread::sleep(Duration::from_millis(
+                    5 + (token as u64 % 20) * attempt as u64,
+                ));
+            }
+            self.rt.block_on(c.batch_execute("SAVEPOINT job"))?;
+            let mut txn = PgTxn::new(&self.rt, c, &self.shared, token);
+            if let crate::store::StoreCmd::Delivered { id, lease, .. } = &job.cmd {
+                if !txn.holds_lease(*id, *lease)? {
+                    drop(txn);
+                    self.rt.block_on(c.batch_execute("RELEASE SAVEPOINT job"))?;
+                    tracing::warn!(outbox = id, "outbox: the lease on this email ran out before its delivery was recorded; another node may send it again");
+                    return Ok((Ok(Done::Ok), false));
+                }
+            }
+            let result = crate::store::apply(&mut txn, &job.cmd, now);
+            let raced = txn.raced();
+            let queued = txn.queued_mail;
+            drop(txn);
+            match result {
+                Ok(done) if !raced => {
+                    self.rt.block_on(c.batch_execute("RELEASE SAVEPOINT job"))?;
+                    return Ok((Ok(done), queued));
+                }
+                other => {
+                    if c.is_closed() {
+                        return Err(other.err().unwrap_or(StoreError::Unavailable));
+                    }
+                    self.rt.block_on(
+                        c.batch_execute("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job"),
+                    )?;
+                    match other {
+                        Err(e) if !raced && !is_retryable(&e) => return Ok((Err(e), false)),
+                        Err(e) => last = Some(e),
+                        Ok(_) => last = None,
+                    }
+                    tracing::debug!(
+                        attempt,
+                        "store: a job lost a race or a lock; running it again"
+                    );
+                }
+            }
+        }
+        Ok((
+            Err(last.unwrap_or_else(|| {
+                StoreError::Database("another node kept winning the same rows; try again".into())
+            })),
+            false,
+        ))
+    }
+}
+
+/// Opens the batch's transaction, records its token, and returns the
+/// database's time (milliseconds): one round trip.
+async fn begin(c: &tokio_postgres::Client, token: i64, node: &str) -> Result<Millis, StoreError> {
+    // `node` is a validated node name (letters, digits, . - _): safe to
+    // quote literally here.
+    let sql = format!(
+        "BEGIN; SET LOCAL lock_timeout = '{LOCK_TIMEOUT}';
+         INSERT INTO batches (token, node_id) VALUES ({token}, '{node}');
+         SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint::text"
+    );
+    let rows = c.simple_query(&sql).await?;
+    for m in rows {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            if let Some(Ok(ms)) = r.get(0).map(str::parse::<Millis>) {
+                return Ok(ms);
+            }
+        }
+    }
+    Err(StoreError::Database(
+        "the database did not say its time".into(),
+    ))
+}
+
+/// Whether the batch with `token` was committed.
+async fn probe(shared: &Shared, token: i64) -> Result<bool, StoreError> {
+    let c = connection(&shared.pool).await?;
+    Ok(
+        c.query_opt("SELECT 1 FROM batches WHERE token = $1", &[&token])
+            .await?
+            .is_some(),
+    )
+}
+
+/// Takes the first message (waiting for it), then whatever else waits, up
+/// to [`MAX_BATCH`] jobs; flushes are answered at once (every answered job
+/// is committed already). Whether to stop after this batch.
+fn take(rx: &mpsc::Receiver<WriterMsg>) -> (Vec<Job>, bool) {
+    let mut batch = Vec::new();
+    let mut next = rx.recv().map_err(|_| ());
+    loop {
+        match next {
+            Ok(WriterMsg::Job(job)) => batch.push(job),
+            Ok(WriterMsg::Flush(done)) => {
+                let _ = done.send(());
+            }
+            Ok(WriterMsg::Shutdown) | Err(()) => return (batch, true),
+        }
+        if batch.len() >= MAX_BATCH {
+            return (batch, false);
+        }
+        next = match rx.try_recv() {
+            Ok(m) => Ok(m),
+            Err(_) => return (batch, false),
+        };
+    }
+}
