@@ -8,9 +8,12 @@
 //!   message is durably committed.
 //! - [`ingest`]: PURE. Turns raw bytes into a [`ingest::ParsedMail`] and
 //!   decides which ticket a message threads onto ([`ingest::thread`]).
-//! - [`store`]: SHELL. The redb database. One writer thread owns every write
-//!   transaction, applies everything a message causes in one transaction and
-//!   group-commits; it is the only place where durability is decided.
+//! - [`desk`]: the ticket logic (threading's outcome, automation's effects,
+//!   operator commands), written once against a transaction interface.
+//! - [`store`]: SHELL. The storage boundary and its two engines: redb (one
+//!   node; one writer thread, journal, group commit) and PostgreSQL
+//!   (several nodes; writer connections, savepoints, leases); the only
+//!   place where durability is decided.
 //! - [`admin`]: the JSON-lines protocol ([`admin::proto`]) and its Unix
 //!   socket server; [`ctl`] is the command-line client for it.
 //! - [`config`]: the TOML file, validated once into a typed [`config::Config`].
@@ -28,6 +31,7 @@ pub mod config;
 pub mod ctl;
 pub mod daemon;
 pub mod desk;
+pub mod failpoint;
 pub mod import;
 pub mod ingest;
 pub mod mail;

@@ -106,6 +106,9 @@ pub async fn run(store: Store, config: Arc<ConfigCell>, shutdown: CancellationTo
             }
         };
         if !due.is_empty() {
+            // A blocking wait in debug builds only (tests hold the worker
+            // here); nothing else runs on this thread's runtime meanwhile.
+            crate::failpoint::hit("outbox.after_claim");
             let cfg = config.get();
             let key = format!("{:?}", cfg.outbound.transport);
             if current.as_ref().is_none_or(|(k, _)| *k != key) {
@@ -167,6 +170,7 @@ pub async fn run(store: Store, config: Arc<ConfigCell>, shutdown: CancellationTo
                 Ok(mut r) => std::mem::take(&mut *r),
                 Err(_) => Vec::new(),
             };
+            crate::failpoint::hit("outbox.before_finish");
             record(&store, done).await;
             if stopping {
                 return;

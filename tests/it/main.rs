@@ -18,6 +18,9 @@
 //! - `safety`: §3/§5/§6/§7 when things go wrong — kill -9 under load, the
 //!   outbox across a crash, a full store, overload, abusive SMTP and admin
 //!   clients, loop protection across a restart, the corpus byte-exact;
+//! - `cluster`: §8 — several nodes on one PostgreSQL: the races of one
+//!   thread, one ticket, one message at two nodes, the shared outbox, a
+//!   killed node's emails, the limit across nodes, `migrate`;
 //! - `pg_harness`: the harness's PostgreSQL test databases themselves.
 //!
 //! `POSTDESK_TEST_ENGINE=postgres` runs every daemon on engine postgres (see
@@ -32,6 +35,7 @@ mod support;
 mod admin;
 mod automation;
 mod bounce;
+mod cluster;
 mod corpus;
 mod import;
 mod lifecycle;

@@ -150,6 +150,7 @@ impl Writer {
             queued |= q;
             answers.push(Some(answer));
         }
+        crate::failpoint::hit("store.before_commit");
         match self.rt.block_on(c.batch_execute("COMMIT")) {
             Ok(()) => {}
             Err(e) => {

@@ -63,6 +63,7 @@
 #![allow(dead_code)] // each test module uses a different part of the harness
 
 pub mod admin;
+pub mod cluster;
 pub mod corpus;
 pub mod daemon;
 pub mod eml;

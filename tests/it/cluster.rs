@@ -1,0 +1,519 @@
+//! Several nodes on one PostgreSQL (SPEC §8; SCALE-OUT.md §5): what one
+//! node promises, the cluster promises. Each race is made exact: one node
+//! is held at a failpoint with its batch applied but not committed, the
+//! other is shown blocked on its rows in `pg_stat_activity`, then the first
+//! is let go.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::thread;
+
+use serde_json::{json, Value};
+
+use crate::support::cluster::Cluster;
+use crate::support::daemon::run_cli;
+use crate::support::{
+    message_ids, msg, send_mail, timeline_kinds, wait_until, Msg, Reply, ACK_NEW, DEADLINE,
+};
+
+/// Sends `m` to `addr` from a thread of its own.
+fn send_in_thread(addr: SocketAddr, m: &Msg) -> thread::JoinHandle<Reply> {
+    let (from, rcpt, raw) = (m.env_from(), m.rcpt(), m.build());
+    thread::spawn(move || send_mail(addr, &from, &rcpt, &raw))
+}
+
+fn ticket_of(r: &Reply, what: &str) -> u64 {
+    match r.ticket_id() {
+        Some(id) if r.code == 250 => id,
+        _ => panic!("{what}: expected `250 ... ticket <id>`, got {r}"),
+    }
+}
+
+fn kinds_count(t: &Value, kind: &str) -> usize {
+    timeline_kinds(t).iter().filter(|k| *k == kind).count()
+}
+
+/// The pause env for node 0 only.
+fn pause_node0<'a>(
+    name: &'static str,
+    file: &'a std::path::Path,
+) -> impl Fn(usize) -> Vec<(String, String)> + 'a {
+    move |i| {
+        if i == 0 {
+            vec![(
+                "POSTDESK_FAILPOINTS".to_string(),
+                format!("{name}=pause({})", file.display()),
+            )]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+/// C1: a new message at node 1 (held before its commit) and its reply at
+/// node 2 at the same moment: one ticket, one acknowledgement.
+#[test]
+fn one_thread_at_two_nodes_at_once_makes_one_ticket() {
+    let pause_file = crate::support::daemon::temp_dir();
+    let file = pause_file.path().join("commit");
+    let Some(c) = Cluster::start(
+        "one_thread_at_two_nodes_at_once_makes_one_ticket",
+        2,
+        ACK_NEW,
+        pause_node0("store.before_commit", &file),
+    ) else {
+        return;
+    };
+    let a = msg().subject("Help");
+    let b = msg()
+        .subject("Re: Help")
+        .in_reply_to(&a.mid())
+        .references(&a.mid());
+    std::fs::write(&file, "armed").unwrap();
+    let ra = send_in_thread(c.node(0).smtp_addr(), &a);
+    wait_paused(&file);
+    let rb = send_in_thread(c.node(1).smtp_addr(), &b);
+    c.wait_lock_waiters(1);
+    std::fs::remove_file(&file).unwrap();
+    let (ra, rb) = (ra.join().unwrap(), rb.join().unwrap());
+    let (ta, tb) = (ticket_of(&ra, "A"), ticket_of(&rb, "B"));
+    assert_eq!(ta, tb, "both messages on one ticket");
+    let tickets = c.node(1).tickets();
+    assert_eq!(tickets.len(), 1, "{tickets:#?}");
+    let t = c.node(1).ticket(ta);
+    assert_eq!(message_ids(&t)[0], a.mid(), "{t:#}");
+    assert!(message_ids(&t).contains(&b.mid()), "{t:#}");
+    assert_eq!(kinds_count(&t, "message_in"), 2, "{t:#}");
+    assert_eq!(c.outbox_kind("auto_reply").len(), 1, "one acknowledgement");
+}
+
+fn wait_paused(file: &std::path::Path) {
+    let mut marker = file.as_os_str().to_owned();
+    marker.push(".paused");
+    let marker = std::path::PathBuf::from(marker);
+    wait_until(DEADLINE, "node 1 held before its commit", || {
+        if marker.exists() {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
+    });
+}
+
+/// C1b: the reply commits first at one node, its parent comes to the
+/// other: the parent joins the reply's ticket.
+#[test]
+fn a_parent_after_its_reply_at_another_node_joins_the_reply() {
+    let Some(c) = Cluster::start(
+        "a_parent_after_its_reply_at_another_node_joins_the_reply",
+        2,
+        ACK_NEW,
+        |_| Vec::new(),
+    ) else {
+        return;
+    };
+    let a = msg().subject("Help");
+    let b = msg().subject("Re: Help").in_reply_to(&a.mid());
+    let tb = c.node(1).send_ok(&b);
+    let ta = c.node(0).send_ok(&a);
+    assert_eq!(ta, tb);
+    assert_eq!(c.node(0).tickets().len(), 1);
+}
+
+/// C2: two replies to one ticket at two nodes at once: the rules run one
+/// after the other (one status change).
+#[test]
+fn two_replies_at_two_nodes_change_the_status_once() {
+    let pause_file = crate::support::daemon::temp_dir();
+    let file = pause_file.path().join("commit");
+    let Some(c) = Cluster::start(
+        "two_replies_at_two_nodes_change_the_status_once",
+        2,
+        ACK_NEW,
+        pause_node0("store.before_commit", &file),
+    ) else {
+        return;
+    };
+    let a = msg().subject("Help");
+    let id = c.node(0).send_ok(&a);
+    let r1 = msg().subject("Re: Help").in_reply_to(&a.mid());
+    let r2 = msg().subject("Re: Help").in_reply_to(&a.mid());
+    std::fs::write(&file, "armed").unwrap();
+    let h1 = send_in_thread(c.node(0).smtp_addr(), &r1);
+    wait_paused(&file);
+    let h2 = send_in_thread(c.node(1).smtp_addr(), &r2);
+    c.wait_lock_waiters(1);
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(ticket_of(&h1.join().unwrap(), "r1"), id);
+    assert_eq!(ticket_of(&h2.join().unwrap(), "r2"), id);
+    let t = c.node(1).ticket(id);
+    assert_eq!(t["status"], "waiting_on_us", "{t:#}");
+    let to_us = t["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "status_changed" && e["detail"]["to"] == "waiting_on_us")
+        .count();
+    assert_eq!(to_us, 1, "one status change for two replies: {t:#}");
+    assert_eq!(kinds_count(&t, "message_in"), 3, "{t:#}");
+}
+
+/// C3: the same message at both nodes at once (an MTA retrying after a
+/// timeout): stored once, both answers name one ticket.
+#[test]
+fn the_same_message_at_two_nodes_at_once_is_stored_once() {
+    let pause_file = crate::support::daemon::temp_dir();
+    let file = pause_file.path().join("commit");
+    let Some(c) = Cluster::start(
+        "the_same_message_at_two_nodes_at_once_is_stored_once",
+        2,
+        ACK_NEW,
+        pause_node0("store.before_commit", &file),
+    ) else {
+        return;
+    };
+    let a = msg().subject("Twice");
+    std::fs::write(&file, "armed").unwrap();
+    let h1 = send_in_thread(c.node(0).smtp_addr(), &a);
+    wait_paused(&file);
+    let h2 = send_in_thread(c.node(1).smtp_addr(), &a);
+    c.wait_lock_waiters(1);
+    std::fs::remove_file(&file).unwrap();
+    let (t1, t2) = (
+        ticket_of(&h1.join().unwrap(), "first"),
+        ticket_of(&h2.join().unwrap(), "second"),
+    );
+    assert_eq!(t1, t2);
+    assert_eq!(c.node(0).tickets().len(), 1);
+    assert_eq!(message_ids(&c.node(0).ticket(t1))[0], a.mid());
+    assert_eq!(c.sql("SELECT count(*) FROM messages WHERE ticket_id IS NOT NULL AND rec->>'direction' = 'in'").trim(), "1");
+    assert_eq!(c.outbox_kind("auto_reply").len(), 1);
+}
+
+/// C4: threads of three messages, each message to a random node, in a
+/// shuffled order, from 8 clients at once: every thread is one ticket with
+/// exactly its messages and one acknowledgement.
+#[test]
+fn random_threads_at_random_nodes_each_make_one_ticket() {
+    let Some(c) = Cluster::start(
+        "random_threads_at_random_nodes_each_make_one_ticket",
+        2,
+        ACK_NEW,
+        |_| Vec::new(),
+    ) else {
+        return;
+    };
+    const THREADS: usize = 40;
+    let mut all: Vec<(usize, Msg)> = Vec::new();
+    for t in 0..THREADS {
+        // One customer per thread: the hourly limit is per contact.
+        let from = format!("c{t} <c{t}@example.com>");
+        let root = msg().from(&from).subject(&format!("thread {t}"));
+        let second = msg()
+            .from(&from)
+            .subject(&format!("Re: thread {t}"))
+            .in_reply_to(&root.mid())
+            .references(&root.mid());
+        let third = msg()
+            .from(&from)
+            .subject(&format!("Re: thread {t}"))
+            .in_reply_to(&second.mid())
+            .references(&format!("{} {}", root.mid(), second.mid()));
+        all.extend([(t, root), (t, second), (t, third)]);
+    }
+    // A fixed shuffle (xorshift), so a failure can be replayed.
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for i in (1..all.len()).rev() {
+        let j = (next() % (i as u64 + 1)) as usize;
+        all.swap(i, j);
+    }
+    let addrs = [c.node(0).smtp_addr(), c.node(1).smtp_addr()];
+    let jobs: Vec<(usize, Msg, SocketAddr)> = all
+        .into_iter()
+        .map(|(t, m)| (t, m, addrs[(next() % 2) as usize]))
+        .collect();
+    let queue = std::sync::Mutex::new(jobs.into_iter());
+    thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| loop {
+                let Some((_, m, addr)) = queue.lock().unwrap().next() else {
+                    return;
+                };
+                let raw = m.build();
+                // A 451 is retried, as an MTA would (here at once).
+                for attempt in 0.. {
+                    let r = send_mail(addr, &m.env_from(), &m.rcpt(), &raw);
+                    if r.code == 250 {
+                        break;
+                    }
+                    assert!(r.code == 451 && attempt < 20, "{}: {r}", m.mid());
+                }
+            });
+        }
+    });
+    let tickets = c.node(0).all_tickets();
+    assert_eq!(tickets.len(), THREADS, "one ticket per thread");
+    let mut seen = BTreeSet::new();
+    for t in &tickets {
+        let id = t["id"].as_u64().unwrap();
+        let detail = c.node(0).ticket(id);
+        let subjects: BTreeSet<String> = detail["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["direction"] == "in")
+            .map(|m| {
+                m["subject"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches("Re: ")
+                    .to_string()
+            })
+            .collect();
+        let ins = detail["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["direction"] == "in")
+            .count();
+        assert_eq!(
+            ins, 3,
+            "ticket {id} holds its thread's three messages: {detail:#}"
+        );
+        assert_eq!(
+            subjects.len(),
+            1,
+            "ticket {id} holds one thread: {subjects:?}"
+        );
+        assert!(seen.insert(subjects.into_iter().next().unwrap()));
+    }
+    assert_eq!(
+        c.outbox_kind("auto_reply").len(),
+        THREADS,
+        "one acknowledgement each"
+    );
+}
+
+/// C5: both nodes send from the one outbox: every email exactly once.
+#[test]
+fn the_outbox_is_shared_and_every_email_goes_out_once() {
+    let Some(c) = Cluster::start(
+        "the_outbox_is_shared_and_every_email_goes_out_once",
+        2,
+        ACK_NEW,
+        |_| Vec::new(),
+    ) else {
+        return;
+    };
+    const N: usize = 60;
+    thread::scope(|s| {
+        for half in 0..2 {
+            let node = c.node(half);
+            s.spawn(move || {
+                for i in 0..N / 2 {
+                    node.send_ok(
+                        &msg()
+                            .from(&format!("c{half}x{i}@example.com"))
+                            .subject(&format!("request {half}/{i}")),
+                    );
+                }
+            });
+        }
+    });
+    wait_until(DEADLINE, "every acknowledgement sent", || {
+        let sent = c
+            .outbox_kind("auto_reply")
+            .iter()
+            .filter(|o| o["state"] == "sent")
+            .count();
+        if sent == N {
+            Ok(())
+        } else {
+            Err(format!("{sent} of {N} sent"))
+        }
+    });
+    let counts = c.sent_by_message_id();
+    assert_eq!(counts.len(), N, "{counts:?}");
+    assert!(counts.values().all(|n| *n == 1), "each once: {counts:?}");
+    for (i, d) in c.nodes.iter().enumerate() {
+        let mine = crate::support::eml::read_dir(&d.sent_dir()).len();
+        assert!(
+            mine > 0,
+            "node {i} sent none of the {N}: one node did all the work"
+        );
+    }
+}
+
+/// C6b: a node killed after claiming emails and before sending them: their
+/// lease runs out and the other node sends each of them once.
+#[test]
+fn a_node_killed_after_claiming_leaves_its_emails_to_another() {
+    let pause_file = crate::support::daemon::temp_dir();
+    let file = pause_file.path().join("claim");
+    let lease = |i: usize| {
+        let mut env = pause_node0("outbox.after_claim", &file)(i);
+        env.push(("POSTDESK_LEASE_SECS".to_string(), "2".to_string()));
+        env
+    };
+    let Some(mut c) = Cluster::start(
+        "a_node_killed_after_claiming_leaves_its_emails_to_another",
+        2,
+        ACK_NEW,
+        lease,
+    ) else {
+        return;
+    };
+    std::fs::write(&file, "armed").unwrap();
+    let id = c.node(0).send_ok(&msg().subject("Claimed, then killed"));
+    wait_paused(&file);
+    c.nodes[0].kill9();
+    std::fs::remove_file(&file).unwrap();
+    wait_until(DEADLINE, "the other node sends the acknowledgement", || {
+        let sent = c
+            .outbox_kind("auto_reply")
+            .iter()
+            .filter(|o| o["state"] == "sent")
+            .count();
+        if sent == 1 {
+            Ok(())
+        } else {
+            Err(format!("{:?}", c.outbox_kind("auto_reply")))
+        }
+    });
+    let counts = c.sent_by_message_id();
+    assert_eq!(counts.values().sum::<usize>(), 1, "{counts:?}");
+    assert!(crate::support::eml::read_dir(&c.node(0).sent_dir()).is_empty());
+    let t = c.node(1).ticket(id);
+    assert_eq!(kinds_count(&t, "email_sent"), 1, "{t:#}");
+}
+
+/// C7: the per-contact hourly limit counts across nodes.
+#[test]
+fn the_hourly_limit_counts_across_nodes() {
+    let Some(c) = Cluster::start("the_hourly_limit_counts_across_nodes", 2, ACK_NEW, |_| {
+        Vec::new()
+    }) else {
+        return;
+    };
+    thread::scope(|s| {
+        for half in 0..2 {
+            let node = c.node(half);
+            s.spawn(move || {
+                for i in 0..5 {
+                    node.send_ok(
+                        &msg()
+                            .from("Dora <dora@example.com>")
+                            .subject(&format!("topic {half}/{i}")),
+                    );
+                }
+            });
+        }
+    });
+    assert_eq!(
+        c.outbox_kind("auto_reply").len(),
+        5,
+        "the limit is 5 an hour"
+    );
+    let suppressed: usize = c
+        .node(0)
+        .all_tickets()
+        .iter()
+        .map(|t| kinds_count(&c.node(0).ticket(t["id"].as_u64().unwrap()), "suppressed"))
+        .sum();
+    assert_eq!(suppressed, 5);
+}
+
+/// `health` lists the live nodes.
+#[test]
+fn health_lists_every_live_node() {
+    let Some(c) = Cluster::start("health_lists_every_live_node", 2, "", |_| Vec::new()) else {
+        return;
+    };
+    let h = c.node(1).health();
+    assert_eq!(h["storage"]["engine"], "postgres", "{h:#}");
+    assert_eq!(h["node"], "n2", "{h:#}");
+    let ids: Vec<&str> = h["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["n1", "n2"], "{h:#}");
+    // A reply written at one node is read at the other at once.
+    let id = c.node(0).send_ok(&msg());
+    c.node(0)
+        .cmd(json!({"cmd": "reply", "id": id, "body": "On it."}));
+    let t = c.node(1).ticket(id);
+    assert!(
+        t["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["direction"] == "out"),
+        "{t:#}"
+    );
+}
+
+/// C10: `migrate` twice at once migrates once; a schema newer than the
+/// binary and `synchronous_commit = off` each make `serve` exit 78.
+#[test]
+fn migrate_is_idempotent_and_serve_refuses_what_it_cannot_trust() {
+    let Some(c) = Cluster::start(
+        "migrate_is_idempotent_and_serve_refuses_what_it_cannot_trust",
+        1,
+        "",
+        |_| Vec::new(),
+    ) else {
+        return;
+    };
+    let config = c.node(0).config_path().to_path_buf();
+    let runs: Vec<_> = (0..2)
+        .map(|_| {
+            let (config, dir) = (config.clone(), c.dir().to_path_buf());
+            thread::spawn(move || {
+                run_cli(
+                    &[
+                        std::ffi::OsStr::new("migrate"),
+                        std::ffi::OsStr::new("-c"),
+                        config.as_os_str(),
+                    ],
+                    &dir,
+                )
+            })
+        })
+        .collect();
+    for r in runs {
+        let out = r.join().unwrap();
+        assert_eq!(out.code(), Some(0), "{out}");
+        assert!(out.stdout.contains("nothing to do"), "{out}");
+    }
+    let serve = || {
+        run_cli(
+            &[
+                std::ffi::OsStr::new("serve"),
+                std::ffi::OsStr::new("-c"),
+                config.as_os_str(),
+            ],
+            c.dir(),
+        )
+    };
+    c.sql("UPDATE schema_meta SET value = '99' WHERE key = 'version'");
+    let out = serve();
+    assert_eq!(out.code(), Some(78), "{out}");
+    assert!(out.stderr.contains("newer than this postdesk"), "{out}");
+    c.sql("UPDATE schema_meta SET value = '1' WHERE key = 'version'");
+    let db: String = c.sql("SELECT current_database()");
+    c.sql(&format!(
+        "ALTER DATABASE {} SET synchronous_commit = off",
+        db.trim()
+    ));
+    let out = serve();
+    assert_eq!(out.code(), Some(78), "{out}");
+    assert!(out.stderr.contains("synchronous_commit is off"), "{out}");
+}

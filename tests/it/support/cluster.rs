@@ -1,0 +1,175 @@
+//! Several real `postdesk serve` processes on one real PostgreSQL
+//! database (SCALE-OUT.md §5): the same config but `node_id` (and each
+//! node's own temp dir: port, admin socket, sent mail).
+//!
+//! Interleavings are made exact with failpoints (debug builds,
+//! `POSTDESK_FAILPOINTS`, see `src/failpoint.rs`), which hold one node at a
+//! named step; [`Cluster::wait_lock_waiters`] proves another node is
+//! blocked on a row the first one holds, from `pg_stat_activity` — never
+//! by sleeping.
+//!
+//! The cluster tests need PostgreSQL whatever the engine switch says; they
+//! run in the default (redb) pass of the suite only, not again in the
+//! postgres pass, where they would test the same thing twice.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use super::daemon::{migrate, temp_dir, Daemon};
+use super::eml;
+use super::pg::{engine, psql, require_pg_or_skip, Engine, TestDb};
+use super::{wait_until, DEADLINE};
+
+/// Cluster tests run one at a time (2 cores; each runs two daemons).
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+pub struct Cluster {
+    pub nodes: Vec<Daemon>,
+    db: TestDb,
+    dir: tempfile::TempDir,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Cluster {
+    /// `n` nodes on one fresh database, `setup` as for [`Daemon::start`]
+    /// (lines for `[server]` first, then tables), `env(i)` the extra
+    /// environment of node `i`. `None`: no PostgreSQL here (skipped
+    /// loudly; a failure where `POSTDESK_REQUIRE_PG=1`), or the postgres
+    /// pass of the suite (see the module doc).
+    pub fn start(
+        test: &str,
+        n: usize,
+        setup: &str,
+        env: impl Fn(usize) -> Vec<(String, String)>,
+    ) -> Option<Cluster> {
+        if engine() == Engine::Postgres {
+            eprintln!("{test}: runs in the default pass of the suite only");
+            return None;
+        }
+        let db = require_pg_or_skip()?;
+        let serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = temp_dir();
+        let url_file = dir.path().join("pg.url");
+        std::fs::write(&url_file, format!("{}\n", db.url())).expect("write pg.url");
+        let (server, tables) = split(setup);
+        let config_for = |i: usize| {
+            format!(
+                "{server}\n[storage]\nengine = \"postgres\"\nurl_file = \"{}\"\nnode_id = \"n{i}\"\npool_size = 4\n{tables}",
+                url_file.display()
+            )
+        };
+        // The schema, once, with the first node's config.
+        let first = dir.path().join("migrate.toml");
+        let text = super::daemon::render_config(
+            &super::daemon::default_config(
+                "",
+                &format!(
+                    "[storage]\nengine = \"postgres\"\nurl_file = \"{}\"\nnode_id = \"m\"\n",
+                    url_file.display()
+                ),
+            ),
+            dir.path(),
+        );
+        std::fs::write(&first, text).expect("write the migrate config");
+        migrate(&first, dir.path());
+        let nodes = (0..n)
+            .map(|i| {
+                let env = env(i);
+                let env: Vec<(&str, &str)> =
+                    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                Daemon::start_with_env(&config_for(i + 1), &env)
+            })
+            .collect();
+        Some(Cluster {
+            nodes,
+            db,
+            dir,
+            _serial: serial,
+        })
+    }
+
+    pub fn node(&self, i: usize) -> &Daemon {
+        &self.nodes[i]
+    }
+
+    /// `sql` on the cluster's database (psql `-At`: one row a line).
+    pub fn sql(&self, sql: &str) -> String {
+        psql(self.db.url(), sql)
+    }
+
+    /// Waits until at least `n` sessions of the database wait for a lock
+    /// (another node holds the row).
+    pub fn wait_lock_waiters(&self, n: usize) {
+        let sql = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND wait_event_type = 'Lock'",
+            self.db.name()
+        );
+        wait_until(
+            DEADLINE,
+            &format!("{n} session(s) waiting for a lock"),
+            || {
+                let got: usize = psql(self.db.admin_url(), &sql).trim().parse().unwrap_or(0);
+                if got >= n {
+                    Ok(())
+                } else {
+                    Err(format!("{got} waiting"))
+                }
+            },
+        );
+    }
+
+    /// Every email the nodes wrote (file transport), by Message-ID: how
+    /// many times each was sent, cluster-wide.
+    pub fn sent_by_message_id(&self) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for d in &self.nodes {
+            for e in eml::read_dir(&d.sent_dir()) {
+                let id = e.header("Message-ID").unwrap_or_default().to_string();
+                *out.entry(id).or_insert(0) += 1;
+            }
+        }
+        out
+    }
+
+    /// The emails of kind `kind` ("auto_reply", "notification", ...) in the
+    /// shared outbox (read at the last node: tests kill the first).
+    pub fn outbox_kind(&self, kind: &str) -> Vec<serde_json::Value> {
+        self.nodes[self.nodes.len() - 1]
+            .cmd(serde_json::json!({"cmd": "outbox", "limit": 1000}))
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|o| o["kind"] == kind)
+            .collect()
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // The daemons first, then the database (TestDb's own Drop).
+        self.nodes.clear();
+    }
+}
+
+/// Splits a setup into `[server]` lines and tables, as `Daemon::start`
+/// does.
+fn split(setup: &str) -> (String, String) {
+    let mut server = String::new();
+    let mut tables = String::new();
+    let mut in_server = true;
+    for line in setup.lines() {
+        if line.trim_start().starts_with('[') {
+            in_server = false;
+        }
+        let out = if in_server { &mut server } else { &mut tables };
+        out.push_str(line);
+        out.push('\n');
+    }
+    (server, tables)
+}
