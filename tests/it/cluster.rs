@@ -517,3 +517,166 @@ fn migrate_is_idempotent_and_serve_refuses_what_it_cannot_trust() {
     assert_eq!(out.code(), Some(78), "{out}");
     assert!(out.stderr.contains("synchronous_commit is off"), "{out}");
 }
+
+/// One message on a fresh connection; `None` when the node is gone (no
+/// connection, or it broke before the final reply).
+fn try_send(addr: SocketAddr, m: &Msg) -> Option<Reply> {
+    let mut c = crate::support::Client::try_connect(addr).ok()?;
+    if c.greeting.code != 220 {
+        return None;
+    }
+    for step in 0..4 {
+        let r = match step {
+            0 => c.ehlo("client.test.example"),
+            1 => c.mail_from(&m.env_from()),
+            2 => c.rcpt_to(&m.rcpt()),
+            _ => c.data(&m.build()),
+        };
+        match r.code {
+            0 => return None,
+            250 if step < 3 => {}
+            _ => {
+                let _ = c.quit();
+                return Some(r);
+            }
+        }
+    }
+    None
+}
+
+/// C8: one node killed with -9 while clients send to both, each retrying
+/// at the other node what got no 250: every message that got a 250 is
+/// there, each stored once.
+#[test]
+fn a_node_killed_under_load_loses_no_accepted_message() {
+    let Some(mut c) = Cluster::start(
+        "a_node_killed_under_load_loses_no_accepted_message",
+        2,
+        ACK_NEW,
+        |_| Vec::new(),
+    ) else {
+        return;
+    };
+    let addrs = [c.node(0).smtp_addr(), c.node(1).smtp_addr()];
+    let accepted = std::sync::Mutex::new(Vec::<String>::new());
+    let count = std::sync::atomic::AtomicUsize::new(0);
+    let nodes = &mut c.nodes;
+    thread::scope(|s| {
+        for client in 0..6 {
+            let (accepted, count) = (&accepted, &count);
+            s.spawn(move || {
+                for j in 0..15 {
+                    let m = msg()
+                        .from(&format!("k{client} <k{client}@example.com>"))
+                        .subject(&format!("load {client}/{j}"));
+                    let mut done = false;
+                    for attempt in 0..10 {
+                        let addr = addrs[(client + j + attempt) % 2];
+                        if let Some(r) = try_send(addr, &m) {
+                            if r.code == 250 {
+                                done = true;
+                                break;
+                            }
+                            assert_eq!(r.code, 451, "{}: {r}", m.mid());
+                        }
+                    }
+                    assert!(done, "{} never accepted by either node", m.mid());
+                    accepted.lock().unwrap().push(m.mid());
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+        }
+        wait_until(DEADLINE, "some mail accepted", || {
+            let n = count.load(std::sync::atomic::Ordering::SeqCst);
+            if n >= 25 {
+                Ok(())
+            } else {
+                Err(format!("{n}"))
+            }
+        });
+        nodes[0].kill9();
+    });
+    let accepted = accepted.into_inner().unwrap();
+    assert_eq!(accepted.len(), 90);
+    let survivor = c.node(1);
+    for mid in &accepted {
+        assert!(
+            survivor.message(mid).is_some(),
+            "{mid} got 250 but is not stored"
+        );
+    }
+    let twice = c.sql("SELECT message_id FROM messages GROUP BY message_id HAVING count(*) > 1");
+    assert!(twice.trim().is_empty(), "stored twice: {twice}");
+}
+
+/// C9: the database goes away (a crash, a restart, a failover): `451`,
+/// never `250`, and the node serves again by itself once it is back.
+#[test]
+fn the_database_going_away_gets_451_and_service_comes_back_by_itself() {
+    let Some(c) = Cluster::start_proxied(
+        "the_database_going_away_gets_451_and_service_comes_back_by_itself",
+        1,
+        ACK_NEW,
+        |_| Vec::new(),
+    ) else {
+        return;
+    };
+    let d = c.node(0);
+    d.send_ok(&msg().subject("before"));
+    c.proxy().cut();
+    let m = msg().subject("while the database is away");
+    let r = d.send(&m);
+    assert_eq!((r.code, r.enhanced()), (451, Some("4.3.0")), "{r}");
+    c.proxy().restore();
+    wait_until(DEADLINE, "the node to take mail again", || {
+        let r = d.send(&m);
+        if r.code == 250 {
+            Ok(())
+        } else {
+            Err(r.to_string())
+        }
+    });
+    assert_eq!(d.tickets().len(), 2);
+    // Under load: every 250 has its rows, whatever was cut meanwhile.
+    let accepted = std::sync::Mutex::new(Vec::<String>::new());
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let addr = d.smtp_addr();
+    thread::scope(|s| {
+        for client in 0..4 {
+            let (accepted, stop) = (&accepted, &stop);
+            s.spawn(move || {
+                let mut j = 0;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    j += 1;
+                    let m = msg()
+                        .from(&format!("l{client}x{j}@example.com"))
+                        .subject(&format!("load {client}/{j}"));
+                    if let Some(r) = try_send(addr, &m) {
+                        if r.code == 250 {
+                            accepted.lock().unwrap().push(m.mid());
+                        }
+                    }
+                }
+            });
+        }
+        for _ in 0..3 {
+            thread::sleep(std::time::Duration::from_millis(300));
+            c.proxy().cut();
+            thread::sleep(std::time::Duration::from_millis(300));
+            c.proxy().restore();
+        }
+        thread::sleep(std::time::Duration::from_millis(300));
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    let accepted = accepted.into_inner().unwrap();
+    assert!(!accepted.is_empty());
+    wait_until(DEADLINE, "the node to read again", || {
+        match d.request(json!({"cmd": "health"}))["ok"].as_bool() {
+            Some(true) => Ok(()),
+            _ => Err("health fails".into()),
+        }
+    });
+    for mid in &accepted {
+        assert!(d.message(mid).is_some(), "{mid} got 250 but is not stored");
+    }
+}

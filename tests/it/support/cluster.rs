@@ -19,6 +19,7 @@ use std::sync::Mutex;
 use super::daemon::{migrate, temp_dir, Daemon};
 use super::eml;
 use super::pg::{engine, psql, require_pg_or_skip, Engine, TestDb};
+use super::proxy::Proxy;
 use super::{wait_until, DEADLINE};
 
 /// Cluster tests run one at a time (2 cores; each runs two daemons).
@@ -26,6 +27,8 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 pub struct Cluster {
     pub nodes: Vec<Daemon>,
+    /// Between the nodes and the database, with [`Cluster::start_proxied`].
+    proxy: Option<Proxy>,
     db: TestDb,
     dir: tempfile::TempDir,
     _serial: std::sync::MutexGuard<'static, ()>,
@@ -43,6 +46,27 @@ impl Cluster {
         setup: &str,
         env: impl Fn(usize) -> Vec<(String, String)>,
     ) -> Option<Cluster> {
+        Cluster::start_with(test, n, setup, env, false)
+    }
+
+    /// [`Cluster::start`] with the nodes reaching the database through a
+    /// [`Proxy`] ([`Cluster::proxy`]), to take it away from them.
+    pub fn start_proxied(
+        test: &str,
+        n: usize,
+        setup: &str,
+        env: impl Fn(usize) -> Vec<(String, String)>,
+    ) -> Option<Cluster> {
+        Cluster::start_with(test, n, setup, env, true)
+    }
+
+    fn start_with(
+        test: &str,
+        n: usize,
+        setup: &str,
+        env: impl Fn(usize) -> Vec<(String, String)>,
+        proxied: bool,
+    ) -> Option<Cluster> {
         if engine() == Engine::Postgres {
             eprintln!("{test}: runs in the default pass of the suite only");
             return None;
@@ -51,7 +75,23 @@ impl Cluster {
         let serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let dir = temp_dir();
         let url_file = dir.path().join("pg.url");
-        std::fs::write(&url_file, format!("{}\n", db.url())).expect("write pg.url");
+        let mut url = url::Url::parse(db.url()).expect("the test database's URL");
+        let proxy = proxied.then(|| {
+            let target = (
+                url.host_str().unwrap_or("127.0.0.1").to_string(),
+                url.port().unwrap_or(5432),
+            );
+            let target = std::net::ToSocketAddrs::to_socket_addrs(&target)
+                .ok()
+                .and_then(|mut a| a.next())
+                .expect("the database's address (a TCP URL)");
+            let proxy = Proxy::start(target);
+            url.set_host(Some("127.0.0.1")).expect("set the host");
+            url.set_port(Some(proxy.addr().port()))
+                .expect("set the port");
+            proxy
+        });
+        std::fs::write(&url_file, format!("{url}\n")).expect("write pg.url");
         let (server, tables) = split(setup);
         let config_for = |i: usize| {
             format!(
@@ -83,10 +123,19 @@ impl Cluster {
             .collect();
         Some(Cluster {
             nodes,
+            proxy,
             db,
             dir,
             _serial: serial,
         })
+    }
+
+    /// The proxy between the nodes and the database
+    /// ([`Cluster::start_proxied`]).
+    pub fn proxy(&self) -> &Proxy {
+        self.proxy
+            .as_ref()
+            .expect("a cluster started with start_proxied")
     }
 
     pub fn node(&self, i: usize) -> &Daemon {

@@ -68,6 +68,7 @@ pub mod corpus;
 pub mod daemon;
 pub mod eml;
 pub mod pg;
+pub mod proxy;
 pub mod sink;
 pub mod smtp;
 
