@@ -34,6 +34,62 @@ use crate::desk::{IdRow, StoreError, Txn};
 use crate::ingest::trust::ReplyKeys;
 use crate::ingest::{ThreadView, TicketId};
 
+/// A parameter of a queued write (owned: it is sent later).
+type Param = Box<dyn ToSql + Sync + Send>;
+
+/// A write queued by [`PgTxn::later`].
+enum Deferred {
+    Simple(&'static str),
+    Exec(&'static str, Vec<Param>),
+}
+
+/// The prepared statements of queued writes (cached per connection: a
+/// round trip only the first time a connection sees one).
+async fn prepare(
+    c: &deadpool_postgres::Client,
+    pending: &[Deferred],
+) -> Result<Vec<Option<tokio_postgres::Statement>>, StoreError> {
+    let mut out = Vec::with_capacity(pending.len());
+    for d in pending {
+        out.push(match d {
+            Deferred::Simple(_) => None,
+            Deferred::Exec(sql, _) => Some(c.prepare_cached(sql).await?),
+        });
+    }
+    Ok(out)
+}
+
+/// Sends queued writes pipelined: each request goes out when its future is
+/// first polled, and `join_all` polls them in order.
+async fn run(
+    c: &deadpool_postgres::Client,
+    pending: &[Deferred],
+    statements: &[Option<tokio_postgres::Statement>],
+) -> Result<(), StoreError> {
+    let futures = pending.iter().zip(statements).map(|(d, st)| async move {
+        match (d, st) {
+            (Deferred::Simple(sql), _) => c.batch_execute(sql).await.map(drop),
+            (Deferred::Exec(_, params), Some(st)) => {
+                let params: Vec<&(dyn ToSql + Sync)> = params
+                    .iter()
+                    .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+                    .collect();
+                c.execute(st, &params).await.map(drop)
+            }
+            (Deferred::Exec(..), None) => Ok(()),
+        }
+    });
+    for result in futures_util::future::join_all(futures).await {
+        result?;
+    }
+    Ok(())
+}
+
+/// A record as a query parameter (`$n::text::jsonb`).
+fn json<T: serde::Serialize>(value: &T) -> Param {
+    Box::new(serde_json::to_string(value).unwrap_or_default())
+}
+
 /// Raw bytes are stored in rows of at most this many bytes.
 pub(super) const CHUNK: usize = 256 * 1024;
 
@@ -49,6 +105,10 @@ pub(super) struct PgTxn<'a> {
     absent: RefCell<HashSet<String>>,
     /// A claim met a row committed since this attempt read it: redo.
     raced: Cell<bool>,
+    /// Writes not sent yet ([`PgTxn::later`]).
+    pending: RefCell<Vec<Deferred>>,
+    /// Whether anything was sent (the savepoint among it).
+    sent: Cell<bool>,
 }
 
 impl<'a> PgTxn<'a> {
@@ -67,6 +127,8 @@ impl<'a> PgTxn<'a> {
             current_text: None,
             absent: RefCell::new(HashSet::new()),
             raced: Cell::new(false),
+            pending: RefCell::new(Vec::new()),
+            sent: Cell::new(false),
         }
     }
 
@@ -88,10 +150,55 @@ impl<'a> PgTxn<'a> {
         self.raced.get()
     }
 
-    fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
+    /// Queues a write whose result nothing waits for: it goes to the
+    /// database with the next statement that returns something (or with
+    /// [`PgTxn::finish`]), pipelined — one round trip for all of them, in
+    /// the order they were queued.
+    fn later(&self, sql: &'static str, params: Vec<Param>) {
+        self.pending.borrow_mut().push(Deferred::Exec(sql, params));
+    }
+
+    /// Queues a statement without parameters (a savepoint's).
+    pub(super) fn later_simple(&self, sql: &'static str) {
+        self.pending.borrow_mut().push(Deferred::Simple(sql));
+    }
+
+    /// Whether any statement went to the database (else there is nothing
+    /// to roll back, not even the savepoint).
+    pub(super) fn sent(&self) -> bool {
+        self.sent.get()
+    }
+
+    /// The queued writes, taken to be sent now.
+    fn take_pending(&self) -> Vec<Deferred> {
+        self.sent.set(true);
+        std::mem::take(&mut *self.pending.borrow_mut())
+    }
+
+    /// Sends what is queued; the first error, if any.
+    pub(super) fn finish(&self) -> Result<(), StoreError> {
+        let pending = self.take_pending();
+        if pending.is_empty() {
+            return Ok(());
+        }
         self.rt.block_on(async {
+            let statements = prepare(self.c, &pending).await?;
+            run(self.c, &pending, &statements).await
+        })
+    }
+
+    /// The queued writes, then `sql`, in one round trip.
+    fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
+        let pending = self.take_pending();
+        self.rt.block_on(async {
+            let statements = prepare(self.c, &pending).await?;
             let st = self.c.prepare_cached(sql).await?;
-            Ok(self.c.query(&st, params).await?)
+            let (writes, rows) = tokio::join!(
+                run(self.c, &pending, &statements),
+                self.c.query(&st, params)
+            );
+            writes?;
+            Ok(rows?)
         })
     }
 
@@ -99,10 +206,18 @@ impl<'a> PgTxn<'a> {
         Ok(self.query(sql, params)?.into_iter().next())
     }
 
+    /// The queued writes, then `sql`; the rows `sql` changed.
     fn exec(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
+        let pending = self.take_pending();
         self.rt.block_on(async {
+            let statements = prepare(self.c, &pending).await?;
             let st = self.c.prepare_cached(sql).await?;
-            Ok(self.c.execute(&st, params).await?)
+            let (writes, n) = tokio::join!(
+                run(self.c, &pending, &statements),
+                self.c.execute(&st, params)
+            );
+            writes?;
+            Ok(n?)
         })
     }
 
@@ -203,20 +318,20 @@ impl Txn for PgTxn<'_> {
     }
 
     fn put_ticket(&mut self, t: &TicketRec) -> Result<(), StoreError> {
-        self.exec(
+        self.later(
             "INSERT INTO tickets (id, pipeline, status, created_at, updated_at, rec)
-             VALUES ($1, $2, $3, $4, $5, $6)
+             VALUES ($1, $2, $3, $4, $5, $6::text::jsonb)
              ON CONFLICT (id) DO UPDATE SET pipeline = EXCLUDED.pipeline,
                status = EXCLUDED.status, updated_at = EXCLUDED.updated_at, rec = EXCLUDED.rec",
-            &[
-                &db_id(t.id),
-                &t.pipeline,
-                &t.status,
-                &t.created_at,
-                &t.updated_at,
-                &Json(t),
+            vec![
+                Box::new(db_id(t.id)),
+                Box::new(t.pipeline.clone()),
+                Box::new(t.status.clone()),
+                Box::new(t.created_at),
+                Box::new(t.updated_at),
+                json(t),
             ],
-        )?;
+        );
         Ok(())
     }
 
@@ -279,35 +394,39 @@ impl Txn for PgTxn<'_> {
             {
                 self.raced.set(true);
             }
-            self.exec(
+            self.later(
                 "UPDATE message_ids SET ticket_id = $2, message = $3 WHERE key = $1",
-                &[&key, &ticket, &seq],
-            )?;
+                vec![Box::new(key), Box::new(ticket), Box::new(seq)],
+            );
         }
-        self.exec(
+        self.later(
             "INSERT INTO messages (seq, ticket_id, message_id, node_id, batch, received_at, size, rec)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            &[
-                &seq,
-                &ticket,
-                &rec.message_id,
-                &self.shared.node,
-                &self.batch,
-                &rec.received_at,
-                &i64::try_from(raw.len()).unwrap_or(i64::MAX),
-                &Json(&*rec),
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb)",
+            vec![
+                Box::new(seq),
+                Box::new(ticket),
+                Box::new(rec.message_id.clone()),
+                Box::new(self.shared.node.clone()),
+                Box::new(self.batch),
+                Box::new(rec.received_at),
+                Box::new(i64::try_from(raw.len()).unwrap_or(i64::MAX)),
+                json(&*rec),
             ],
-        )?;
+        );
         let chunks: Vec<&[u8]> = if raw.is_empty() {
             vec![raw]
         } else {
             raw.chunks(CHUNK).collect()
         };
         for (part, data) in chunks.into_iter().enumerate() {
-            self.exec(
+            self.later(
                 "INSERT INTO message_chunks (seq, part, data) VALUES ($1, $2, $3)",
-                &[&seq, &(part as i32), &data],
-            )?;
+                vec![
+                    Box::new(seq),
+                    Box::new(part as i32),
+                    Box::new(data.to_vec()),
+                ],
+            );
         }
         Ok(())
     }
@@ -323,14 +442,14 @@ impl Txn for PgTxn<'_> {
     fn move_message(&mut self, seq: u64, _from: TicketId, to: TicketId) -> Result<(), StoreError> {
         if let Some(mut rec) = self.message(seq)? {
             rec.ticket = Some(to);
-            self.exec(
-                "UPDATE messages SET ticket_id = $2, rec = $3 WHERE seq = $1",
-                &[&db_id(seq), &db_id(to), &Json(&rec)],
-            )?;
-            self.exec(
+            self.later(
+                "UPDATE messages SET ticket_id = $2, rec = $3::text::jsonb WHERE seq = $1",
+                vec![Box::new(db_id(seq)), Box::new(db_id(to)), json(&rec)],
+            );
+            self.later(
                 "UPDATE message_ids SET ticket_id = $2 WHERE key = $1",
-                &[&id_key(&rec.message_id), &db_id(to)],
-            )?;
+                vec![Box::new(id_key(&rec.message_id)), Box::new(db_id(to))],
+            );
         }
         Ok(())
     }
@@ -358,10 +477,15 @@ impl Txn for PgTxn<'_> {
         kind: &str,
         detail: serde_json::Value,
     ) -> Result<(), StoreError> {
-        self.exec(
-            "INSERT INTO timeline (ticket_id, at, kind, detail) VALUES ($1, $2, $3, $4)",
-            &[&db_id(ticket), &at, &kind, &Json(&detail)],
-        )?;
+        self.later(
+            "INSERT INTO timeline (ticket_id, at, kind, detail) VALUES ($1, $2, $3, $4::text::jsonb)",
+            vec![
+                Box::new(db_id(ticket)),
+                Box::new(at),
+                Box::new(kind.to_string()),
+                json(&detail),
+            ],
+        );
         Ok(())
     }
 
@@ -379,19 +503,20 @@ impl Txn for PgTxn<'_> {
 
     /// A decision about an entry ends whatever lease a node held on it.
     fn put_outbox(&mut self, rec: &OutboxRec, _was_due: Option<Millis>) -> Result<(), StoreError> {
-        self.exec(
-            "INSERT INTO outbox (id, ticket_id, state, next_attempt_at, rec) VALUES ($1, $2, $3, $4, $5)
+        self.later(
+            "INSERT INTO outbox (id, ticket_id, state, next_attempt_at, rec)
+             VALUES ($1, $2, $3, $4, $5::text::jsonb)
              ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state,
                next_attempt_at = EXCLUDED.next_attempt_at, rec = EXCLUDED.rec,
                lease_owner = NULL, lease_until = NULL, lease_token = NULL",
-            &[
-                &db_id(rec.id),
-                &db_id(rec.ticket),
-                &rec.state.as_str(),
-                &rec.next_attempt_at,
-                &Json(rec),
+            vec![
+                Box::new(db_id(rec.id)),
+                Box::new(db_id(rec.ticket)),
+                Box::new(rec.state.as_str()),
+                Box::new(rec.next_attempt_at),
+                json(rec),
             ],
-        )?;
+        );
         Ok(())
     }
 
@@ -402,14 +527,14 @@ impl Txn for PgTxn<'_> {
     /// Locks the contact's row first, so that nodes count one after the
     /// other and the window slides exactly.
     fn auto_sent_last_hour(&self, addr: &str, now: Millis) -> Result<u64, StoreError> {
-        self.exec(
+        self.later(
             "INSERT INTO contacts (email) VALUES ($1) ON CONFLICT DO NOTHING",
-            &[&addr],
-        )?;
-        self.exec(
+            vec![Box::new(addr.to_string())],
+        );
+        self.later(
             "SELECT 1 FROM contacts WHERE email = $1 FOR UPDATE",
-            &[&addr],
-        )?;
+            vec![Box::new(addr.to_string())],
+        );
         let row = self.opt(
             "SELECT count(*) FROM auto_sent WHERE email = $1 AND at > $2",
             &[&addr, &(now - HOUR)],
@@ -421,14 +546,14 @@ impl Txn for PgTxn<'_> {
     }
 
     fn count_auto_sent(&mut self, addr: &str, now: Millis) -> Result<(), StoreError> {
-        self.exec(
+        self.later(
             "DELETE FROM auto_sent WHERE email = $1 AND at <= $2",
-            &[&addr, &(now - HOUR)],
-        )?;
-        self.exec(
+            vec![Box::new(addr.to_string()), Box::new(now - HOUR)],
+        );
+        self.later(
             "INSERT INTO auto_sent (email, at) VALUES ($1, $2)",
-            &[&addr, &now],
-        )?;
+            vec![Box::new(addr.to_string()), Box::new(now)],
+        );
         Ok(())
     }
 }

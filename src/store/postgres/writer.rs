@@ -197,32 +197,40 @@ impl Writer {
                     5 + (token as u64 % 20) * attempt as u64,
                 ));
             }
-            self.rt.block_on(c.batch_execute("SAVEPOINT job"))?;
             let mut txn = PgTxn::new(&self.rt, c, &self.shared, token);
+            // Sent with the job's first statement (see `PgTxn::later`).
+            txn.later_simple("SAVEPOINT job");
             if let crate::store::StoreCmd::Delivered { id, lease, .. } = &job.cmd {
                 if !txn.holds_lease(*id, *lease)? {
-                    drop(txn);
-                    self.rt.block_on(c.batch_execute("RELEASE SAVEPOINT job"))?;
+                    txn.later_simple("RELEASE SAVEPOINT job");
+                    txn.finish()?;
                     tracing::warn!(outbox = id, "outbox: the lease on this email ran out before its delivery was recorded; another node may send it again");
                     return Ok((Ok(Done::Ok), false));
                 }
             }
             let result = crate::store::apply(&mut txn, &job.cmd, now);
             let raced = txn.raced();
-            let queued = txn.queued_mail;
+            // The job's last writes go with the release of its savepoint.
+            let result = match result {
+                Ok(done) if !raced => {
+                    txn.later_simple("RELEASE SAVEPOINT job");
+                    txn.finish().map(|()| done)
+                }
+                other => other,
+            };
+            let (queued, sent) = (txn.queued_mail, txn.sent());
             drop(txn);
             match result {
-                Ok(done) if !raced => {
-                    self.rt.block_on(c.batch_execute("RELEASE SAVEPOINT job"))?;
-                    return Ok((Ok(done), queued));
-                }
+                Ok(done) if !raced => return Ok((Ok(done), queued)),
                 other => {
                     if c.is_closed() {
                         return Err(other.err().unwrap_or(StoreError::Unavailable));
                     }
-                    self.rt.block_on(
-                        c.batch_execute("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job"),
-                    )?;
+                    if sent {
+                        self.rt.block_on(
+                            c.batch_execute("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job"),
+                        )?;
+                    }
                     match other {
                         Err(e) if !raced && !is_retryable(&e) => return Ok((Err(e), false)),
                         Err(e) => last = Some(e),
