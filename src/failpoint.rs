@@ -9,7 +9,8 @@
 //!
 //! Names: `store.before_commit` (a PostgreSQL writer, its batch applied),
 //! `outbox.after_claim` (the outbox worker, emails claimed, none sent),
-//! `outbox.before_finish` (the worker, emails sent, results not recorded).
+//! `outbox.before_finish` (the worker, emails sent, results not recorded),
+//! `copy.after_chunk` (`store copy`, a chunk committed to the target).
 
 /// Waits at failpoint `name` if the environment says so (debug builds).
 #[inline]

@@ -63,6 +63,27 @@ struct ImportArgs {
     channel: Option<String>,
 }
 
+#[derive(Args)]
+struct StoreArgs {
+    #[command(subcommand)]
+    cmd: StoreCommand,
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Copy this store (-c FROM) into another (--to TO), redb or PostgreSQL
+    /// either way: tickets with their ids, raw messages byte-exact, timelines,
+    /// outbox, counters, secrets. Re-running finishes an interrupted copy;
+    /// a target holding other data is refused. Stop the daemons first.
+    Copy {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The config file of the store to copy into
+        #[arg(long = "to", value_name = "TO.toml")]
+        to: PathBuf,
+    },
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon in the foreground
@@ -75,6 +96,8 @@ enum Command {
     Ctl(CtlArgs),
     /// Load an existing mailbox into tickets (sends nothing; idempotent)
     Import(ImportArgs),
+    /// Work on a whole store: `store copy` (one store into another)
+    Store(StoreArgs),
     /// View and edit the workflows in the config file (comments and layout kept)
     Workflow(WorkflowArgs),
     /// Print shell completions (bash, zsh, fish, elvish, powershell)
@@ -202,6 +225,9 @@ fn main() -> ExitCode {
         Command::Check(c) => check(&c.path()),
         Command::Migrate(c) => migrate(&c.path()),
         Command::Import(args) => import(args),
+        Command::Store(StoreArgs {
+            cmd: StoreCommand::Copy { config, to },
+        }) => store_copy(&config.path(), &to),
         Command::Workflow(w) => postdesk::workflow_cli::run(&w.config.path(), w.cmd),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
@@ -316,6 +342,45 @@ fn import(args: ImportArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("postdesk: import failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `postdesk store copy -c FROM --to TO`: one summary line on stdout;
+/// 78 for a config problem or a store the copy refuses, 1 for a failure on
+/// the way (running it again goes on from there).
+fn store_copy(from: &std::path::Path, to: &std::path::Path) -> ExitCode {
+    let load = |path: &std::path::Path| {
+        config::load(path).map_err(|problems| {
+            eprintln!("{problems}");
+            ExitCode::from(EX_CONFIG as u8)
+        })
+    };
+    let (from_config, to_config) = match (load(from), load(to)) {
+        (Ok(f), Ok(t)) => (f, t),
+        (Err(code), _) | (_, Err(code)) => return code,
+    };
+    let Some(runtime) = runtime() else {
+        return ExitCode::from(1);
+    };
+    match runtime.block_on(postdesk::store::copy(from_config, to_config, to)) {
+        Ok(copied) => {
+            for w in &copied.warnings {
+                eprintln!("postdesk: warning: {w}");
+            }
+            println!("{copied}");
+            ExitCode::SUCCESS
+        }
+        Err(e @ postdesk::store::CopyError::Refused(_)) => {
+            eprintln!("postdesk: store copy: {e}");
+            ExitCode::from(EX_CONFIG as u8)
+        }
+        Err(e) => {
+            eprintln!(
+                "postdesk: store copy failed: {e} (run the same copy again to go on from the \
+                 last chunk it committed)"
+            );
             ExitCode::from(1)
         }
     }

@@ -1,8 +1,9 @@
 //! SHELL: the storage boundary. [`Store`] is the handle every caller
 //! holds: commands ([`StoreCmd`], applied by the ticket logic,
 //! [`crate::desk`]) and typed reads returning [`crate::desk::views`]; no
-//! engine's transaction type leaves this module. One engine today, redb
-//! (`redb`: tables, blob file, journal, the one writer thread).
+//! engine's transaction type leaves this module. Two engines: redb
+//! (`redb`: tables, blob file, journal, the one writer thread) and
+//! PostgreSQL (`postgres`); [`copy()`] copies a store from one into another.
 //!
 //! Invariants:
 //! - Durability is decided here and nowhere else: a [`Store::ingest`] call
@@ -21,9 +22,11 @@
 //!   the writer reopens the database before the next batch, and every
 //!   caller meanwhile gets an error (→ `451`), never a false success.
 
+mod copy;
 mod postgres;
 mod redb;
 
+pub use copy::{copy, Copied, CopyError};
 pub use postgres::{migrate, Migrated};
 
 use std::path::Path;
@@ -177,8 +180,26 @@ impl Store {
     /// Opens (or creates) `data_dir/postdesk.redb` and its journal, applies
     /// what the journal holds beyond the database (after a crash), and
     /// starts the writer. `config` is what recovered messages are threaded
-    /// with.
+    /// with. A store that is the target of an unfinished `store copy` is
+    /// refused.
     pub fn open(data_dir: &Path, config: Arc<Config>) -> Result<(Store, WriterHandle), StoreError> {
+        Store::open_redb(data_dir, config, false)
+    }
+
+    /// [`Store::open`] for `store copy`'s target, which may hold an
+    /// unfinished copy (the one it goes on with).
+    pub(in crate::store) fn open_for_copy(
+        data_dir: &Path,
+        config: Arc<Config>,
+    ) -> Result<(Store, WriterHandle), StoreError> {
+        Store::open_redb(data_dir, config, true)
+    }
+
+    fn open_redb(
+        data_dir: &Path,
+        config: Arc<Config>,
+        for_copy: bool,
+    ) -> Result<(Store, WriterHandle), StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
             path: data_dir.to_path_buf(),
             source,
@@ -188,6 +209,11 @@ impl Store {
         let blobs = Arc::new(BlobFile::open(&data_dir.join("postdesk.blobs"))?);
         let db = open_db(&path, cache)?;
         writer::init_tables(&db)?;
+        if !for_copy {
+            if let Some(p) = self::redb::export::unfinished_copy(&db)? {
+                return Err(copy::unfinished(&p));
+            }
+        }
         let db = Arc::new(db);
         let slot = Arc::new(DbSlot {
             path,

@@ -21,6 +21,9 @@
 //! - `cluster`: §8 — several nodes on one PostgreSQL: the races of one
 //!   thread, one ticket, one message at two nodes, the shared outbox, a
 //!   killed node's emails, the limit across nodes, `migrate`;
+//! - `copy`: §8 `store copy` — a store copied redb → PostgreSQL → redb
+//!   (and redb → redb, interrupted and resumed) is the same store and goes
+//!   on as one; targets in use or holding other data are refused;
 //! - `pg_harness`: the harness's PostgreSQL test databases themselves.
 //!
 //! `POSTDESK_TEST_ENGINE=postgres` runs every daemon on engine postgres (see
@@ -36,6 +39,7 @@ mod admin;
 mod automation;
 mod bounce;
 mod cluster;
+mod copy;
 mod corpus;
 mod import;
 mod lifecycle;

@@ -14,6 +14,7 @@
 //!   database's clock.
 //! - The connection URL is read from `url_file` and never logged.
 
+pub(in crate::store) mod export;
 pub(in crate::store) mod read;
 pub mod schema;
 mod txn;
@@ -196,6 +197,9 @@ pub(in crate::store) async fn open(pg: &Postgres) -> Result<Arc<Shared>, StoreEr
             "the database's schema is version {version}, newer than this postdesk ({}): upgrade postdesk",
             schema::VERSION
         )));
+    }
+    if let Some(p) = export::unfinished_copy(&**c).await? {
+        return Err(crate::store::copy::unfinished(&p));
     }
     check_durability(&c).await?;
     // Claims this node held before it stopped are its own to take again

@@ -5,11 +5,12 @@
 //! behind `Store`'s typed reads ([`read`]).
 
 pub(super) mod blobs;
+pub(super) mod export;
 mod journal;
 pub(super) mod read;
 pub(super) mod schema;
 mod tables;
-mod window;
+pub(super) mod window;
 pub(super) mod writer;
 
 use std::path::{Path, PathBuf};

@@ -41,8 +41,17 @@ pub const AUTO_SENT: TableDefinition<&str, &[u8]> = TableDefinition::new("auto_s
 /// at open: the limit restarts its count once on upgrade.
 pub const AUTO_SENT_V0: TableDefinition<(&str, u64), ()> = TableDefinition::new("auto_sent");
 
+/// `postdesk store copy` into this store: [`COPY_PROGRESS`] → the copy's
+/// progress as JSON ([`crate::store::copy`]). Absent in a store that was
+/// never the target of a copy; a copy that is not done makes the store
+/// refuse to be served.
+pub const COPY: TableDefinition<&str, &[u8]> = TableDefinition::new("copy");
+pub const COPY_PROGRESS: &str = "progress";
+
 /// name → secret bytes, drawn once when the store is created (or first
-/// opened by a build that needs it) and never changed: [`REPLY_KEY_SECRET`].
+/// opened by a build that needs it) and never changed — except by
+/// `postdesk store copy`, which gives a store that holds no data yet the
+/// source's: [`REPLY_KEY_SECRET`].
 pub const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 /// The 32-byte secret of the reply addresses' keys
 /// ([`crate::ingest::trust::ReplyKeys`]).

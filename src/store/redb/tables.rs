@@ -92,6 +92,89 @@ impl<'txn> Tables<'txn> {
         Ok(())
     }
 
+    /// The rows of a message (the message, its Message-ID row, its place
+    /// on its ticket or among the conversations), its `blob` already set.
+    fn put_message_rows(&mut self, rec: &MessageRec) -> Result<(), StoreError> {
+        self.messages.insert(rec.seq, encode(rec).as_slice())?;
+        self.message_ids
+            .insert(rec.message_id.as_str(), (rec.ticket.unwrap_or(0), rec.seq))?;
+        match rec.ticket {
+            Some(t) => self.ticket_messages.insert((t, rec.seq), ())?,
+            None => self.conversations.insert(rec.seq, ())?,
+        };
+        Ok(())
+    }
+
+    /// `store copy`: a message row as the source has it, with its raw bytes
+    /// (queued for the blob file like [`Txn::put_message`]'s), or without
+    /// any when the source had none for it.
+    pub(in crate::store) fn copy_message(
+        &mut self,
+        rec: &mut MessageRec,
+        raw: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        match raw {
+            Some(raw) => self.put_message(rec, raw),
+            None => {
+                rec.blob = None;
+                self.put_message_rows(rec)
+            }
+        }
+    }
+
+    /// `store copy`: a timeline entry under the source's event number (so
+    /// that the order of a ticket's timeline is the source's).
+    pub(in crate::store) fn copy_event(
+        &mut self,
+        ticket: TicketId,
+        seq: u64,
+        rec: &EventRec,
+    ) -> Result<(), StoreError> {
+        self.timeline
+            .insert((ticket, seq), encode(rec).as_slice())?;
+        Ok(())
+    }
+
+    /// `store copy`: a Message-ID row as the source has it (`None`: a
+    /// conversation's, or only named so far).
+    pub(in crate::store) fn copy_id_row(
+        &mut self,
+        id: &str,
+        ticket: Option<TicketId>,
+        seq: Option<u64>,
+    ) -> Result<(), StoreError> {
+        self.message_ids
+            .insert(id, (ticket.unwrap_or(0), seq.unwrap_or(0)))?;
+        Ok(())
+    }
+
+    /// `store copy`: an address's automatic emails per minute ([`window`]).
+    pub(in crate::store) fn copy_auto_sent(
+        &mut self,
+        addr: &str,
+        minutes: &[(u32, u32)],
+    ) -> Result<(), StoreError> {
+        self.auto_sent
+            .insert(addr, window::encode(minutes).as_slice())?;
+        Ok(())
+    }
+
+    /// `store copy`: the next ids are at least these (saved by
+    /// [`Tables::finish`]), so that new tickets, messages, events and
+    /// emails continue after the copied ones.
+    pub(in crate::store) fn raise_counters(
+        &mut self,
+        ticket: u64,
+        message: u64,
+        event: u64,
+        outbox: u64,
+    ) {
+        self.next_ticket = self.next_ticket.max(ticket);
+        self.next_message = self.next_message.max(message);
+        self.next_event = self.next_event.max(event);
+        self.next_outbox = self.next_outbox.max(outbox);
+    }
+
     /// Saves the counters and the blob file's new length; returns the raw
     /// bytes the caller must write (at [`Pending::base`]) before it commits.
     pub(in crate::store) fn finish(mut self) -> Result<Pending, StoreError> {
@@ -178,14 +261,7 @@ impl Txn for Tables<'_> {
     /// the transaction commits, see [`Tables::finish`]).
     fn put_message(&mut self, rec: &mut MessageRec, raw: &[u8]) -> Result<(), StoreError> {
         rec.blob = Some(self.pending.push(raw));
-        self.messages.insert(rec.seq, encode(rec).as_slice())?;
-        self.message_ids
-            .insert(rec.message_id.as_str(), (rec.ticket.unwrap_or(0), rec.seq))?;
-        match rec.ticket {
-            Some(t) => self.ticket_messages.insert((t, rec.seq), ())?,
-            None => self.conversations.insert(rec.seq, ())?,
-        };
-        Ok(())
+        self.put_message_rows(rec)
     }
 
     fn ticket_message_seqs(&self, ticket: TicketId) -> Result<Vec<u64>, StoreError> {
