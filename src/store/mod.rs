@@ -159,12 +159,7 @@ impl Store {
                     (0..pg.pool_size.max(1)).map(|_| mpsc::channel()).unzip();
                 let tx: Arc<[mpsc::Sender<WriterMsg>]> = senders.into();
                 let outbox = Arc::new(Notify::new());
-                let threads = postgres::writer::spawn(
-                    queues,
-                    tokio::runtime::Handle::current(),
-                    shared.clone(),
-                    outbox.clone(),
-                )?;
+                let threads = postgres::writer::spawn(queues, shared.clone(), outbox.clone())?;
                 Ok((
                     Store {
                         tx: tx.clone(),

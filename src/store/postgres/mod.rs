@@ -33,7 +33,10 @@ use crate::ingest::trust::ReplyKeys;
 /// What every connection of this node shares: the pool, the node's name and
 /// the store's secrets (read once at open).
 pub(in crate::store) struct Shared {
+    /// For reads (and the outbox claim), on the daemon's runtime.
     pub pool: Pool,
+    /// For the writers' own connections ([`Conn`]).
+    pub config: tokio_postgres::Config,
     pub node: String,
     pub salt: u64,
     pub keys: ReplyKeys,
@@ -90,6 +93,53 @@ pub(in crate::store) async fn connection(
         deadpool_postgres::PoolError::Backend(e) => StoreError::Pg(e),
         other => StoreError::Database(other.to_string()),
     })
+}
+
+/// A writer's own connection, driven by the writer's own runtime on its own
+/// thread (no pool: a pooled connection's I/O would run on whichever
+/// runtime created it), with its prepared statements cached.
+pub(in crate::store) struct Conn {
+    client: tokio_postgres::Client,
+    statements: std::cell::RefCell<std::collections::HashMap<String, tokio_postgres::Statement>>,
+}
+
+impl Conn {
+    /// Connects on the current runtime (the caller's thread drives it) and
+    /// checks the session's durability settings.
+    pub(in crate::store) async fn open(shared: &Shared) -> Result<Conn, StoreError> {
+        let (client, connection) = shared.config.connect(NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "store: a writer's connection ended");
+            }
+        });
+        check_durability(&client).await?;
+        Ok(Conn {
+            client,
+            statements: std::cell::RefCell::new(std::collections::HashMap::new()),
+        })
+    }
+
+    pub(in crate::store) async fn prepare_cached(
+        &self,
+        sql: &str,
+    ) -> Result<tokio_postgres::Statement, tokio_postgres::Error> {
+        if let Some(st) = self.statements.borrow().get(sql) {
+            return Ok(st.clone());
+        }
+        let st = self.client.prepare(sql).await?;
+        self.statements
+            .borrow_mut()
+            .insert(sql.to_string(), st.clone());
+        Ok(st)
+    }
+}
+
+impl std::ops::Deref for Conn {
+    type Target = tokio_postgres::Client;
+    fn deref(&self) -> &tokio_postgres::Client {
+        &self.client
+    }
 }
 
 /// The version the database's schema is at (0: none).
@@ -179,7 +229,8 @@ pub async fn migrate(pg: &Postgres) -> Result<Migrated, StoreError> {
 /// Opens the engine: checks the schema and the durability settings, draws
 /// or reads the store's secrets, registers this node.
 pub(in crate::store) async fn open(pg: &Postgres) -> Result<Arc<Shared>, StoreError> {
-    let pool = pool(pg, pg.pool_size.max(2) + 2)?;
+    // Reads, the outbox claim and the heartbeat; the writers have their own.
+    let pool = pool(pg, 4)?;
     let c = connection(&pool).await?;
     let version = schema_version(&**c).await?;
     if version < schema::VERSION {
@@ -223,6 +274,7 @@ pub(in crate::store) async fn open(pg: &Postgres) -> Result<Arc<Shared>, StoreEr
     drop(c);
     Ok(Arc::new(Shared {
         pool,
+        config: url(pg)?,
         node: pg.node_id.clone(),
         salt: u64::from_le_bytes(salt),
         keys: ReplyKeys::new(keys),

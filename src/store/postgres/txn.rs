@@ -21,13 +21,13 @@
 //! keeps it so.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
-use tokio::runtime::Handle;
+use tokio::runtime::Runtime;
 use tokio_postgres::types::{Json, ToSql};
 use tokio_postgres::Row;
 
-use super::{db_id, from_db_id, id_key, Shared};
+use super::{db_id, from_db_id, id_key, Conn, Shared};
 use crate::clock::Millis;
 use crate::desk::records::{text_of, EventRec, MessageRec, OutboxRec, TicketRec};
 use crate::desk::{IdRow, StoreError, Txn};
@@ -41,48 +41,79 @@ type Param = Box<dyn ToSql + Sync + Send>;
 enum Deferred {
     Simple(&'static str),
     Exec(&'static str, Vec<Param>),
+    /// A Message-ID claim (`INSERT … ON CONFLICT DO NOTHING`): when it
+    /// inserted nothing, the conflict is settled after the round trip
+    /// ([`PgTxn::settle`]).
+    Claim(&'static str, Vec<Param>, Conflict),
+}
+
+/// What to do when a queued claim found its row taken.
+enum Conflict {
+    /// This message's own Message-ID.
+    Own {
+        message_id: String,
+        ticket: Option<i64>,
+        seq: i64,
+    },
+    /// An id this message names, claimed for `ticket`.
+    Named { id: String, ticket: TicketId },
 }
 
 /// The prepared statements of queued writes (cached per connection: a
 /// round trip only the first time a connection sees one).
 async fn prepare(
-    c: &deadpool_postgres::Client,
+    c: &Conn,
     pending: &[Deferred],
 ) -> Result<Vec<Option<tokio_postgres::Statement>>, StoreError> {
     let mut out = Vec::with_capacity(pending.len());
     for d in pending {
         out.push(match d {
             Deferred::Simple(_) => None,
-            Deferred::Exec(sql, _) => Some(c.prepare_cached(sql).await?),
+            Deferred::Exec(sql, _) | Deferred::Claim(sql, _, _) => {
+                Some(c.prepare_cached(sql).await?)
+            }
         });
     }
     Ok(out)
 }
 
 /// Sends queued writes pipelined: each request goes out when its future is
-/// first polled, and `join_all` polls them in order.
+/// first polled, and `join_all` polls them in order. The rows each changed.
 async fn run(
-    c: &deadpool_postgres::Client,
+    c: &Conn,
     pending: &[Deferred],
     statements: &[Option<tokio_postgres::Statement>],
-) -> Result<(), StoreError> {
+) -> Result<Vec<u64>, StoreError> {
     let futures = pending.iter().zip(statements).map(|(d, st)| async move {
         match (d, st) {
-            (Deferred::Simple(sql), _) => c.batch_execute(sql).await.map(drop),
-            (Deferred::Exec(_, params), Some(st)) => {
+            (Deferred::Simple(sql), _) => c.batch_execute(sql).await.map(|()| 0),
+            (Deferred::Exec(_, params) | Deferred::Claim(_, params, _), Some(st)) => {
                 let params: Vec<&(dyn ToSql + Sync)> = params
                     .iter()
                     .map(|p| p.as_ref() as &(dyn ToSql + Sync))
                     .collect();
-                c.execute(st, &params).await.map(drop)
+                c.execute(st, &params).await
             }
-            (Deferred::Exec(..), None) => Ok(()),
+            (Deferred::Exec(..) | Deferred::Claim(..), None) => Ok(0),
         }
     });
+    let mut counts = Vec::with_capacity(pending.len());
     for result in futures_util::future::join_all(futures).await {
-        result?;
+        counts.push(result?);
     }
-    Ok(())
+    Ok(counts)
+}
+
+/// The conflicts of the claims that inserted nothing.
+fn conflicts(pending: Vec<Deferred>, counts: &[u64]) -> Vec<Conflict> {
+    pending
+        .into_iter()
+        .zip(counts)
+        .filter_map(|(d, n)| match d {
+            Deferred::Claim(_, _, conflict) if *n == 0 => Some(conflict),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A record as a query parameter (`$n::text::jsonb`).
@@ -90,12 +121,18 @@ fn json<T: serde::Serialize>(value: &T) -> Param {
     Box::new(serde_json::to_string(value).unwrap_or_default())
 }
 
+/// The select list that draws ids ahead: message seqs for a message and
+/// the emails it causes, outbox ids for those emails (unused ones are gaps
+/// nobody sees).
+const IDS_AHEAD: &str = "ARRAY(SELECT nextval('message_seq') FROM generate_series(1, 4)), \
+                         ARRAY(SELECT nextval('outbox_seq') FROM generate_series(1, 3))";
+
 /// Raw bytes are stored in rows of at most this many bytes.
 pub(super) const CHUNK: usize = 256 * 1024;
 
 pub(super) struct PgTxn<'a> {
-    rt: &'a Handle,
-    c: &'a deadpool_postgres::Client,
+    rt: &'a Runtime,
+    c: &'a Conn,
     shared: &'a Shared,
     /// The batch this attempt belongs to (see `batches`).
     batch: i64,
@@ -109,15 +146,22 @@ pub(super) struct PgTxn<'a> {
     pending: RefCell<Vec<Deferred>>,
     /// Whether anything was sent (the savepoint among it).
     sent: Cell<bool>,
+    /// What this attempt read or wrote, so that it is not asked for again:
+    /// Message-ID rows, tickets (locked once read), message rows.
+    ids: RefCell<HashMap<String, Option<IdRow>>>,
+    tickets: RefCell<HashMap<TicketId, TicketRec>>,
+    messages: RefCell<HashMap<u64, MessageRec>>,
+    /// Message seqs drawn ahead (one round trip for a message and the
+    /// emails it causes; drawn after the ticket's lock, so still in order
+    /// on the ticket). Unused ones are gaps, never seen.
+    message_seqs: RefCell<Vec<u64>>,
+    outbox_ids: RefCell<Vec<u64>>,
+    /// Timeline entries not sent yet (ticket, at, kind, detail as JSON).
+    events: RefCell<Vec<(i64, Millis, String, String)>>,
 }
 
 impl<'a> PgTxn<'a> {
-    pub(super) fn new(
-        rt: &'a Handle,
-        c: &'a deadpool_postgres::Client,
-        shared: &'a Shared,
-        batch: i64,
-    ) -> Self {
+    pub(super) fn new(rt: &'a Runtime, c: &'a Conn, shared: &'a Shared, batch: i64) -> Self {
         PgTxn {
             rt,
             c,
@@ -129,6 +173,12 @@ impl<'a> PgTxn<'a> {
             raced: Cell::new(false),
             pending: RefCell::new(Vec::new()),
             sent: Cell::new(false),
+            ids: RefCell::new(HashMap::new()),
+            tickets: RefCell::new(HashMap::new()),
+            messages: RefCell::new(HashMap::new()),
+            message_seqs: RefCell::new(Vec::new()),
+            outbox_ids: RefCell::new(Vec::new()),
+            events: RefCell::new(Vec::new()),
         }
     }
 
@@ -169,56 +219,149 @@ impl<'a> PgTxn<'a> {
         self.sent.get()
     }
 
-    /// The queued writes, taken to be sent now.
+    /// The queued writes, taken to be sent now; the timeline entries
+    /// queued since the last time go last, as one statement (in their
+    /// order: their ids come from the sequence row by row).
     fn take_pending(&self) -> Vec<Deferred> {
         self.sent.set(true);
-        std::mem::take(&mut *self.pending.borrow_mut())
+        let mut pending = std::mem::take(&mut *self.pending.borrow_mut());
+        let events = std::mem::take(&mut *self.events.borrow_mut());
+        if !events.is_empty() {
+            let mut tickets = Vec::with_capacity(events.len());
+            let mut ats = Vec::with_capacity(events.len());
+            let mut kinds = Vec::with_capacity(events.len());
+            let mut details = Vec::with_capacity(events.len());
+            for (t, at, kind, detail) in events {
+                tickets.push(t);
+                ats.push(at);
+                kinds.push(kind);
+                details.push(detail);
+            }
+            pending.push(Deferred::Exec(
+                "INSERT INTO timeline (ticket_id, at, kind, detail)
+                 SELECT t, a, k, d::jsonb
+                 FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[])
+                      WITH ORDINALITY AS e(t, a, k, d, n)
+                 ORDER BY n",
+                vec![
+                    Box::new(tickets),
+                    Box::new(ats),
+                    Box::new(kinds),
+                    Box::new(details),
+                ],
+            ));
+        }
+        pending
     }
 
     /// Sends what is queued; the first error, if any.
     pub(super) fn finish(&self) -> Result<(), StoreError> {
-        let pending = self.take_pending();
-        if pending.is_empty() {
-            return Ok(());
+        loop {
+            let pending = self.take_pending();
+            if pending.is_empty() {
+                return Ok(());
+            }
+            let counts = self.rt.block_on(async {
+                let statements = prepare(self.c, &pending).await?;
+                run(self.c, &pending, &statements).await
+            })?;
+            // Settling may queue writes of its own: send those too.
+            self.settle(conflicts(pending, &counts))?;
         }
-        self.rt.block_on(async {
-            let statements = prepare(self.c, &pending).await?;
-            run(self.c, &pending, &statements).await
-        })
     }
 
     /// The queued writes, then `sql`, in one round trip.
     fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
         let pending = self.take_pending();
-        self.rt.block_on(async {
+        let (counts, rows) = self.rt.block_on(async {
             let statements = prepare(self.c, &pending).await?;
             let st = self.c.prepare_cached(sql).await?;
             let (writes, rows) = tokio::join!(
                 run(self.c, &pending, &statements),
                 self.c.query(&st, params)
             );
-            writes?;
-            Ok(rows?)
-        })
+            Ok::<_, StoreError>((writes?, rows?))
+        })?;
+        self.settle(conflicts(pending, &counts))?;
+        Ok(rows)
+    }
+
+    /// A queued claim found its Message-ID row taken: a row only named so
+    /// far (a reply came first) becomes this message's; a row that has a
+    /// message, or names another ticket though this attempt found the id
+    /// without one, means another node won a race since: [`PgTxn::raced`].
+    fn settle(&self, conflicts: Vec<Conflict>) -> Result<(), StoreError> {
+        for conflict in conflicts {
+            match conflict {
+                Conflict::Named { id, ticket } => {
+                    self.ids.borrow_mut().remove(&id);
+                    self.check_claim(&id, Some(ticket))?;
+                }
+                Conflict::Own {
+                    message_id,
+                    ticket,
+                    seq,
+                } => {
+                    let key = id_key(&message_id);
+                    let row = self.opt(
+                        "SELECT ticket_id, message FROM message_ids WHERE key = $1 FOR UPDATE",
+                        &[&key],
+                    )?;
+                    let (owner, stored) = match &row {
+                        Some(r) => (
+                            r.try_get::<_, Option<i64>>(0)?,
+                            r.try_get::<_, Option<i64>>(1)?,
+                        ),
+                        None => (None, None),
+                    };
+                    if stored.is_some_and(|s| s != seq) {
+                        self.raced.set(true);
+                        return Err(StoreError::Database(
+                            "the message was stored by another node meanwhile".into(),
+                        ));
+                    }
+                    if owner.is_some()
+                        && owner != ticket
+                        && self.absent.borrow().contains(&message_id)
+                    {
+                        self.raced.set(true);
+                    }
+                    self.later(
+                        "UPDATE message_ids SET ticket_id = $2, message = $3 WHERE key = $1",
+                        vec![Box::new(key), Box::new(ticket), Box::new(seq)],
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 
     fn opt(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, StoreError> {
         Ok(self.query(sql, params)?.into_iter().next())
     }
 
-    /// The queued writes, then `sql`; the rows `sql` changed.
-    fn exec(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
-        let pending = self.take_pending();
-        self.rt.block_on(async {
-            let statements = prepare(self.c, &pending).await?;
-            let st = self.c.prepare_cached(sql).await?;
-            let (writes, n) = tokio::join!(
-                run(self.c, &pending, &statements),
-                self.c.execute(&st, params)
-            );
-            writes?;
-            Ok(n?)
-        })
+    /// Message seqs and outbox ids drawn ahead, in one round trip.
+    fn draw_ids_ahead(&self) -> Result<(), StoreError> {
+        let row = self
+            .opt(&format!("SELECT 0::bigint, {IDS_AHEAD}"), &[])?
+            .ok_or_else(|| StoreError::Corrupt("the sequences gave nothing".into()))?;
+        self.take_ids_ahead(&row, 1)
+    }
+
+    /// The arrays of [`IDS_AHEAD`] from column `at` on, kept so that
+    /// `pop` gives the lowest first.
+    fn take_ids_ahead(&self, row: &Row, at: usize) -> Result<(), StoreError> {
+        let mut seqs: Vec<i64> = row.try_get(at)?;
+        let mut outbox: Vec<i64> = row.try_get(at + 1)?;
+        seqs.sort_unstable_by(|a, b| b.cmp(a));
+        outbox.sort_unstable_by(|a, b| b.cmp(a));
+        self.message_seqs
+            .borrow_mut()
+            .extend(seqs.into_iter().map(from_db_id));
+        self.outbox_ids
+            .borrow_mut()
+            .extend(outbox.into_iter().map(from_db_id));
+        Ok(())
     }
 
     fn next(&self, seq: &str) -> Result<u64, StoreError> {
@@ -245,6 +388,9 @@ impl<'a> PgTxn<'a> {
     }
 
     fn id_row(&self, id: &str) -> Result<Option<IdRow>, StoreError> {
+        if let Some(row) = self.ids.borrow().get(id) {
+            return Ok(*row);
+        }
         let row = self.opt(
             "SELECT ticket_id, message FROM message_ids WHERE key = $1",
             &[&id_key(id)],
@@ -259,6 +405,7 @@ impl<'a> PgTxn<'a> {
         if row.is_none_or(|r| r.ticket.is_none()) {
             self.absent.borrow_mut().insert(id.to_string());
         }
+        self.ids.borrow_mut().insert(id.to_string(), row);
         Ok(row)
     }
 
@@ -285,16 +432,41 @@ impl<'a> PgTxn<'a> {
 }
 
 impl Txn for PgTxn<'_> {
+    /// Draws the ticket id with the message seqs and outbox ids the
+    /// message will need, in one round trip.
     fn next_ticket_id(&mut self) -> Result<TicketId, StoreError> {
-        self.next("ticket_id_seq")
+        let need_more = self.message_seqs.borrow().is_empty();
+        if !need_more {
+            return self.next("ticket_id_seq");
+        }
+        let row = self
+            .opt(
+                &format!("SELECT nextval('ticket_id_seq'), {IDS_AHEAD}"),
+                &[],
+            )?
+            .ok_or_else(|| StoreError::Corrupt("the sequences gave nothing".into()))?;
+        self.take_ids_ahead(&row, 1)?;
+        Ok(from_db_id(row.try_get(0)?))
     }
 
     fn next_message_seq(&mut self) -> Result<u64, StoreError> {
-        self.next("message_seq")
+        if self.message_seqs.borrow().is_empty() {
+            self.draw_ids_ahead()?;
+        }
+        self.message_seqs
+            .borrow_mut()
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt("sequence message_seq gave nothing".into()))
     }
 
     fn next_outbox_id(&mut self) -> Result<u64, StoreError> {
-        self.next("outbox_seq")
+        if self.outbox_ids.borrow().is_empty() {
+            self.draw_ids_ahead()?;
+        }
+        self.outbox_ids
+            .borrow_mut()
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt("sequence outbox_seq gave nothing".into()))
     }
 
     fn salt(&self) -> u64 {
@@ -307,17 +479,25 @@ impl Txn for PgTxn<'_> {
 
     /// Locks the ticket's row until the batch commits.
     fn ticket(&self, id: TicketId) -> Result<Option<TicketRec>, StoreError> {
+        if let Some(t) = self.tickets.borrow().get(&id) {
+            return Ok(Some(t.clone()));
+        }
         let row = self.opt(
             "SELECT rec FROM tickets WHERE id = $1 FOR UPDATE",
             &[&db_id(id)],
         )?;
         match row {
-            Some(r) => Ok(Some(r.try_get::<_, Json<TicketRec>>(0)?.0)),
+            Some(r) => {
+                let t = r.try_get::<_, Json<TicketRec>>(0)?.0;
+                self.tickets.borrow_mut().insert(id, t.clone());
+                Ok(Some(t))
+            }
             None => Ok(None),
         }
     }
 
     fn put_ticket(&mut self, t: &TicketRec) -> Result<(), StoreError> {
+        self.tickets.borrow_mut().insert(t.id, t.clone());
         self.later(
             "INSERT INTO tickets (id, pipeline, status, created_at, updated_at, rec)
              VALUES ($1, $2, $3, $4, $5, $6::text::jsonb)
@@ -336,6 +516,9 @@ impl Txn for PgTxn<'_> {
     }
 
     fn message(&self, seq: u64) -> Result<Option<MessageRec>, StoreError> {
+        if let Some(m) = self.messages.borrow().get(&seq) {
+            return Ok(Some(m.clone()));
+        }
         let row = self.opt("SELECT rec FROM messages WHERE seq = $1", &[&db_id(seq)])?;
         match row {
             Some(r) => Ok(Some(r.try_get::<_, Json<MessageRec>>(0)?.0)),
@@ -367,41 +550,22 @@ impl Txn for PgTxn<'_> {
         let key = id_key(&rec.message_id);
         let seq = db_id(rec.seq);
         let ticket = rec.ticket.map(db_id);
-        let claimed = self.exec(
-            "INSERT INTO message_ids (key, message_id, ticket_id, message) VALUES ($1, $2, $3, $4)
-             ON CONFLICT DO NOTHING",
-            &[&key, &rec.message_id, &ticket, &seq],
-        )?;
-        if claimed == 0 {
-            let row = self.opt(
-                "SELECT ticket_id, message FROM message_ids WHERE key = $1 FOR UPDATE",
-                &[&key],
-            )?;
-            let (owner, stored) = match &row {
-                Some(r) => (
-                    r.try_get::<_, Option<i64>>(0)?,
-                    r.try_get::<_, Option<i64>>(1)?,
-                ),
-                None => (None, None),
-            };
-            if stored.is_some() {
-                self.raced.set(true);
-                return Err(StoreError::Database(
-                    "the message was stored by another node meanwhile".into(),
-                ));
-            }
-            if owner.is_some() && owner != ticket && self.absent.borrow().contains(&rec.message_id)
-            {
-                self.raced.set(true);
-            }
-            self.later(
-                "UPDATE message_ids SET ticket_id = $2, message = $3 WHERE key = $1",
-                vec![Box::new(key), Box::new(ticket), Box::new(seq)],
-            );
-        }
-        self.later(
-            "INSERT INTO messages (seq, ticket_id, message_id, node_id, batch, received_at, size, rec)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb)",
+        let parts: Vec<Vec<u8>> = if raw.is_empty() {
+            vec![Vec::new()]
+        } else {
+            raw.chunks(CHUNK).map(<[u8]>::to_vec).collect()
+        };
+        // The row, its raw bytes and the claim of its own Message-ID, in one
+        // statement (the count is the claim's).
+        self.pending.borrow_mut().push(Deferred::Claim(
+            "WITH m AS (
+               INSERT INTO messages (seq, ticket_id, message_id, node_id, batch, received_at, size, rec)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb)),
+             c AS (
+               INSERT INTO message_chunks (seq, part, data)
+               SELECT $1, (p - 1)::int, d FROM unnest($9::bytea[]) WITH ORDINALITY AS t(d, p))
+             INSERT INTO message_ids (key, message_id, ticket_id, message)
+             VALUES ($10, $3, $2, $1) ON CONFLICT DO NOTHING",
             vec![
                 Box::new(seq),
                 Box::new(ticket),
@@ -411,23 +575,23 @@ impl Txn for PgTxn<'_> {
                 Box::new(rec.received_at),
                 Box::new(i64::try_from(raw.len()).unwrap_or(i64::MAX)),
                 json(&*rec),
+                Box::new(parts),
+                Box::new(key),
             ],
+            Conflict::Own {
+                message_id: rec.message_id.clone(),
+                ticket,
+                seq,
+            },
+        ));
+        self.ids.borrow_mut().insert(
+            rec.message_id.clone(),
+            Some(IdRow {
+                ticket: rec.ticket,
+                seq: Some(rec.seq),
+            }),
         );
-        let chunks: Vec<&[u8]> = if raw.is_empty() {
-            vec![raw]
-        } else {
-            raw.chunks(CHUNK).collect()
-        };
-        for (part, data) in chunks.into_iter().enumerate() {
-            self.later(
-                "INSERT INTO message_chunks (seq, part, data) VALUES ($1, $2, $3)",
-                vec![
-                    Box::new(seq),
-                    Box::new(part as i32),
-                    Box::new(data.to_vec()),
-                ],
-            );
-        }
+        self.messages.borrow_mut().insert(rec.seq, rec.clone());
         Ok(())
     }
 
@@ -450,6 +614,8 @@ impl Txn for PgTxn<'_> {
                 "UPDATE message_ids SET ticket_id = $2 WHERE key = $1",
                 vec![Box::new(id_key(&rec.message_id)), Box::new(db_id(to))],
             );
+            self.ids.borrow_mut().remove(&rec.message_id);
+            self.messages.borrow_mut().insert(seq, rec);
         }
         Ok(())
     }
@@ -459,14 +625,31 @@ impl Txn for PgTxn<'_> {
     }
 
     fn add_reference(&mut self, id: &str, ticket: TicketId) -> Result<(), StoreError> {
-        let claimed = self.exec(
+        // A row this attempt has seen stays (it is not this call's to change).
+        if matches!(self.ids.borrow().get(id), Some(Some(_))) {
+            return Ok(());
+        }
+        self.pending.borrow_mut().push(Deferred::Claim(
             "INSERT INTO message_ids (key, message_id, ticket_id) VALUES ($1, $2, $3)
              ON CONFLICT DO NOTHING",
-            &[&id_key(id), &id, &db_id(ticket)],
-        )?;
-        if claimed == 0 {
-            self.check_claim(id, Some(ticket))?;
-        }
+            vec![
+                Box::new(id_key(id)),
+                Box::new(id.to_string()),
+                Box::new(db_id(ticket)),
+            ],
+            Conflict::Named {
+                id: id.to_string(),
+                ticket,
+            },
+        ));
+        // Taken for what it claims; a conflict, once known, forgets it.
+        self.ids.borrow_mut().insert(
+            id.to_string(),
+            Some(IdRow {
+                ticket: Some(ticket),
+                seq: None,
+            }),
+        );
         Ok(())
     }
 
@@ -477,15 +660,12 @@ impl Txn for PgTxn<'_> {
         kind: &str,
         detail: serde_json::Value,
     ) -> Result<(), StoreError> {
-        self.later(
-            "INSERT INTO timeline (ticket_id, at, kind, detail) VALUES ($1, $2, $3, $4::text::jsonb)",
-            vec![
-                Box::new(db_id(ticket)),
-                Box::new(at),
-                Box::new(kind.to_string()),
-                json(&detail),
-            ],
-        );
+        self.events.borrow_mut().push((
+            db_id(ticket),
+            at,
+            kind.to_string(),
+            serde_json::to_string(&detail).unwrap_or_default(),
+        ));
         Ok(())
     }
 
@@ -527,12 +707,11 @@ impl Txn for PgTxn<'_> {
     /// Locks the contact's row first, so that nodes count one after the
     /// other and the window slides exactly.
     fn auto_sent_last_hour(&self, addr: &str, now: Millis) -> Result<u64, StoreError> {
+        // The upsert locks the row, new or not; the count is a statement
+        // of its own, so that it sees what the previous holder committed.
         self.later(
-            "INSERT INTO contacts (email) VALUES ($1) ON CONFLICT DO NOTHING",
-            vec![Box::new(addr.to_string())],
-        );
-        self.later(
-            "SELECT 1 FROM contacts WHERE email = $1 FOR UPDATE",
+            "INSERT INTO contacts (email) VALUES ($1)
+             ON CONFLICT (email) DO UPDATE SET email = EXCLUDED.email",
             vec![Box::new(addr.to_string())],
         );
         let row = self.opt(
@@ -547,12 +726,13 @@ impl Txn for PgTxn<'_> {
 
     fn count_auto_sent(&mut self, addr: &str, now: Millis) -> Result<(), StoreError> {
         self.later(
-            "DELETE FROM auto_sent WHERE email = $1 AND at <= $2",
-            vec![Box::new(addr.to_string()), Box::new(now - HOUR)],
-        );
-        self.later(
-            "INSERT INTO auto_sent (email, at) VALUES ($1, $2)",
-            vec![Box::new(addr.to_string()), Box::new(now)],
+            "WITH old AS (DELETE FROM auto_sent WHERE email = $1 AND at <= $2)
+             INSERT INTO auto_sent (email, at) VALUES ($1, $3)",
+            vec![
+                Box::new(addr.to_string()),
+                Box::new(now - HOUR),
+                Box::new(now),
+            ],
         );
         Ok(())
     }

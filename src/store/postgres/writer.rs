@@ -20,11 +20,10 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tokio::runtime::Handle;
 use tokio::sync::Notify;
 
 use super::txn::{is_retryable, PgTxn};
-use super::{connection, Shared};
+use super::{Conn, Shared};
 use crate::clock::Millis;
 use crate::desk::StoreError;
 use crate::store::{Done, Job, WriterMsg};
@@ -39,14 +38,19 @@ const LOCK_TIMEOUT: &str = "5s";
 /// Starts one writer thread per queue.
 pub(in crate::store) fn spawn(
     queues: Vec<mpsc::Receiver<WriterMsg>>,
-    rt: Handle,
     shared: Arc<Shared>,
     outbox: Arc<Notify>,
 ) -> Result<Vec<JoinHandle<()>>, StoreError> {
     let mut threads = Vec::with_capacity(queues.len());
     for rx in queues {
+        // Each writer drives its own connection: statements and their
+        // replies never cross threads.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Database(format!("cannot start a writer's runtime: {e}")))?;
         let w = Writer {
-            rt: rt.clone(),
+            rt,
             shared: shared.clone(),
             conn: None,
         };
@@ -76,9 +80,9 @@ pub(in crate::store) fn spawn(
 }
 
 struct Writer {
-    rt: Handle,
+    rt: tokio::runtime::Runtime,
     shared: Arc<Shared>,
-    conn: Option<deadpool_postgres::Client>,
+    conn: Option<Conn>,
 }
 
 /// What one job came to inside the batch.
@@ -128,7 +132,7 @@ impl Writer {
     fn batch(&mut self, jobs: &mut [Option<Job>]) -> Result<bool, StoreError> {
         let started = std::time::Instant::now();
         if self.conn.is_none() {
-            let c = self.rt.block_on(connection(&self.shared.pool))?;
+            let c = self.rt.block_on(Conn::open(&self.shared))?;
             self.conn = Some(c);
         }
         let Some(c) = self.conn.as_ref() else {
@@ -183,7 +187,7 @@ impl Writer {
     /// `Err` only for what breaks the whole batch (the connection).
     fn one(
         &self,
-        c: &deadpool_postgres::Client,
+        c: &Conn,
         token: i64,
         job: &Job,
         now: Millis,
@@ -277,7 +281,7 @@ async fn begin(c: &tokio_postgres::Client, token: i64, node: &str) -> Result<Mil
 
 /// Whether the batch with `token` was committed.
 async fn probe(shared: &Shared, token: i64) -> Result<bool, StoreError> {
-    let c = connection(&shared.pool).await?;
+    let c = Conn::open(shared).await?;
     Ok(
         c.query_opt("SELECT 1 FROM batches WHERE token = $1", &[&token])
             .await?
