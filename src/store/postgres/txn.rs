@@ -39,7 +39,7 @@ type Param = Box<dyn ToSql + Sync + Send>;
 
 /// A write queued by [`PgTxn::later`].
 enum Deferred {
-    Simple(&'static str),
+    Simple(std::borrow::Cow<'static, str>),
     Exec(&'static str, Vec<Param>),
     /// A Message-ID claim (`INSERT … ON CONFLICT DO NOTHING`): when it
     /// inserted nothing, the conflict is settled after the round trip
@@ -208,9 +208,47 @@ impl<'a> PgTxn<'a> {
         self.pending.borrow_mut().push(Deferred::Exec(sql, params));
     }
 
-    /// Queues a statement without parameters (a savepoint's).
-    pub(super) fn later_simple(&self, sql: &'static str) {
-        self.pending.borrow_mut().push(Deferred::Simple(sql));
+    /// Queues statements without parameters (a savepoint's, the batch's
+    /// BEGIN).
+    pub(super) fn later_simple(&self, sql: impl Into<std::borrow::Cow<'static, str>>) {
+        self.pending.borrow_mut().push(Deferred::Simple(sql.into()));
+    }
+
+    /// Reads the rows of all the Message-IDs a message names (its own, its
+    /// In-Reply-To and References) in one round trip, for threading and
+    /// the duplicate check to find in the cache.
+    pub(super) fn prefetch_ids(&self, ids: &[&str]) -> Result<(), StoreError> {
+        let wanted: Vec<&str> = ids
+            .iter()
+            .copied()
+            .filter(|id| !self.ids.borrow().contains_key(*id))
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<Vec<u8>> = wanted.iter().map(|id| id_key(id)).collect();
+        let rows = self.query(
+            "SELECT key, ticket_id, message FROM message_ids WHERE key = ANY($1)",
+            &[&keys],
+        )?;
+        let mut found: HashMap<Vec<u8>, IdRow> = HashMap::new();
+        for r in rows {
+            found.insert(
+                r.try_get(0)?,
+                IdRow {
+                    ticket: r.try_get::<_, Option<i64>>(1)?.map(from_db_id),
+                    seq: r.try_get::<_, Option<i64>>(2)?.map(from_db_id),
+                },
+            );
+        }
+        for (id, key) in wanted.into_iter().zip(keys) {
+            let row = found.get(&key).copied();
+            if row.is_none_or(|r| r.ticket.is_none()) {
+                self.absent.borrow_mut().insert(id.to_string());
+            }
+            self.ids.borrow_mut().insert(id.to_string(), row);
+        }
+        Ok(())
     }
 
     /// Whether any statement went to the database (else there is nothing

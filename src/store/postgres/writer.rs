@@ -53,6 +53,7 @@ pub(in crate::store) fn spawn(
             rt,
             shared: shared.clone(),
             conn: None,
+            clock: None,
         };
         let outbox = outbox.clone();
         let thread = std::thread::Builder::new()
@@ -83,7 +84,15 @@ struct Writer {
     rt: tokio::runtime::Runtime,
     shared: Arc<Shared>,
     conn: Option<Conn>,
+    /// The database's time (ms) as last read, and when: `now` for a batch
+    /// is that plus the time since (monotonic), read again every
+    /// [`CLOCK_REFRESH`] and on every new connection.
+    clock: Option<(std::time::Instant, Millis)>,
 }
+
+/// How long the database's time read at the start of a batch is used for
+/// the batches after it.
+const CLOCK_REFRESH: Duration = Duration::from_secs(10);
 
 /// What one job came to inside the batch.
 type Answer = Result<Done, StoreError>;
@@ -134,6 +143,7 @@ impl Writer {
         if self.conn.is_none() {
             let c = self.rt.block_on(Conn::open(&self.shared))?;
             self.conn = Some(c);
+            self.clock = None;
         }
         let Some(c) = self.conn.as_ref() else {
             return Err(StoreError::Unavailable);
@@ -142,7 +152,28 @@ impl Writer {
         getrandom::getrandom(&mut token_bytes)
             .map_err(|e| StoreError::Database(format!("drawing a batch token: {e}")))?;
         let token = i64::from_le_bytes(token_bytes) & i64::MAX;
-        let now = self.rt.block_on(begin(c, token, &self.shared.node))?;
+        // `node` is a validated node name (letters, digits, . - _): safe to
+        // quote literally.
+        let begin_sql = format!(
+            "BEGIN; SET LOCAL lock_timeout = '{LOCK_TIMEOUT}';
+             INSERT INTO batches (token, node_id) VALUES ({token}, '{}')",
+            self.shared.node
+        );
+        // The database's time: read with the BEGIN (a round trip of its
+        // own) when due; otherwise the BEGIN goes with the first job's
+        // first statement.
+        let mut begin = Some(begin_sql);
+        let now = match self.clock {
+            Some((at, ms)) if at.elapsed() < CLOCK_REFRESH => {
+                ms + i64::try_from(at.elapsed().as_millis()).unwrap_or(0)
+            }
+            _ => {
+                let sql = begin.take().unwrap_or_default();
+                let ms = self.rt.block_on(begin_with_time(c, &sql))?;
+                self.clock = Some((std::time::Instant::now(), ms));
+                ms
+            }
+        };
         let mut answers: Vec<Option<Answer>> = Vec::with_capacity(jobs.len());
         let mut queued = false;
         for job in jobs.iter() {
@@ -150,12 +181,19 @@ impl Writer {
                 answers.push(None);
                 continue;
             };
-            let (answer, q) = self.one(c, token, job, now)?;
+            let (answer, q) = self.one(c, token, job, now, &mut begin)?;
             queued |= q;
             answers.push(Some(answer));
         }
         crate::failpoint::hit("store.before_commit");
-        match self.rt.block_on(c.batch_execute("COMMIT")) {
+        // Nothing was sent (every job failed before its first statement):
+        // no transaction to commit.
+        let commit = if begin.is_some() {
+            Ok(())
+        } else {
+            self.rt.block_on(c.batch_execute("COMMIT"))
+        };
+        match commit {
             Ok(()) => {}
             Err(e) => {
                 // The outcome is unknown if the connection broke: ask a
@@ -191,6 +229,7 @@ impl Writer {
         token: i64,
         job: &Job,
         now: Millis,
+        begin: &mut Option<String>,
     ) -> Result<(Answer, bool), StoreError> {
         let mut last = None;
         for attempt in 0..ATTEMPTS {
@@ -202,10 +241,31 @@ impl Writer {
                 ));
             }
             let mut txn = PgTxn::new(&self.rt, c, &self.shared, token);
-            // Sent with the job's first statement (see `PgTxn::later`).
+            // Sent with the job's first statement (see `PgTxn::later`):
+            // the batch's BEGIN if not sent yet, the job's savepoint.
+            let opening = begin.clone();
+            if let Some(sql) = &opening {
+                txn.later_simple(sql.clone());
+            }
             txn.later_simple("SAVEPOINT job");
+            if let crate::store::StoreCmd::Ingest(inb) = &job.cmd {
+                let p = &inb.parsed;
+                let ids: Vec<&str> = std::iter::once(p.message_id.as_str())
+                    .chain(p.in_reply_to.iter().map(String::as_str))
+                    .chain(p.references.iter().map(String::as_str))
+                    .collect();
+                let fetched = txn.prefetch_ids(&ids);
+                if opening.is_some() && txn.sent() {
+                    *begin = None;
+                }
+                fetched?;
+            }
             if let crate::store::StoreCmd::Delivered { id, lease, .. } = &job.cmd {
-                if !txn.holds_lease(*id, *lease)? {
+                let held = txn.holds_lease(*id, *lease);
+                if txn.sent() {
+                    *begin = None;
+                }
+                if !held? {
                     txn.later_simple("RELEASE SAVEPOINT job");
                     txn.finish()?;
                     tracing::warn!(outbox = id, "outbox: the lease on this email ran out before its delivery was recorded; another node may send it again");
@@ -224,6 +284,9 @@ impl Writer {
             };
             let (queued, sent) = (txn.queued_mail, txn.sent());
             drop(txn);
+            if sent {
+                *begin = None;
+            }
             match result {
                 Ok(done) if !raced => return Ok((Ok(done), queued)),
                 other => {
@@ -258,14 +321,9 @@ impl Writer {
 
 /// Opens the batch's transaction, records its token, and returns the
 /// database's time (milliseconds): one round trip.
-async fn begin(c: &tokio_postgres::Client, token: i64, node: &str) -> Result<Millis, StoreError> {
-    // `node` is a validated node name (letters, digits, . - _): safe to
-    // quote literally here.
-    let sql = format!(
-        "BEGIN; SET LOCAL lock_timeout = '{LOCK_TIMEOUT}';
-         INSERT INTO batches (token, node_id) VALUES ({token}, '{node}');
-         SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint::text"
-    );
+async fn begin_with_time(c: &tokio_postgres::Client, begin: &str) -> Result<Millis, StoreError> {
+    let sql =
+        format!("{begin}; SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint::text");
     let rows = c.simple_query(&sql).await?;
     for m in rows {
         if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
