@@ -67,6 +67,8 @@ pub async fn bind(config: Config) -> Result<Bound, BindError> {
     }
     let admin_path = config.server.admin_socket.clone();
     let admin = admin::bind(&admin_path).await?;
+    let config = Arc::new(ConfigCell::new(config));
+    store.watch_config(config.clone());
     Ok(Bound {
         smtp_addrs,
         admin_path,
@@ -74,7 +76,7 @@ pub async fn bind(config: Config) -> Result<Bound, BindError> {
         admin,
         store,
         writer,
-        config: Arc::new(ConfigCell::new(config)),
+        config,
     })
 }
 

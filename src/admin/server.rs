@@ -140,8 +140,23 @@ async fn handle(req: Request, ctx: &AdminCtx) -> Response {
                         "storage": { "engine": ctx.store.engine() },
                     });
                     if let crate::config::Storage::Postgres(pg) = &cfg.storage {
+                        // Nodes on another configuration run other rules
+                        // on the same tickets: say so (SPEC §8).
+                        let mine = ctx.store.fingerprint().unwrap_or_default();
+                        let warnings: Vec<String> = nodes
+                            .iter()
+                            .filter(|n| n.node_id != pg.node_id && n.config_hash != mine)
+                            .map(|n| {
+                                format!(
+                                    "node {} runs another configuration than this one (config_hash {} here, {} there): keep the config and templates the same on every node",
+                                    n.node_id, mine, n.config_hash
+                                )
+                            })
+                            .collect();
                         body["node"] = json!(pg.node_id);
+                        body["config_hash"] = json!(mine);
                         body["nodes"] = to_value(nodes);
+                        body["warnings"] = json!(warnings);
                     }
                     Ok(body)
                 }
@@ -211,7 +226,10 @@ async fn handle(req: Request, ctx: &AdminCtx) -> Response {
             let Ok(inb) = parsing.await else {
                 return Response::err("internal", "parsing the message failed");
             };
-            match ctx.store.ingest(inb).await {
+            // Imported messages keep their order (a thread's parent before
+            // its replies, a ticket before mail to its plus address), on any
+            // engine: `submit` applies them one after the other.
+            match ctx.store.submit(inb).await {
                 Ok(o) => Ok(import_outcome_json(&o)),
                 Err(e) => Err(e),
             }

@@ -125,6 +125,8 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
 
     let mut problems = cx.problems;
     if problems.is_empty() {
+        let mut config = config;
+        config.fingerprint = fingerprint(&text, &config.server.templates);
         return Ok(config);
     }
     // Config file first, in file order; then templates by path. Stable, so
@@ -133,6 +135,51 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
         (a.file != path, &a.file, a.line, a.col).cmp(&(b.file != path, &b.file, b.line, b.col))
     });
     Err(Problems(problems))
+}
+
+/// What must be the same on every node of a cluster (SPEC §8): the config's
+/// values — in a canonical form, comments and layout aside — without the
+/// keys that are each node's own (`server.listen`, `server.data_dir`,
+/// `server.admin_socket`, `storage.node_id`, `outbound.dir`), and every
+/// template file.
+/// Hex SHA-256, shortened; only compared, never trusted.
+fn fingerprint(text: &str, templates: &Path) -> String {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    if let Ok(mut table) = text.parse::<toml::Table>() {
+        if let Some(toml::Value::Table(server)) = table.get_mut("server") {
+            for key in ["listen", "data_dir", "admin_socket"] {
+                server.remove(key);
+            }
+        }
+        if let Some(toml::Value::Table(storage)) = table.get_mut("storage") {
+            storage.remove("node_id");
+        }
+        // The file transport's folder is each node's own too.
+        if let Some(toml::Value::Table(outbound)) = table.get_mut("outbound") {
+            outbound.remove("dir");
+        }
+        // serde_json's maps are sorted: one text for equal values.
+        if let Ok(value) = serde_json::to_value(&table) {
+            hash.update(value.to_string().as_bytes());
+        }
+    }
+    let mut files: Vec<_> = std::fs::read_dir(templates)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    for f in files {
+        if f.extension().is_some_and(|e| e == "hbs") {
+            if let (Some(name), Ok(bytes)) = (f.file_name(), std::fs::read(&f)) {
+                hash.update(name.as_encoded_bytes());
+                hash.update([0]);
+                hash.update(&bytes);
+                hash.update([0]);
+            }
+        }
+    }
+    let digest = hash.finalize();
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 /// 1-based line and column (in characters) of byte `offset` in `text`.

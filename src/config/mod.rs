@@ -43,6 +43,9 @@ pub struct Config {
     /// The template folder (`server.templates`), compiled and checked: every
     /// template a workflow names renders, and names no unknown variable.
     pub templates: std::sync::Arc<crate::mail::Templates>,
+    /// What every node of a cluster must share, hashed (see
+    /// `load::fingerprint`): `health` warns when live nodes differ.
+    pub fingerprint: String,
 }
 
 #[derive(Debug, Clone)]

@@ -103,6 +103,7 @@ pub(super) fn validate(
         pipelines: pipelines.list,
         workflows,
         templates: Arc::new(compiled),
+        fingerprint: String::new(),
     }
 }
 

@@ -258,4 +258,7 @@ pub struct NodeView {
     pub version: String,
     pub started_at: String,
     pub last_seen: String,
+    /// The node's config fingerprint (all but its own keys, and the
+    /// templates): nodes that differ run different automation.
+    pub config_hash: String,
 }

@@ -31,10 +31,6 @@ const IN_FLIGHT: usize = 8;
 /// gets all of it.
 const NICE: i32 = 10;
 
-/// How often the claims on the emails of a pass are renewed (engines with
-/// several nodes): well inside their lease.
-const RENEW: Duration = Duration::from_secs(15);
-
 /// Longest sleep between passes when nothing is due (a safety net; commits
 /// that queue mail wake the worker).
 const IDLE: Duration = Duration::from_secs(60);
@@ -227,7 +223,7 @@ async fn renew(store: &Store, leases: &[(u64, u64)]) {
         return std::future::pending().await;
     }
     loop {
-        tokio::time::sleep(RENEW).await;
+        tokio::time::sleep(store.renew_every()).await;
         if let Err(e) = store.renew(leases).await {
             tracing::warn!(error = %e, "outbox: cannot renew the claims on the emails being sent; another node may send them too");
         }

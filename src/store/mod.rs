@@ -153,7 +153,7 @@ impl Store {
                     .map_err(|_| StoreError::Unavailable)?
             }
             Storage::Postgres(pg) => {
-                let shared = postgres::open(pg).await?;
+                let shared = postgres::open(pg, &config.fingerprint).await?;
                 tokio::spawn(postgres::heartbeat(Arc::downgrade(&shared)));
                 let (senders, queues): (Vec<_>, Vec<_>) =
                     (0..pg.pool_size.max(1)).map(|_| mpsc::channel()).unzip();
@@ -448,6 +448,40 @@ impl Store {
         match &self.engine {
             Engine::Redb(_) => Ok(()),
             Engine::Postgres(s) => postgres::read::renew(s, leases).await,
+        }
+    }
+
+    /// How often the outbox worker renews its claims while it sends: a
+    /// third of the lease.
+    pub fn renew_every(&self) -> std::time::Duration {
+        match &self.engine {
+            Engine::Redb(_) => std::time::Duration::from_secs(15),
+            Engine::Postgres(_) => {
+                std::time::Duration::from_secs_f64(postgres::read::lease_secs() / 3.0)
+            }
+        }
+    }
+
+    /// The live config, whose fingerprint the heartbeat reports (engines
+    /// with several nodes: `health` compares them).
+    pub fn watch_config(&self, cell: Arc<crate::config::ConfigCell>) {
+        if let Engine::Postgres(s) = &self.engine {
+            let _ = s.live.set(cell);
+        }
+    }
+
+    /// This node's config fingerprint as the store reports it.
+    pub fn fingerprint(&self) -> Option<String> {
+        match &self.engine {
+            Engine::Redb(_) => None,
+            Engine::Postgres(s) => Some(match s.live.get() {
+                Some(cell) => cell.get().fingerprint.clone(),
+                None => s
+                    .fingerprint
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+            }),
         }
     }
 

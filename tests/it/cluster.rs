@@ -445,6 +445,7 @@ fn health_lists_every_live_node() {
         .map(|n| n["node_id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["n1", "n2"], "{h:#}");
+    assert_eq!(h["warnings"], json!([]), "one configuration: {h:#}");
     // A reply written at one node is read at the other at once.
     let id = c.node(0).send_ok(&msg());
     c.node(0)
@@ -679,4 +680,67 @@ fn the_database_going_away_gets_451_and_service_comes_back_by_itself() {
     for mid in &accepted {
         assert!(d.message(mid).is_some(), "{mid} got 250 but is not stored");
     }
+}
+
+/// C6: a node killed while it is sending an email (the relay holds the
+/// transaction): the other node sends it once the lease ran out, and the
+/// email is recorded sent once; the other emails go out once each.
+#[test]
+fn a_node_killed_while_sending_leaves_the_email_to_another() {
+    let sink = crate::support::sink::Sink::start();
+    let config = crate::support::config_with(
+        ACK_NEW,
+        &[(
+            "transport = \"file\"\ndir = \"{dir}/sent\"",
+            &format!("transport = \"smtp\"\nurl = \"{}\"", sink.url()),
+        )],
+    );
+    let lease = |_| vec![("POSTDESK_LEASE_SECS".to_string(), "2".to_string())];
+    let Some(mut c) = Cluster::start(
+        "a_node_killed_while_sending_leaves_the_email_to_another",
+        2,
+        &config,
+        lease,
+    ) else {
+        return;
+    };
+    // Two other emails first, sent normally.
+    for i in 0..2 {
+        c.node(i).send_ok(&msg().from(&format!("o{i}@example.com")));
+    }
+    sink.wait_accepted(2, DEADLINE);
+    sink.set_hang_rcpt(Some("held@example.com"));
+    let id = c.node(0).send_ok(&msg().from("Held <held@example.com>"));
+    let owner = wait_until(DEADLINE, "a node sending the held email", || {
+        let owner = c.sql(
+            "SELECT lease_owner FROM outbox WHERE state = 'queued' AND lease_owner IS NOT NULL",
+        );
+        match owner.trim() {
+            "n1" => Ok(0),
+            "n2" => Ok(1),
+            other => Err(format!("lease owner {other:?}")),
+        }
+    });
+    c.nodes[owner].kill9();
+    sink.set_hang_rcpt(None);
+    let other = 1 - owner;
+    wait_until(DEADLINE, "the other node to send it", || {
+        let t = c.node(other).ticket(id);
+        if kinds_count(&t, "email_sent") == 1 {
+            Ok(())
+        } else {
+            Err(format!("{:?}", timeline_kinds(&t)))
+        }
+    });
+    let held: Vec<_> = sink
+        .accepted()
+        .into_iter()
+        .filter(|t| t.rcpt.iter().any(|r| r == "held@example.com"))
+        .collect();
+    assert_eq!(
+        held.len(),
+        1,
+        "the held email, once (it never got past RCPT at the dead node)"
+    );
+    assert_eq!(sink.accepted().len(), 3);
 }

@@ -40,6 +40,10 @@ pub(in crate::store) struct Shared {
     pub node: String,
     pub salt: u64,
     pub keys: ReplyKeys,
+    /// This node's config fingerprint, as the heartbeat reports it: the
+    /// one the store was opened with, then the live config's.
+    pub fingerprint: std::sync::Mutex<String>,
+    pub live: std::sync::OnceLock<Arc<crate::config::ConfigCell>>,
 }
 
 /// Reads the URL from `url_file` (trimmed); the error names the file only.
@@ -228,7 +232,10 @@ pub async fn migrate(pg: &Postgres) -> Result<Migrated, StoreError> {
 
 /// Opens the engine: checks the schema and the durability settings, draws
 /// or reads the store's secrets, registers this node.
-pub(in crate::store) async fn open(pg: &Postgres) -> Result<Arc<Shared>, StoreError> {
+pub(in crate::store) async fn open(
+    pg: &Postgres,
+    fingerprint: &str,
+) -> Result<Arc<Shared>, StoreError> {
     // Reads, the outbox claim and the heartbeat; the writers have their own.
     let pool = pool(pg, 4)?;
     let c = connection(&pool).await?;
@@ -262,7 +269,7 @@ pub(in crate::store) async fn open(pg: &Postgres) -> Result<Arc<Shared>, StoreEr
         &[&pg.node_id],
     )
     .await?;
-    register(&c, pg).await?;
+    register(&c, pg, fingerprint).await?;
     let keys = secret(&c, "reply_key", 32).await?;
     let salt = secret(&c, "message_id_salt", 8).await?;
     let keys: [u8; 32] = keys
@@ -278,6 +285,8 @@ pub(in crate::store) async fn open(pg: &Postgres) -> Result<Arc<Shared>, StoreEr
         node: pg.node_id.clone(),
         salt: u64::from_le_bytes(salt),
         keys: ReplyKeys::new(keys),
+        fingerprint: std::sync::Mutex::new(fingerprint.to_string()),
+        live: std::sync::OnceLock::new(),
     }))
 }
 
@@ -312,9 +321,18 @@ pub(in crate::store) async fn heartbeat(shared: std::sync::Weak<Shared>) {
         let Some(s) = shared.upgrade() else { return };
         let result = async {
             let c = connection(&s.pool).await?;
+            if let Some(cell) = s.live.get() {
+                let now = cell.get().fingerprint.clone();
+                *s.fingerprint.lock().unwrap_or_else(|p| p.into_inner()) = now;
+            }
+            let fingerprint = s
+                .fingerprint
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
             c.execute(
-                "UPDATE nodes SET last_seen = now() WHERE node_id = $1",
-                &[&s.node],
+                "UPDATE nodes SET last_seen = now(), config_hash = $2 WHERE node_id = $1",
+                &[&s.node, &fingerprint],
             )
             .await?;
             if beats % 60 == 0 {
@@ -335,18 +353,23 @@ pub(in crate::store) async fn heartbeat(shared: std::sync::Weak<Shared>) {
 }
 
 /// Records this node in `nodes` (its heartbeat row).
-async fn register(c: &tokio_postgres::Client, pg: &Postgres) -> Result<(), StoreError> {
+async fn register(
+    c: &tokio_postgres::Client,
+    pg: &Postgres,
+    fingerprint: &str,
+) -> Result<(), StoreError> {
     c.execute(
         "INSERT INTO nodes (node_id, hostname, version, schema_version, config_hash, started_at, last_seen)
-         VALUES ($1, $2, $3, $4, '', now(), now())
+         VALUES ($1, $2, $3, $4, $5, now(), now())
          ON CONFLICT (node_id) DO UPDATE SET hostname = EXCLUDED.hostname,
            version = EXCLUDED.version, schema_version = EXCLUDED.schema_version,
-           started_at = now(), last_seen = now()",
+           config_hash = EXCLUDED.config_hash, started_at = now(), last_seen = now()",
         &[
             &pg.node_id,
             &crate::config::host_name(),
             &env!("CARGO_PKG_VERSION"),
             &schema::VERSION,
+            &fingerprint,
         ],
     )
     .await?;

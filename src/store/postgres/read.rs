@@ -26,7 +26,7 @@ pub const LEASE_SECS: i64 = 45;
 
 /// [`LEASE_SECS`]; debug builds take `POSTDESK_LEASE_SECS` (tests of a
 /// dead node's emails do not wait 45 s).
-fn lease_secs() -> f64 {
+pub(in crate::store) fn lease_secs() -> f64 {
     #[cfg(debug_assertions)]
     if let Some(secs) = std::env::var("POSTDESK_LEASE_SECS")
         .ok()
@@ -296,7 +296,7 @@ pub async fn nodes(s: &Shared) -> Result<Vec<NodeView>, StoreError> {
         .query(
             "SELECT node_id, hostname, version,
                     (extract(epoch FROM started_at) * 1000)::bigint,
-                    (extract(epoch FROM last_seen) * 1000)::bigint
+                    (extract(epoch FROM last_seen) * 1000)::bigint, config_hash
              FROM nodes WHERE last_seen > now() - interval '1 minute' ORDER BY node_id",
             &[],
         )
@@ -309,6 +309,7 @@ pub async fn nodes(s: &Shared) -> Result<Vec<NodeView>, StoreError> {
                 version: r.try_get(2)?,
                 started_at: crate::clock::rfc3339(r.try_get(3)?),
                 last_seen: crate::clock::rfc3339(r.try_get(4)?),
+                config_hash: r.try_get(5)?,
             })
         })
         .collect()
