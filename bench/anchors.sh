@@ -9,8 +9,21 @@
 #            was already running is left running.
 #   daemon   the project's daemon on :2525, when DAEMON=1 (already listening) or
 #            DAEMON_CMD='...' (started here, stopped by PID at the end)
+#   other    any other name in TARGETS is a per-cell target run by CELL_HOOK
+#            (a script, run with bash): `CELL_HOOK ports T` prints its ports
+#            (one per server process; several = the load is split between
+#            them), `CELL_HOOK up T DIR` prepares a fresh store for one
+#            size x mode x C cell and prints one command per line, which are
+#            started here (as our children), waited for on their ports and
+#            warmed up (1 s at C); after the cell's runs, `CELL_HOOK stats T
+#            DIR` (stdout -> DIR/stats.json), the processes are stopped by PID
+#            and `CELL_HOOK down T DIR` removes the store (also on exit).
+#            DIR is $OUT/cells/T-SIZE-MODE-C. bench/pg-cell.sh is one.
 # Clients: smtp-load.py (msgs/s + latency percentiles) and smtp-source (Postfix's
-# C generator: msgs/s only, lowest client CPU). For every size x mode x C x run,
+# C generator: msgs/s only, lowest client CPU). A target with several ports:
+# smtp-load.py spreads its sessions over them in one window; smtp-source runs
+# once per port at the same time (C and the count split evenly), msgs/s = all
+# messages / the time until the last one finished. For every size x mode x C x run,
 # every target is measured back to back, so all columns share the machine state.
 #
 # Knobs (env, defaults):
@@ -45,6 +58,7 @@ mkdir -p "$OUT" || exit 2
 : >"$OUT/load.jsonl"; : >"$OUT/source.jsonl"; : >"$OUT/mem.jsonl"
 
 SINK_PID=""; DAEMON_PID=""; PF_STARTED=0; SAMPLER_PID=""
+declare -A CELL_PORTS=() CELL_PIDS=() CELL_DIRS=() CELL_OK=()
 stop_pid() {   # stop one process we started, by PID: TERM, then KILL after 10 s
   local p=$1
   kill "$p" 2>/dev/null || return 0
@@ -68,8 +82,50 @@ if len(sys.argv) > 4 and "box_idle_pct" not in d:   # smtp-load measures its own
 print(json.dumps(d))
 PY
 }
+is_cell() { [ -n "${CELL_PORTS[$1]:-}" ]; }
+# cell_down T [nostats]: the cell's stats, its processes stopped, its store removed
+cell_down() {
+  local t=$1 d=${CELL_DIRS[$1]:-} p
+  [ -n "$d" ] || return 0
+  if [ -n "${CELL_PIDS[$t]:-}" ]; then
+    if [ "${2:-}" != nostats ]; then
+      timeout -k 5 30 bash "$CELL_HOOK" stats "$t" "$d" >"$d/stats.json" 2>"$d/stats.err" \
+        || echo "# $t: stats failed: $(head -c 200 "$d/stats.err")" >&2
+    fi
+    for p in ${CELL_PIDS[$t]}; do stop_pid "$p"; done
+    CELL_PIDS[$t]=""
+  fi
+  bash "$CELL_HOOK" down "$t" "$d" || echo "# $t: CELL_HOOK down failed for $d" >&2
+  unset "CELL_DIRS[$t]"
+}
+# cell_up T SIZE MODE C: a fresh store and its processes for one cell (0 = ready)
+cell_up() {
+  local t=$1 d=$OUT/cells/$1-$2-$3-$4 c=$4 cmd k=0 p pids=()
+  mkdir -p "$d" || return 1
+  CELL_DIRS[$t]=$d
+  for p in ${CELL_PORTS[$t]}; do
+    listening "$p" && { echo "# $t: port $p busy; skipping this cell" >&2; return 1; }
+  done
+  bash "$CELL_HOOK" up "$t" "$d" >"$d/cmds" || { echo "# $t: CELL_HOOK up failed" >&2; return 1; }
+  while IFS= read -r cmd; do
+    [ -n "$cmd" ] || continue
+    k=$((k + 1))
+    bash -c "exec $cmd" >"$d/daemon-$k.log" 2>&1 </dev/null &
+    pids+=("$!")
+  done <"$d/cmds"
+  CELL_PIDS[$t]="${pids[*]}"
+  [ "$k" -ge 1 ] || { echo "# $t: CELL_HOOK up printed no command" >&2; return 1; }
+  for p in ${CELL_PORTS[$t]}; do
+    wait_listen "$p" || { echo "# $t: nothing listening on 127.0.0.1:$p: $(tail -n 3 "$d"/daemon-*.log)" >&2; return 1; }
+  done
+  p=${CELL_PORTS[$t]}
+  python3 "$HERE/smtp-load.py" --port "${p// /,}" -c "$c" --count 100000 \
+    --max-seconds 1 --size 4096 "${RCPT_ARGS[@]}" --timeout 10 >/dev/null 2>&1
+  return 0
+}
 cleanup() {
   [ -n "$SAMPLER_PID" ] && stop_pid "$SAMPLER_PID"
+  for t in "${!CELL_DIRS[@]}"; do cell_down "$t" nostats; done
   [ -n "$SINK_PID" ] && stop_pid "$SINK_PID" && echo "# smtp-sink stopped" >&2
   [ -n "$DAEMON_PID" ] && stop_pid "$DAEMON_PID" && echo "# daemon stopped" >&2
   if [ "$PF_STARTED" = 1 ]; then postfix stop >/dev/null 2>&1; echo "# postfix stopped (started here)" >&2; fi
@@ -79,13 +135,15 @@ trap 'exit 130' INT TERM
 
 listening() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q "127.0.0.1:$1 "; }
 wait_listen() { for _ in $(seq 1 100); do listening "$1" && return 0; sleep 0.1; done; return 1; }
-port_for() { case $1 in sink) echo $SINK_PORT;; postfix) echo $POSTFIX_PORT;; daemon) echo "$DAEMON_PORT";; esac; }
+port_for() { case $1 in sink) echo $SINK_PORT;; postfix) echo $POSTFIX_PORT;; daemon) echo "$DAEMON_PORT";;
+  *) echo "${CELL_PORTS[$1]:-}";; esac; }
 pid_for() {    # the PID whose memory we report
   case $1 in
     sink) echo "$SINK_PID";;
     postfix) cat "$(postconf -h queue_directory)/pid/master.pid" 2>/dev/null | tr -d ' ';;
     daemon) if [ -n "$DAEMON_PID" ]; then echo "$DAEMON_PID"; else
               ss -Hltnp "sport = :$DAEMON_PORT" 2>/dev/null | grep -o 'pid=[0-9]*' | head -n1 | cut -d= -f2; fi;;
+    *) local ps=${CELL_PIDS[$1]:-}; echo "${ps%% *}";;   # the first node's
   esac
 }
 pf_queue_files() {
@@ -129,7 +187,10 @@ for t in $TARGETS; do case $t in
       DAEMON_PID=$!
     fi
     wait_listen "$DAEMON_PORT" || { echo "nothing listening on 127.0.0.1:$DAEMON_PORT" >&2; exit 2; } ;;
-  *) echo "unknown target $t" >&2; exit 2;;
+  *)
+    [ -n "${CELL_HOOK:-}" ] || { echo "unknown target $t (and no CELL_HOOK)" >&2; exit 2; }
+    ports=$(bash "$CELL_HOOK" ports "$t") && [ -n "$ports" ] || { echo "unknown target $t (CELL_HOOK $CELL_HOOK)" >&2; exit 2; }
+    CELL_PORTS[$t]=$ports ;;
 esac; done
 
 {
@@ -143,6 +204,7 @@ echo "# anchors: $(tail -n1 "$OUT/env.txt" | cut -c8-) raw=$OUT" >&2
 # warm-up: Postfix forks smtpd/cleanup on demand; don't bill that to the first cell
 maxc=1; for c in $CONCS; do [ "$c" -gt "$maxc" ] && maxc=$c; done
 for t in $TARGETS; do
+  is_cell "$t" && continue     # warmed up in each cell, on its fresh store
   python3 "$HERE/smtp-load.py" --port "$(port_for "$t")" -c "$maxc" --count 100000 \
     --max-seconds 1 --size 4096 "${RCPT_ARGS[@]}" --timeout 10 >/dev/null 2>&1
 done
@@ -150,10 +212,18 @@ done
 T_START=$(date +%s)
 for size in $SIZES; do for mode in $MODES; do for c in $CONCS; do
   pr=$PROCS; [ "$pr" -gt "$c" ] && pr=$c
+  if [ $(( $(date +%s) - T_START )) -lt "$MAX_TOTAL" ]; then
+    for t in $TARGETS; do
+      is_cell "$t" || continue
+      if cell_up "$t" "$size" "$mode" "$c"; then CELL_OK[$t]=1
+      else CELL_OK[$t]=0; cell_down "$t" nostats; echo "# $t: not measured at size=$size mode=$mode C=$c" >&2; fi
+    done
+  fi
   for r in $(seq 1 "$RUNS"); do for t in $TARGETS; do
     if [ $(( $(date +%s) - T_START )) -ge "$MAX_TOTAL" ]; then
       echo "# MAX_TOTAL=$MAX_TOTAL s reached: stopping the matrix" >&2; break 5
     fi
+    is_cell "$t" && [ "${CELL_OK[$t]:-0}" != 1 ] && continue
     p=$(port_for "$t"); tag="\"label\":\"$t\",\"size\":$size,\"mode\":$mode,\"concurrency\":$c,\"run\":$r"
     for cl in $CLIENTS; do
       settle
@@ -166,7 +236,7 @@ for size in $SIZES; do for mode in $MODES; do for c in $CONCS; do
       fi
       c0=$(head -n1 /proc/stat)
       if [ "$cl" = load ]; then
-        line=$(python3 "$HERE/smtp-load.py" --port "$p" -c "$c" --procs "$pr" --count 2000000 \
+        line=$(python3 "$HERE/smtp-load.py" --port "${p// /,}" -c "$c" --procs "$pr" --count 2000000 \
           --max-seconds "$DUR" --size "$size" --per-conn "$mode" "${RCPT_ARGS[@]}" \
           "${LOAD_EXTRA[@]}" --label "$t")
         c1=$(head -n1 /proc/stat)
@@ -182,12 +252,37 @@ for size in $SIZES; do for mode in $MODES; do for c in $CONCS; do
         d=(); [ "$mode" = 0 ] && d=(-d)
         # smtp-source -l counts payload bytes in 79-char lines without CRLF or headers
         l=$(( (size - 140) * 80 / 81 )); [ "$l" -lt 1 ] && l=1
+        ports=($p); np=${#ports[@]}; [ "$np" -gt "$c" ] && np=$c
+        parts=""
         s=$(date +%s.%N)
-        timeout -k 5 $((DUR * 20 + 60)) smtp-source -s "$c" -m "$n" -l "$l" -f loadgen@bench.localhost \
-          -t "$RCPT1" -M bench.localhost "${d[@]}" 127.0.0.1:"$p" >/dev/null 2>"$OUT/.source.err"
-        rc=$?; e=$(date +%s.%N); c1=$(head -n1 /proc/stat)
+        if [ "$np" -le 1 ]; then
+          timeout -k 5 $((DUR * 20 + 60)) smtp-source -s "$c" -m "$n" -l "$l" -f loadgen@bench.localhost \
+            -t "$RCPT1" -M bench.localhost "${d[@]}" 127.0.0.1:"$p" >/dev/null 2>"$OUT/.source.err"
+          rc=$?; e=$(date +%s.%N)
+        else
+          # one smtp-source per port, all at once: C and the count split evenly
+          spids=(); : >"$OUT/.source.err"
+          for ((k = 0; k < np; k++)); do
+            sk=$(( c / np + (k < c % np) )); mk=$(( n / np + (k < n % np) ))
+            ( timeout -k 5 $((DUR * 20 + 60)) smtp-source -s "$sk" -m "$mk" -l "$l" -f loadgen@bench.localhost \
+                -t "$RCPT1" -M bench.localhost "${d[@]}" 127.0.0.1:"${ports[k]}" >/dev/null 2>"$OUT/.source.err.$k"
+              echo "$? $(date +%s.%N) $sk $mk ${ports[k]}" >"$OUT/.source.rc.$k" ) &
+            spids+=("$!")
+          done
+          for sp in "${spids[@]}"; do wait "$sp"; done
+          e=$(date +%s.%N); rc=0
+          for ((k = 0; k < np; k++)); do
+            rck=1 ek=$e sk=0 mk=0 pk=0
+            read -r rck ek sk mk pk <"$OUT/.source.rc.$k"
+            [ "${rck:-1}" != 0 ] && rc=$rck
+            parts="$parts${parts:+,}{\"port\":$pk,\"sessions\":$sk,\"count\":$mk,\"rc\":$rck,\"wall_s\":$(python3 -c "print(round($ek-$s,3))")}"
+            cat "$OUT/.source.err.$k" >>"$OUT/.source.err"
+          done
+          rm -f "$OUT"/.source.rc.* "$OUT"/.source.err.*
+        fi
+        c1=$(head -n1 /proc/stat)
         v=$(python3 -c "print(round($n/($e-$s),1))")
-        merge "{$tag,\"client\":\"source\"}" "{\"count\":$n,\"rc\":$rc,\"wall_s\":$(python3 -c "print(round($e-$s,3))"),\"msgs_per_s\":$v}" \
+        merge "{$tag,\"client\":\"source\"}" "{\"count\":$n,\"rc\":$rc,\"wall_s\":$(python3 -c "print(round($e-$s,3))"),\"msgs_per_s\":$v${parts:+,\"parts\":[$parts]}}" \
           "$c0" "$c1" >>"$OUT/source.jsonl"
         echo "$t size=$size mode=$mode C=$c run=$r source: n=$n rc=$rc msgs/s=$v $(head -c 120 "$OUT/.source.err")" >&2
       fi
@@ -197,7 +292,9 @@ for size in $SIZES; do for mode in $MODES; do for c in $CONCS; do
       fi
     done
   done; done
+  for t in "${!CELL_DIRS[@]}"; do cell_down "$t"; done
 done; done; done
+for t in "${!CELL_DIRS[@]}"; do cell_down "$t"; done   # after MAX_TOTAL's break
 rm -f "$OUT/.mem" "$OUT/.source.err"
 
 if case " $TARGETS " in *" postfix "*) true;; *) false;; esac; then

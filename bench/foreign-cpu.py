@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""foreign-cpu.py ROOTPID [--interval 5] [--threshold 10] [--max-seconds 7200]
+"""foreign-cpu.py ROOTPID [--also PID]... [--interval 5] [--threshold 10] [--max-seconds 7200]
 
 Watches, while a benchmark runs, for CPU used by processes that are not part
 of it: anything that is neither ROOTPID nor one of its descendants nor a
 Postfix daemon (Postfix's master is started by `postfix start` and is not our
-descendant). Every --interval seconds it reads /proc/*/stat and reports each
+descendant) nor an --also PID or its descendants (e.g. the postmaster of the
+bench's own PostgreSQL cluster, which pg_ctl starts detached). Every --interval seconds it reads /proc/*/stat and reports each
 foreign process that used more than --threshold % of one core during the
 interval (e.g. someone else's cargo build on a shared box), plus the steal
 time of the interval (CPU taken by the hypervisor: invisible to the load
@@ -51,6 +52,7 @@ def main():
     if not a or not a[0].isdigit():
         sys.exit(__doc__)
     root = int(a[0])
+    also = {int(a[i + 1]) for i, x in enumerate(a[:-1]) if x == "--also" and a[i + 1].isdigit()}
     opt = lambda n, d: float(a[a.index(n) + 1]) if n in a else d
     interval, thr, max_s = opt("--interval", 5.0), opt("--threshold", 10.0), opt("--max-seconds", 7200.0)
     stop = []
@@ -68,7 +70,7 @@ def main():
                 break
             time.sleep(0.1)
         cur, (s1, t1) = procs(), steal()
-        ours = {root}
+        ours = {root} | also
         changed = True
         while changed:
             changed = False

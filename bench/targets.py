@@ -16,6 +16,13 @@ Targets (4 KiB, 1 message per connection, ratios from the same run):
   the throughput ratios (it is the cheapest: client CPU is CPU the servers
   don't get); smtp-load.py's ratios are shown too. A ratio made from a cell
   where the hypervisor stole more than STEAL_WARN % of the CPU is flagged.
+
+Issue 18's (the PostgreSQL engine; when the run measured postdesk-pg and
+postdesk-pg2, DIR/pg.txt says how, or why not, and each cell's nodes'
+stats/health are in DIR/anchors/cells/*/stats.json):
+  postdesk-pg (one node) >= 1.5x Postfix at C=8 and C=32; postdesk-pg2 (two
+  nodes on one database, the client's sessions split between them) >= one
+  node at C=8 and C=32 ("two nodes together no slower than one").
 """
 import json
 import os
@@ -162,6 +169,52 @@ def main():
                  (s.get("committed", {}).get("vmrss_kib") or 0) / MIB,
                  ("; ERROR " + s["error"]) if "error" in s else ""))
         print("  (sessions probe reply codes: %s)" % s.get("codes"))
+
+    pg_txt = os.path.join(d, "pg.txt")
+    has_pg = any(k[1].startswith("postdesk-pg") for k in cell)
+    if not has_pg and not os.path.exists(pg_txt):
+        return
+    print("PostgreSQL engine (issue 18): %s" % (
+        open(pg_txt).read().strip() if os.path.exists(pg_txt) else "-"))
+    cells_dir = os.path.join(a, "cells")
+    for name in sorted(os.listdir(cells_dir)) if os.path.isdir(cells_dir) else []:
+        objs = objects(os.path.join(cells_dir, name, "stats.json"))
+        nodes = [(objs[i].get("data", {}), objs[i + 1].get("data", {}))
+                 for i in range(0, len(objs) - 1, 2)]
+        if not nodes:
+            print("  %s: no stats" % name)
+            continue
+        tot = lambda k: sum((s.get(k) or 0) for s, _ in nodes)
+        em = lambda k: sum((s.get("emails", {}).get(k) or 0) for s, _ in nodes)
+        h = nodes[-1][1]
+        print("  %s: %d node(s) (health lists %d live); received %d, tickets created %d, "
+              "duplicates %d, 451 %d, 421 %d; emails queued %d sent %d deferred %d failed %d; "
+              "tickets in the database %s, outbox pending %s" % (
+                  name, len(nodes), len(h.get("nodes") or []), tot("received"), tot("tickets_created"),
+                  tot("duplicates"), tot("refused_451"), tot("sessions_refused_421"),
+                  em("queued"), em("sent"), em("deferred"), em("failed"),
+                  h.get("tickets"), h.get("outbox_pending")))
+    for client in ("source", "load"):
+        label = {"source": "smtp-source", "load": "smtp-load.py"}[client]
+        for c in (8, 32):
+            r, pf, rd = get(client, "postdesk-pg", c), get(client, "postfix", c), get(client, "daemon", c)
+            v = r and r.get("vs_postfix")
+            line("%s: postgres >= 1.5x Postfix at C=%d" % (label, c),
+                 None if v is None else v >= 1.5,
+                 "-" if v is None else "%.2fx (%.0f vs %.0f msgs/s; redb %s)%s" % (
+                     v, r["msgs_per_s_median"], pf["msgs_per_s_median"],
+                     "%.0f" % rd["msgs_per_s_median"] if rd and rd.get("msgs_per_s_median") else "-",
+                     steal(r, pf)))
+        for c in (8, 32):
+            one, two = get(client, "postdesk-pg", c), get(client, "postdesk-pg2", c)
+            a1 = one and one.get("msgs_per_s_median")
+            a2 = two and two.get("msgs_per_s_median")
+            line("%s: two nodes >= one node at C=%d" % (label, c),
+                 None if not (a1 and a2) else a2 >= a1,
+                 "-" if not (a1 and a2) else "%.2fx (%.0f msgs/s with two nodes vs %.0f with one; "
+                 "ranges %.0f-%.0f vs %.0f-%.0f)%s" % (
+                     a2 / a1, a2, a1, two["msgs_per_s_min"], two["msgs_per_s_max"],
+                     one["msgs_per_s_min"], one["msgs_per_s_max"], steal(one, two)))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,11 @@
 #  - STORE_CACHE (env, e.g. 32MiB) sets server.store_cache; default: postdesk's
 #  - ACKS=0 (env) leaves the workflow out: no acknowledgement is queued or
 #    sent (to measure intake without the auto-reply's work)
+#  - ENGINE=postgres (env) appends a [storage] table for the PostgreSQL
+#    engine: PG_URL_FILE (required: a file holding the libpq URL or
+#    key=value string), NODE_ID (default b1), POOL_SIZE (default 8). The
+#    database must exist; run `postdesk migrate -c FILE` before `serve`.
+#    Default (ENGINE unset or redb): no [storage] table, redb in DATA_DIR.
 set -eu
 [ $# -ge 2 ] || { echo "usage: write-config.sh FILE DATA_DIR [PORT]" >&2; exit 2; }
 FILE=$1; DATA=$2; PORT=${3:-2525}
@@ -70,4 +75,20 @@ enroll = { status = "new" }
 actions = [ { send_email = "ticket_received" } ]
 EOF
 fi
+case ${ENGINE:-redb} in
+  redb) ;;
+  postgres)
+    [ -n "${PG_URL_FILE:-}" ] || { echo "write-config.sh: ENGINE=postgres needs PG_URL_FILE" >&2; exit 2; }
+    [ -r "$PG_URL_FILE" ] || { echo "write-config.sh: cannot read PG_URL_FILE $PG_URL_FILE" >&2; exit 2; }
+    cat >>"$FILE" <<EOF
+
+[storage]
+engine = "postgres"
+url_file = "$PG_URL_FILE"
+node_id = "${NODE_ID:-b1}"
+pool_size = ${POOL_SIZE:-8}
+EOF
+    ;;
+  *) echo "write-config.sh: unknown ENGINE ${ENGINE} (redb or postgres)" >&2; exit 2;;
+esac
 "$REPO/target/release/postdesk" check -c "$FILE" >/dev/null
