@@ -119,8 +119,26 @@ pub struct Postgres {
     pub url_file: PathBuf,
     /// This node's name among the nodes on the database.
     pub node_id: String,
-    /// Connections to the database (writers and readers).
+    /// Connections for reads, the outbox and the heartbeat.
     pub pool_size: usize,
+    /// Writer connections, each committing its own batches; `None`: as
+    /// many as this host has CPUs, 2 to 8 (see [`Postgres::writers`]).
+    pub writers: Option<usize>,
+}
+
+impl Postgres {
+    /// The number of writer connections. More writers commit more, smaller
+    /// batches: past the database's cores that only costs CPU (on one
+    /// 2-core box with PostgreSQL beside it, 2 writers take 20 % more mail
+    /// than 8: BENCHMARKS.md); a database across a network, whose round
+    /// trips a writer waits for, wants more.
+    pub fn writers(&self) -> usize {
+        self.writers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map_or(2, std::num::NonZeroUsize::get)
+                .clamp(2, 8)
+        })
+    }
 }
 
 impl Storage {

@@ -80,6 +80,7 @@ pub(super) struct RawStorage {
     pub url_file: Option<Str>,
     pub node_id: Option<Str>,
     pub pool_size: Option<Spanned<usize>>,
+    pub writers: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Deserialize)]

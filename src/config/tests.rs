@@ -1338,7 +1338,7 @@ fn storage_defaults_to_redb_and_names_the_postgres_keys() {
     let base = "[outbound]\nfrom = \"support@acme.example\"\n";
     assert_eq!(s.ok(base).storage, Storage::Redb);
     let pg = s.ok(&format!(
-        "{base}[storage]\nengine = \"postgres\"\nurl_file = \"pg.url\"\nnode_id = \"mx1\"\npool_size = 3\n"
+        "{base}[storage]\nengine = \"postgres\"\nurl_file = \"pg.url\"\nnode_id = \"mx1\"\npool_size = 3\nwriters = 2\n"
     ));
     assert_eq!(
         pg.storage,
@@ -1346,6 +1346,7 @@ fn storage_defaults_to_redb_and_names_the_postgres_keys() {
             url_file: s.dir.path().join("pg.url"),
             node_id: "mx1".into(),
             pool_size: 3,
+            writers: Some(2),
         })
     );
     // The node name defaults to the host's, made a valid node name.
@@ -1368,7 +1369,7 @@ fn storage_defaults_to_redb_and_names_the_postgres_keys() {
         [
             "postdesk.toml:4:10: unknown engine \"sqlite\" (known: redb, postgres)",
             "postdesk.toml:5:1: unknown key \"url\" in [storage] (known: engine, url_file, \
-             node_id, pool_size)",
+             node_id, pool_size, writers)",
         ]
     );
     let problems = s.problems(&format!(
@@ -1389,4 +1390,12 @@ fn storage_defaults_to_redb_and_names_the_postgres_keys() {
         problems,
         ["postdesk.toml:4:12: url_file needs engine = \"postgres\""]
     );
+    let problems = s.problems(&format!("{base}[storage]\nwriters = 2\n"));
+    assert_eq!(
+        problems,
+        ["postdesk.toml:4:11: writers needs engine = \"postgres\""]
+    );
+    // Without `writers`, one a CPU, 2 to 8.
+    let auto = p.writers();
+    assert!((2..=8).contains(&auto), "{auto}");
 }

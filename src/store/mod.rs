@@ -156,7 +156,7 @@ impl Store {
                 let shared = postgres::open(pg, &config.fingerprint).await?;
                 tokio::spawn(postgres::heartbeat(Arc::downgrade(&shared)));
                 let (senders, queues): (Vec<_>, Vec<_>) =
-                    (0..pg.pool_size.max(1)).map(|_| mpsc::channel()).unzip();
+                    (0..pg.writers().max(1)).map(|_| mpsc::channel()).unzip();
                 let tx: Arc<[mpsc::Sender<WriterMsg>]> = senders.into();
                 let outbox = Arc::new(Notify::new());
                 let threads = postgres::writer::spawn(queues, shared.clone(), outbox.clone())?;
@@ -255,22 +255,26 @@ impl Store {
     }
 
     /// Which writer's queue a command goes to (with several writers): the
-    /// messages of one thread, and the commands on one ticket, to the same
+    /// replies in one thread, and the commands on one ticket, to the same
     /// one, so that on one node they are applied in the order they came
     /// (across nodes, and between threads, the database's keys and locks
-    /// decide).
+    /// decide). A message that names no other starts a thread: it goes to
+    /// its sender's queue, so that one sender's new tickets (a web form's,
+    /// a monitoring system's) share transactions rather than wait on each
+    /// other's lock of the sender's auto-reply count in K transactions.
     fn lane(cmd: &StoreCmd) -> u64 {
         use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
         let hash = |s: &str| BuildHasherDefault::<DefaultHasher>::default().hash_one(s);
         match cmd {
             StoreCmd::Ingest(inb) => {
                 let p = &inb.parsed;
-                let root = p
-                    .references
-                    .first()
-                    .or(p.in_reply_to.first())
-                    .unwrap_or(&p.message_id);
-                hash(root)
+                match p.references.first().or(p.in_reply_to.first()) {
+                    Some(root) => hash(root),
+                    None => match &p.from {
+                        Some(from) => hash(&from.email),
+                        None => hash(&p.message_id),
+                    },
+                }
             }
             StoreCmd::SetStatus { id, .. }
             | StoreCmd::Reply { id, .. }

@@ -479,9 +479,11 @@ impl Validator<'_, '_> {
                             .at(v.span(), format!("{key} needs engine = \"postgres\""));
                     }
                 }
-                if let Some(v) = &raw.pool_size {
-                    self.cx
-                        .at(v.span(), "pool_size needs engine = \"postgres\"");
+                for (key, value) in [("pool_size", &raw.pool_size), ("writers", &raw.writers)] {
+                    if let Some(v) = value {
+                        self.cx
+                            .at(v.span(), format!("{key} needs engine = \"postgres\""));
+                    }
                 }
                 Storage::Redb
             }
@@ -514,10 +516,15 @@ impl Validator<'_, '_> {
                 };
                 let pool_size =
                     self.positive(raw.pool_size.as_ref(), "pool_size", DEFAULT_POOL_SIZE);
+                let writers = raw
+                    .writers
+                    .as_ref()
+                    .map(|v| self.positive(Some(v), "writers", 2));
                 Storage::Postgres(Postgres {
                     url_file,
                     node_id,
                     pool_size,
+                    writers,
                 })
             }
             other => {

@@ -99,6 +99,10 @@ pub(in crate::store) async fn connection(
     })
 }
 
+/// How long a writer's statement waits for a row lock before its job is
+/// retried.
+const LOCK_TIMEOUT: &str = "5s";
+
 /// A writer's own connection, driven by the writer's own runtime on its own
 /// thread (no pool: a pooled connection's I/O would run on whichever
 /// runtime created it), with its prepared statements cached.
@@ -117,6 +121,9 @@ impl Conn {
                 tracing::debug!(error = %e, "store: a writer's connection ended");
             }
         });
+        client
+            .batch_execute(&format!("SET lock_timeout = '{LOCK_TIMEOUT}'"))
+            .await?;
         check_durability(&client).await?;
         Ok(Conn {
             client,
@@ -237,7 +244,7 @@ pub(in crate::store) async fn open(
     fingerprint: &str,
 ) -> Result<Arc<Shared>, StoreError> {
     // Reads, the outbox claim and the heartbeat; the writers have their own.
-    let pool = pool(pg, 4)?;
+    let pool = pool(pg, pg.pool_size.max(1))?;
     let c = connection(&pool).await?;
     let version = schema_version(&**c).await?;
     if version < schema::VERSION {

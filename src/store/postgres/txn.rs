@@ -151,11 +151,17 @@ pub(super) struct PgTxn<'a> {
     ids: RefCell<HashMap<String, Option<IdRow>>>,
     tickets: RefCell<HashMap<TicketId, TicketRec>>,
     messages: RefCell<HashMap<u64, MessageRec>>,
+    /// Outbox entries read (locked) or written.
+    outbox: RefCell<HashMap<u64, OutboxRec>>,
     /// Message seqs drawn ahead (one round trip for a message and the
     /// emails it causes; drawn after the ticket's lock, so still in order
     /// on the ticket). Unused ones are gaps, never seen.
     message_seqs: RefCell<Vec<u64>>,
     outbox_ids: RefCell<Vec<u64>>,
+    /// A ticket id drawn ahead ([`PgTxn::prefetch_ids`]).
+    ticket_ahead: Cell<Option<u64>>,
+    /// The ids ahead were drawn before any ticket's lock.
+    drawn_unlocked: Cell<bool>,
     /// Timeline entries not sent yet (ticket, at, kind, detail as JSON).
     events: RefCell<Vec<(i64, Millis, String, String)>>,
 }
@@ -176,8 +182,11 @@ impl<'a> PgTxn<'a> {
             ids: RefCell::new(HashMap::new()),
             tickets: RefCell::new(HashMap::new()),
             messages: RefCell::new(HashMap::new()),
+            outbox: RefCell::new(HashMap::new()),
             message_seqs: RefCell::new(Vec::new()),
             outbox_ids: RefCell::new(Vec::new()),
+            ticket_ahead: Cell::new(None),
+            drawn_unlocked: Cell::new(false),
             events: RefCell::new(Vec::new()),
         }
     }
@@ -187,11 +196,15 @@ impl<'a> PgTxn<'a> {
     /// the email claimed by another node must not be recorded.
     pub(super) fn holds_lease(&self, id: u64, token: u64) -> Result<bool, StoreError> {
         let row = self.opt(
-            "SELECT lease_token FROM outbox WHERE id = $1 FOR UPDATE",
+            "SELECT lease_token, rec FROM outbox WHERE id = $1 FOR UPDATE",
             &[&db_id(id)],
         )?;
         Ok(match row {
-            Some(r) => r.try_get::<_, Option<i64>>(0)?.map(from_db_id) == Some(token),
+            Some(r) => {
+                let rec = r.try_get::<_, Json<OutboxRec>>(1)?.0;
+                self.outbox.borrow_mut().insert(id, rec);
+                r.try_get::<_, Option<i64>>(0)?.map(from_db_id) == Some(token)
+            }
             None => false,
         })
     }
@@ -214,10 +227,25 @@ impl<'a> PgTxn<'a> {
         self.pending.borrow_mut().push(Deferred::Simple(sql.into()));
     }
 
+    /// Queues the batch's row in `batches` (with its BEGIN: see the
+    /// writer's `probe`).
+    pub(super) fn later_batch_row(&self, token: i64) {
+        self.later(
+            "INSERT INTO batches (token, node_id) VALUES ($1, $2)",
+            vec![Box::new(token), Box::new(self.shared.node.clone())],
+        );
+    }
+
     /// Reads the rows of all the Message-IDs a message names (its own, its
     /// In-Reply-To and References) in one round trip, for threading and
     /// the duplicate check to find in the cache.
-    pub(super) fn prefetch_ids(&self, ids: &[&str]) -> Result<(), StoreError> {
+    ///
+    /// With `new_ticket` (the message most likely makes a ticket), the ids
+    /// ahead are drawn in the same round trip, and a ticket id unless the
+    /// message (`ids[0]`) is stored already; a message that then makes no
+    /// ticket leaves a gap in the ticket ids, and ids drawn before a
+    /// ticket's lock are not used on it (see [`PgTxn::ticket`]).
+    pub(super) fn prefetch_ids(&self, ids: &[&str], new_ticket: bool) -> Result<(), StoreError> {
         let wanted: Vec<&str> = ids
             .iter()
             .copied()
@@ -227,10 +255,32 @@ impl<'a> PgTxn<'a> {
             return Ok(());
         }
         let keys: Vec<Vec<u8>> = wanted.iter().map(|id| id_key(id)).collect();
-        let rows = self.query(
+        let lookup: (&str, &[&(dyn ToSql + Sync)]) = (
             "SELECT key, ticket_id, message FROM message_ids WHERE key = ANY($1)",
             &[&keys],
-        )?;
+        );
+        let own = ids.first().map(|id| id_key(id)).unwrap_or_default();
+        let draw = format!(
+            "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM message_ids
+                                          WHERE key = $1 AND message IS NOT NULL)
+                    THEN nextval('ticket_id_seq') END, {IDS_AHEAD}"
+        );
+        let mut results = if new_ticket && self.message_seqs.borrow().is_empty() {
+            self.queries(&[lookup, (&draw, &[&own])])?
+        } else {
+            self.queries(&[lookup])?
+        };
+        if results.len() == 2 {
+            let drawn = results.pop().unwrap_or_default();
+            let row = drawn
+                .first()
+                .ok_or_else(|| StoreError::Corrupt("the sequences gave nothing".into()))?;
+            self.take_ids_ahead(row, 1)?;
+            self.ticket_ahead
+                .set(row.try_get::<_, Option<i64>>(0)?.map(from_db_id));
+            self.drawn_unlocked.set(true);
+        }
+        let rows = results.pop().unwrap_or_default();
         let mut found: HashMap<Vec<u8>, IdRow> = HashMap::new();
         for r in rows {
             found.insert(
@@ -257,13 +307,18 @@ impl<'a> PgTxn<'a> {
         self.sent.get()
     }
 
-    /// The queued writes, taken to be sent now; the timeline entries
-    /// queued since the last time go last, as one statement (in their
-    /// order: their ids come from the sequence row by row).
-    fn take_pending(&self) -> Vec<Deferred> {
+    /// The queued writes, taken to be sent now; with `events` (the job's
+    /// last writes), its timeline entries go last, as one statement (in
+    /// their order: their ids come from the sequence row by row). Nothing
+    /// in a job reads the timeline, so it waits until then.
+    fn take_pending(&self, events: bool) -> Vec<Deferred> {
         self.sent.set(true);
         let mut pending = std::mem::take(&mut *self.pending.borrow_mut());
-        let events = std::mem::take(&mut *self.events.borrow_mut());
+        let events = if events {
+            std::mem::take(&mut *self.events.borrow_mut())
+        } else {
+            Vec::new()
+        };
         if !events.is_empty() {
             let mut tickets = Vec::with_capacity(events.len());
             let mut ats = Vec::with_capacity(events.len());
@@ -295,7 +350,7 @@ impl<'a> PgTxn<'a> {
     /// Sends what is queued; the first error, if any.
     pub(super) fn finish(&self) -> Result<(), StoreError> {
         loop {
-            let pending = self.take_pending();
+            let pending = self.take_pending(true);
             if pending.is_empty() {
                 return Ok(());
             }
@@ -310,14 +365,32 @@ impl<'a> PgTxn<'a> {
 
     /// The queued writes, then `sql`, in one round trip.
     fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
-        let pending = self.take_pending();
+        let mut rows = self.queries(&[(sql, params)])?;
+        Ok(rows.pop().unwrap_or_default())
+    }
+
+    /// The queued writes, then each query in order, in one round trip (the
+    /// database runs them one after the other: a query behind a
+    /// `FOR UPDATE` runs once the lock is held). Their rows, in order.
+    fn queries(
+        &self,
+        list: &[(&str, &[&(dyn ToSql + Sync)])],
+    ) -> Result<Vec<Vec<Row>>, StoreError> {
+        let pending = self.take_pending(false);
         let (counts, rows) = self.rt.block_on(async {
             let statements = prepare(self.c, &pending).await?;
-            let st = self.c.prepare_cached(sql).await?;
-            let (writes, rows) = tokio::join!(
-                run(self.c, &pending, &statements),
-                self.c.query(&st, params)
+            let mut prepared = Vec::with_capacity(list.len());
+            for (sql, _) in list {
+                prepared.push(self.c.prepare_cached(sql).await?);
+            }
+            let reads = futures_util::future::join_all(
+                prepared
+                    .iter()
+                    .zip(list)
+                    .map(|(st, (_, params))| self.c.query(st, params)),
             );
+            let (writes, rows) = tokio::join!(run(self.c, &pending, &statements), reads);
+            let rows = rows.into_iter().collect::<Result<Vec<_>, _>>();
             Ok::<_, StoreError>((writes?, rows?))
         })?;
         self.settle(conflicts(pending, &counts))?;
@@ -473,6 +546,9 @@ impl Txn for PgTxn<'_> {
     /// Draws the ticket id with the message seqs and outbox ids the
     /// message will need, in one round trip.
     fn next_ticket_id(&mut self) -> Result<TicketId, StoreError> {
+        if let Some(id) = self.ticket_ahead.take() {
+            return Ok(id);
+        }
         let need_more = self.message_seqs.borrow().is_empty();
         if !need_more {
             return self.next("ticket_id_seq");
@@ -515,15 +591,34 @@ impl Txn for PgTxn<'_> {
         &self.shared.keys
     }
 
-    /// Locks the ticket's row until the batch commits.
+    /// Locks the ticket's row until the batch commits. The ids ahead are
+    /// drawn behind the lock (in the same round trip), so that a ticket's
+    /// messages are numbered in the order they were applied to it.
     fn ticket(&self, id: TicketId) -> Result<Option<TicketRec>, StoreError> {
         if let Some(t) = self.tickets.borrow().get(&id) {
             return Ok(Some(t.clone()));
         }
-        let row = self.opt(
+        let lock: (&str, &[&(dyn ToSql + Sync)]) = (
             "SELECT rec FROM tickets WHERE id = $1 FOR UPDATE",
             &[&db_id(id)],
-        )?;
+        );
+        let draw = format!("SELECT 0::bigint, {IDS_AHEAD}");
+        let mut results = if self.message_seqs.borrow().is_empty() || self.drawn_unlocked.get() {
+            self.queries(&[lock, (&draw, &[])])?
+        } else {
+            self.queries(&[lock])?
+        };
+        if results.len() == 2 {
+            let drawn = results.pop().unwrap_or_default();
+            let row = drawn
+                .first()
+                .ok_or_else(|| StoreError::Corrupt("the sequences gave nothing".into()))?;
+            self.message_seqs.borrow_mut().clear();
+            self.outbox_ids.borrow_mut().clear();
+            self.take_ids_ahead(row, 1)?;
+            self.drawn_unlocked.set(false);
+        }
+        let row = results.pop().unwrap_or_default().into_iter().next();
         match row {
             Some(r) => {
                 let t = r.try_get::<_, Json<TicketRec>>(0)?.0;
@@ -709,6 +804,9 @@ impl Txn for PgTxn<'_> {
 
     /// Locks the entry's row until the batch commits.
     fn outbox(&self, id: u64) -> Result<Option<OutboxRec>, StoreError> {
+        if let Some(rec) = self.outbox.borrow().get(&id) {
+            return Ok(Some(rec.clone()));
+        }
         let row = self.opt(
             "SELECT rec FROM outbox WHERE id = $1 FOR UPDATE",
             &[&db_id(id)],
@@ -721,6 +819,7 @@ impl Txn for PgTxn<'_> {
 
     /// A decision about an entry ends whatever lease a node held on it.
     fn put_outbox(&mut self, rec: &OutboxRec, _was_due: Option<Millis>) -> Result<(), StoreError> {
+        self.outbox.borrow_mut().insert(rec.id, rec.clone());
         self.later(
             "INSERT INTO outbox (id, ticket_id, state, next_attempt_at, rec)
              VALUES ($1, $2, $3, $4, $5::text::jsonb)

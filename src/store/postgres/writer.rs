@@ -32,8 +32,6 @@ use crate::store::{Done, Job, WriterMsg};
 const MAX_BATCH: usize = 16;
 /// Runs of one job in its batch before it is answered with an error.
 const ATTEMPTS: usize = 4;
-/// How long a statement waits for a row lock before the job is retried.
-const LOCK_TIMEOUT: &str = "5s";
 
 /// Starts one writer thread per queue.
 pub(in crate::store) fn spawn(
@@ -115,14 +113,23 @@ impl Writer {
     /// queued.
     fn process(&mut self, batch: Vec<Job>) -> bool {
         let mut jobs: Vec<Option<Job>> = batch.into_iter().map(Some).collect();
+        // First without savepoints; a batch one of whose jobs lost a race,
+        // a lock or failed is rolled back and run again with one a job.
+        let mut savepoints = false;
         // A batch that failed as a whole (the connection, the commit) is
         // tried once more on a fresh connection before its jobs get 451.
-        for round in 0..2 {
-            match self.batch(&mut jobs) {
-                Ok(queued) => return queued,
+        let mut round = 0;
+        while round < 2 {
+            match self.batch(&mut jobs, savepoints) {
+                Ok(Some(queued)) => return queued,
+                Ok(None) => {
+                    savepoints = true;
+                    continue;
+                }
                 Err(e) => {
+                    round += 1;
                     self.conn = None;
-                    if round == 1 || jobs.iter().all(Option::is_none) {
+                    if round == 2 || jobs.iter().all(Option::is_none) {
                         tracing::warn!(error = %e, "store: a batch failed; its messages get 451");
                         for job in jobs.iter_mut().filter_map(Option::take) {
                             let _ = job.reply.send(Err(StoreError::Database(e.to_string())));
@@ -136,9 +143,15 @@ impl Writer {
         false
     }
 
-    /// One try of the batch. On `Ok` every job was answered; on `Err`
-    /// those not yet answered are still in `jobs`.
-    fn batch(&mut self, jobs: &mut [Option<Job>]) -> Result<bool, StoreError> {
+    /// One try of the batch, with a savepoint a job or none. On
+    /// `Ok(Some(queued))` every job was answered; on `Ok(None)` (no
+    /// savepoints, and a job would have needed its own rollback) nothing
+    /// was committed and every job is still in `jobs`, as on `Err`.
+    fn batch(
+        &mut self,
+        jobs: &mut [Option<Job>],
+        savepoints: bool,
+    ) -> Result<Option<bool>, StoreError> {
         let started = std::time::Instant::now();
         if self.conn.is_none() {
             let c = self.rt.block_on(Conn::open(&self.shared))?;
@@ -152,13 +165,8 @@ impl Writer {
         getrandom::getrandom(&mut token_bytes)
             .map_err(|e| StoreError::Database(format!("drawing a batch token: {e}")))?;
         let token = i64::from_le_bytes(token_bytes) & i64::MAX;
-        // `node` is a validated node name (letters, digits, . - _): safe to
-        // quote literally.
-        let begin_sql = format!(
-            "BEGIN; SET LOCAL lock_timeout = '{LOCK_TIMEOUT}';
-             INSERT INTO batches (token, node_id) VALUES ({token}, '{}')",
-            self.shared.node
-        );
+        // The batch's row (see `probe`) goes with the BEGIN.
+        let begin_sql = "BEGIN".to_string();
         // The database's time: read with the BEGIN (a round trip of its
         // own) when due; otherwise the BEGIN goes with the first job's
         // first statement.
@@ -168,7 +176,13 @@ impl Writer {
                 ms + i64::try_from(at.elapsed().as_millis()).unwrap_or(0)
             }
             _ => {
-                let sql = begin.take().unwrap_or_default();
+                // `node` is a validated node name (letters, digits, . - _):
+                // safe to quote literally.
+                let sql = format!(
+                    "{}; INSERT INTO batches (token, node_id) VALUES ({token}, '{}')",
+                    begin.take().unwrap_or_default(),
+                    self.shared.node
+                );
                 let ms = self.rt.block_on(begin_with_time(c, &sql))?;
                 self.clock = Some((std::time::Instant::now(), ms));
                 ms
@@ -181,9 +195,16 @@ impl Writer {
                 answers.push(None);
                 continue;
             };
-            let (answer, q) = self.one(c, token, job, now, &mut begin)?;
-            queued |= q;
-            answers.push(Some(answer));
+            match self.one(c, token, job, now, &mut begin, savepoints)? {
+                Some((answer, q)) => {
+                    queued |= q;
+                    answers.push(Some(answer));
+                }
+                None => {
+                    self.rt.block_on(c.batch_execute("ROLLBACK"))?;
+                    return Ok(None);
+                }
+            }
         }
         crate::failpoint::hit("store.before_commit");
         // Nothing was sent (every job failed before its first statement):
@@ -218,10 +239,12 @@ impl Writer {
                 let _ = job.reply.send(answer);
             }
         }
-        Ok(queued)
+        Ok(Some(queued))
     }
 
-    /// Runs one job in its savepoint until it neither races nor deadlocks.
+    /// Runs one job (in its savepoint, with `savepoints`) until it neither
+    /// races nor deadlocks. `Ok(None)`: without savepoints, the job failed
+    /// after it sent something, so the whole batch must be rolled back.
     /// `Err` only for what breaks the whole batch (the connection).
     fn one(
         &self,
@@ -230,7 +253,8 @@ impl Writer {
         job: &Job,
         now: Millis,
         begin: &mut Option<String>,
-    ) -> Result<(Answer, bool), StoreError> {
+        savepoints: bool,
+    ) -> Result<Option<(Answer, bool)>, StoreError> {
         let mut last = None;
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {
@@ -246,15 +270,25 @@ impl Writer {
             let opening = begin.clone();
             if let Some(sql) = &opening {
                 txn.later_simple(sql.clone());
+                txn.later_batch_row(token);
             }
-            txn.later_simple("SAVEPOINT job");
+            if savepoints {
+                txn.later_simple("SAVEPOINT job");
+            }
             if let crate::store::StoreCmd::Ingest(inb) = &job.cmd {
                 let p = &inb.parsed;
                 let ids: Vec<&str> = std::iter::once(p.message_id.as_str())
                     .chain(p.in_reply_to.iter().map(String::as_str))
                     .chain(p.references.iter().map(String::as_str))
                     .collect();
-                let fetched = txn.prefetch_ids(&ids);
+                // Most likely a new ticket: it names no other message, no
+                // ticket by plus address or subject tag (a guess; when it
+                // is wrong the ticket id drawn for it is a gap).
+                let new_ticket = p.in_reply_to.is_empty()
+                    && p.references.is_empty()
+                    && inb.envelope.plus.is_none()
+                    && inb.config.outbound.subject_tag.find(&p.subject).is_none();
+                let fetched = txn.prefetch_ids(&ids, new_ticket);
                 if opening.is_some() && txn.sent() {
                     *begin = None;
                 }
@@ -266,10 +300,12 @@ impl Writer {
                     *begin = None;
                 }
                 if !held? {
-                    txn.later_simple("RELEASE SAVEPOINT job");
+                    if savepoints {
+                        txn.later_simple("RELEASE SAVEPOINT job");
+                    }
                     txn.finish()?;
                     tracing::warn!(outbox = id, "outbox: the lease on this email ran out before its delivery was recorded; another node may send it again");
-                    return Ok((Ok(Done::Ok), false));
+                    return Ok(Some((Ok(Done::Ok), false)));
                 }
             }
             let result = crate::store::apply(&mut txn, &job.cmd, now);
@@ -277,7 +313,9 @@ impl Writer {
             // The job's last writes go with the release of its savepoint.
             let result = match result {
                 Ok(done) if !raced => {
-                    txn.later_simple("RELEASE SAVEPOINT job");
+                    if savepoints {
+                        txn.later_simple("RELEASE SAVEPOINT job");
+                    }
                     txn.finish().map(|()| done)
                 }
                 other => other,
@@ -288,10 +326,13 @@ impl Writer {
                 *begin = None;
             }
             match result {
-                Ok(done) if !raced => return Ok((Ok(done), queued)),
+                Ok(done) if !raced => return Ok(Some((Ok(done), queued))),
                 other => {
                     if c.is_closed() {
                         return Err(other.err().unwrap_or(StoreError::Unavailable));
+                    }
+                    if sent && !savepoints {
+                        return Ok(None);
                     }
                     if sent {
                         self.rt.block_on(
@@ -299,7 +340,7 @@ impl Writer {
                         )?;
                     }
                     match other {
-                        Err(e) if !raced && !is_retryable(&e) => return Ok((Err(e), false)),
+                        Err(e) if !raced && !is_retryable(&e) => return Ok(Some((Err(e), false))),
                         Err(e) => last = Some(e),
                         Ok(_) => last = None,
                     }
@@ -310,12 +351,12 @@ impl Writer {
                 }
             }
         }
-        Ok((
+        Ok(Some((
             Err(last.unwrap_or_else(|| {
                 StoreError::Database("another node kept winning the same rows; try again".into())
             })),
             false,
-        ))
+        )))
     }
 }
 
