@@ -8,7 +8,9 @@ use std::path::PathBuf;
 pub enum StoreError {
     #[error("storage error: {0}")]
     Db(#[from] redb::Error),
-    #[error("database: {0}")]
+    /// With the causes tokio-postgres keeps behind its own words ("db
+    /// error", "error performing TLS handshake").
+    #[error("database: {}", with_causes(.0))]
     Pg(#[from] tokio_postgres::Error),
     /// The database could not be reached (the pool's own errors).
     #[error("database: {0}")]
@@ -83,3 +85,19 @@ from_redb!(
     redb::DatabaseError,
     redb::SetDurabilityError
 );
+
+/// `e` and its sources, each once: "error performing TLS handshake:
+/// invalid peer certificate: UnknownIssuer".
+fn with_causes(e: &tokio_postgres::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}

@@ -744,3 +744,84 @@ fn a_node_killed_while_sending_leaves_the_email_to_another() {
     );
     assert_eq!(sink.accepted().len(), 3);
 }
+
+/// TLS to the database, as libpq's `sslmode=verify-full` and `sslrootcert`
+/// ask (the test cluster's own CA, .ci/pg-tls): every connection the node
+/// keeps is encrypted, and mail is taken as before. A CA that did not sign
+/// the server's certificate is refused, saying so, and so is a CA file
+/// that is not there.
+#[test]
+fn a_node_speaks_tls_to_the_database_and_checks_its_certificate() {
+    use crate::support::pg::{engine, pg_required, tls_ca, Engine};
+    if engine() == Engine::Postgres {
+        return; // the default pass runs it (see support::cluster)
+    }
+    let Some(ca) = tls_ca() else {
+        assert!(
+            !pg_required(),
+            "POSTDESK_REQUIRE_PG=1 but the test cluster has no TLS (.ci/pg-tls: is openssl there?)"
+        );
+        eprintln!("a_node_speaks_tls_to_the_database_and_checks_its_certificate: SKIPPED (no TLS on the test cluster)");
+        return;
+    };
+    let query = format!("sslmode=verify-full&sslrootcert={}", ca.display());
+    let Some(c) = Cluster::start_with_url_query(
+        "a_node_speaks_tls_to_the_database_and_checks_its_certificate",
+        1,
+        ACK_NEW,
+        |_| Vec::new(),
+        &query,
+    ) else {
+        return;
+    };
+    let id = c.node(0).send_ok(&msg());
+    let t = c.node(0).ticket(id);
+    assert_eq!(t["id"], id, "{t:#}");
+    // The writers', the pool's, the outbox's connections: all TLS.
+    let seen = c.sql(
+        "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl)
+         FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+         WHERE a.datname = current_database() AND a.application_name LIKE 'postdesk%'",
+    );
+    let (tls, plain) = seen.trim().split_once('|').expect("two counts");
+    assert!(
+        tls.parse::<u32>().unwrap_or(0) >= 2,
+        "TLS connections: {seen}"
+    );
+    assert_eq!(plain, "0", "connections in clear: {seen}");
+
+    // The same URL with another CA (the system's public roots): refused.
+    let url_file = c.dir().join("pg.url");
+    let url = std::fs::read_to_string(&url_file).expect("pg.url");
+    let migrate = || {
+        run_cli(
+            &[
+                std::ffi::OsStr::new("migrate"),
+                std::ffi::OsStr::new("-c"),
+                c.node(0).config_path().as_os_str(),
+            ],
+            c.dir(),
+        )
+    };
+    let public = "/etc/ssl/certs/ca-certificates.crt";
+    if std::path::Path::new(public).is_file() {
+        std::fs::write(&url_file, url.replace(&ca.display().to_string(), public))
+            .expect("write pg.url");
+        let out = migrate();
+        assert_ne!(out.code(), Some(0), "{out}");
+        assert!(out.stderr.contains("certificate"), "{out}");
+    }
+    // A CA file that is not there: named.
+    std::fs::write(
+        &url_file,
+        url.replace(&ca.display().to_string(), "/nonexistent/ca.pem"),
+    )
+    .expect("write pg.url");
+    let out = migrate();
+    assert_ne!(out.code(), Some(0), "{out}");
+    assert!(out.stderr.contains("/nonexistent/ca.pem"), "{out}");
+    // With the right CA again, migrate finds the schema there.
+    std::fs::write(&url_file, &url).expect("write pg.url");
+    let out = migrate();
+    assert_eq!(out.code(), Some(0), "{out}");
+}

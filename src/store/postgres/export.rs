@@ -15,7 +15,7 @@ use std::path::Path;
 
 use tokio::task::JoinHandle;
 use tokio_postgres::types::{Json, ToSql};
-use tokio_postgres::{Client, GenericClient, NoTls};
+use tokio_postgres::{Client, GenericClient};
 
 use super::txn::CHUNK;
 use super::{db_id, from_db_id, id_key, schema, schema_version, url};
@@ -34,13 +34,9 @@ const SEQUENCES: [&str; 4] = ["ticket_id_seq", "message_seq", "timeline_seq", "o
 
 /// A connection of the copy's own.
 async fn connect(pg: &Postgres) -> Result<(Client, JoinHandle<()>), StoreError> {
-    let mut config = url(pg)?;
-    config.application_name(APP);
-    let (client, conn) = config.connect(NoTls).await?;
-    let task = tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok((client, task))
+    let mut db = url(pg)?;
+    db.config.application_name(APP);
+    Ok(db.connect().await?)
 }
 
 /// Refuses a database whose schema is not this binary's.

@@ -17,6 +17,7 @@
 pub(in crate::store) mod export;
 pub(in crate::store) mod read;
 pub mod schema;
+mod tls;
 mod txn;
 pub(in crate::store) mod writer;
 
@@ -36,7 +37,7 @@ pub(in crate::store) struct Shared {
     /// For reads (and the outbox claim), on the daemon's runtime.
     pub pool: Pool,
     /// For the writers' own connections ([`Conn`]).
-    pub config: tokio_postgres::Config,
+    pub db: Db,
     pub node: String,
     pub salt: u64,
     pub keys: ReplyKeys,
@@ -46,8 +47,41 @@ pub(in crate::store) struct Shared {
     pub live: std::sync::OnceLock<Arc<crate::config::ConfigCell>>,
 }
 
+/// Where the database is and how to speak to it: the parsed URL and the
+/// TLS client its `sslmode` asks for ([`tls`]).
+#[derive(Clone)]
+pub(in crate::store) struct Db {
+    pub config: tokio_postgres::Config,
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+}
+
+impl Db {
+    /// A connection driven by a task on the current runtime (ended when
+    /// the client is dropped; the task's handle for who waits on it).
+    pub(in crate::store) async fn connect(
+        &self,
+    ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
+        Ok(match &self.tls {
+            None => {
+                let (client, connection) = self.config.connect(NoTls).await?;
+                (client, tokio::spawn(drive(connection)))
+            }
+            Some(tls) => {
+                let (client, connection) = self.config.connect(tls.clone()).await?;
+                (client, tokio::spawn(drive(connection)))
+            }
+        })
+    }
+}
+
+async fn drive<F: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(connection: F) {
+    if let Err(e) = connection.await {
+        tracing::debug!(error = %e, "store: a database connection ended");
+    }
+}
+
 /// Reads the URL from `url_file` (trimmed); the error names the file only.
-fn url(pg: &Postgres) -> Result<tokio_postgres::Config, StoreError> {
+fn url(pg: &Postgres) -> Result<Db, StoreError> {
     let text = std::fs::read_to_string(&pg.url_file).map_err(|e| {
         StoreError::Refused(format!(
             "cannot read storage.url_file {}: {}",
@@ -55,7 +89,13 @@ fn url(pg: &Postgres) -> Result<tokio_postgres::Config, StoreError> {
             crate::wording::lowercase_first(&crate::wording::io_reason(&e))
         ))
     })?;
-    let mut config = tokio_postgres::Config::from_str(text.trim()).map_err(|e| {
+    let (text, tls) = tls::split(text.trim()).map_err(|e| {
+        StoreError::Refused(format!("storage.url_file {}: {e}", pg.url_file.display()))
+    })?;
+    let connector = tls.connector().map_err(|e| {
+        StoreError::Refused(format!("storage.url_file {}: {e}", pg.url_file.display()))
+    })?;
+    let mut config = tokio_postgres::Config::from_str(&text).map_err(|e| {
         // The parser's message may quote the text: say only what is wrong.
         let kind = e.to_string();
         let kind = kind.split(':').next().unwrap_or("invalid");
@@ -68,17 +108,25 @@ fn url(pg: &Postgres) -> Result<tokio_postgres::Config, StoreError> {
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(std::time::Duration::from_secs(10));
     }
-    Ok(config)
+    config.ssl_mode(match tls.mode {
+        tls::Mode::Off => tokio_postgres::config::SslMode::Disable,
+        _ => tokio_postgres::config::SslMode::Require,
+    });
+    Ok(Db {
+        config,
+        tls: connector,
+    })
 }
 
 fn pool(pg: &Postgres, size: usize) -> Result<Pool, StoreError> {
-    let manager = Manager::from_config(
-        url(pg)?,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
+    let db = url(pg)?;
+    let config = ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let manager = match db.tls {
+        None => Manager::from_config(db.config, NoTls, config),
+        Some(tls) => Manager::from_config(db.config, tls, config),
+    };
     Pool::builder(manager)
         .max_size(size)
         .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -115,12 +163,7 @@ impl Conn {
     /// Connects on the current runtime (the caller's thread drives it) and
     /// checks the session's durability settings.
     pub(in crate::store) async fn open(shared: &Shared) -> Result<Conn, StoreError> {
-        let (client, connection) = shared.config.connect(NoTls).await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "store: a writer's connection ended");
-            }
-        });
+        let (client, _) = shared.db.connect().await?;
         client
             .batch_execute(&format!("SET lock_timeout = '{LOCK_TIMEOUT}'"))
             .await?;
@@ -183,8 +226,7 @@ pub struct Migrated {
 /// of `schema_meta`: a second `migrate` at the same moment waits for the
 /// first, then finds nothing to do.
 pub async fn migrate(pg: &Postgres) -> Result<Migrated, StoreError> {
-    let (mut client, conn) = url(pg)?.connect(NoTls).await?;
-    let conn = tokio::spawn(conn);
+    let (mut client, conn) = url(pg)?.connect().await?;
     let result = async {
         // Two nodes creating the table at once may collide in the catalog
         // (a unique violation): the second one then finds it made.
@@ -288,7 +330,7 @@ pub(in crate::store) async fn open(
     drop(c);
     Ok(Arc::new(Shared {
         pool,
-        config: url(pg)?,
+        db: url(pg)?,
         node: pg.node_id.clone(),
         salt: u64::from_le_bytes(salt),
         keys: ReplyKeys::new(keys),

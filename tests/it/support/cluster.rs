@@ -46,7 +46,19 @@ impl Cluster {
         setup: &str,
         env: impl Fn(usize) -> Vec<(String, String)>,
     ) -> Option<Cluster> {
-        Cluster::start_with(test, n, setup, env, false)
+        Cluster::start_with(test, n, setup, env, false, "")
+    }
+
+    /// [`Cluster::start`] with `query` (`key=value&…`) added to the URL
+    /// the nodes are given (e.g. `sslmode=verify-full&sslrootcert=…`).
+    pub fn start_with_url_query(
+        test: &str,
+        n: usize,
+        setup: &str,
+        env: impl Fn(usize) -> Vec<(String, String)>,
+        query: &str,
+    ) -> Option<Cluster> {
+        Cluster::start_with(test, n, setup, env, false, query)
     }
 
     /// [`Cluster::start`] with the nodes reaching the database through a
@@ -57,7 +69,7 @@ impl Cluster {
         setup: &str,
         env: impl Fn(usize) -> Vec<(String, String)>,
     ) -> Option<Cluster> {
-        Cluster::start_with(test, n, setup, env, true)
+        Cluster::start_with(test, n, setup, env, true, "")
     }
 
     fn start_with(
@@ -66,6 +78,7 @@ impl Cluster {
         setup: &str,
         env: impl Fn(usize) -> Vec<(String, String)>,
         proxied: bool,
+        query: &str,
     ) -> Option<Cluster> {
         if engine() == Engine::Postgres {
             eprintln!("{test}: runs in the default pass of the suite only");
@@ -91,6 +104,9 @@ impl Cluster {
                 .expect("set the port");
             proxy
         });
+        if !query.is_empty() {
+            url.set_query(Some(query));
+        }
         std::fs::write(&url_file, format!("{url}\n")).expect("write pg.url");
         let (server, tables) = split(setup);
         let config_for = |i: usize| {

@@ -188,9 +188,10 @@ pub fn try_psql(url: &str, sql: &str) -> Result<String, String> {
 
 // ---- the server ----
 
+static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
+
 /// The test server's superuser URL, found or started once per process.
 fn server() -> Result<&'static str, String> {
-    static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
     SERVER
         .get_or_init(find_server)
         .as_ref()
@@ -198,8 +199,18 @@ fn server() -> Result<&'static str, String> {
         .map_err(Clone::clone)
 }
 
+/// The CA certificate of the test cluster's TLS (`DIR/ca.crt`, made by
+/// .ci/pg-tls), if it has TLS.
+pub fn tls_ca() -> Option<PathBuf> {
+    let server = SERVER.get_or_init(find_server).as_ref().ok()?;
+    let ca = server.dir.as_ref()?.join("ca.crt");
+    ca.is_file().then_some(ca)
+}
+
 struct Server {
     admin_url: String,
+    /// The cluster's dir, when known (ours, or POSTDESK_TEST_PG_DIR).
+    dir: Option<PathBuf>,
     /// The private cluster's watchdog, when we started one: lives as long
     /// as the process (a `static` is never dropped; the pipe closes at exit).
     _cluster: Option<Watchdog>,
@@ -220,6 +231,7 @@ fn find_server() -> Result<Server, String> {
         })?;
         return Ok(Server {
             admin_url: url,
+            dir: std::env::var_os("POSTDESK_TEST_PG_DIR").map(PathBuf::from),
             _cluster: None,
         });
     }
@@ -339,6 +351,17 @@ fn start_cluster(bin: &Path) -> Result<Server, String> {
             dir.display()
         ),
     )?;
+    // TLS with a CA of its own, as .ci/pg-start's cluster has ([`tls_ca`]);
+    // without openssl none (the TLS tests say so).
+    if let Err(e) = run(
+        Command::new("bash")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/pg-tls"))
+            .arg(&data)
+            .arg(dir.join("ca.crt")),
+        "pg-tls",
+    ) {
+        eprintln!("note: the private cluster has no TLS: {e}");
+    }
     let log = dir.join("postgres.log");
     let mut last = String::new();
     for _attempt in 0..5 {
@@ -370,6 +393,7 @@ fn start_cluster(bin: &Path) -> Result<Server, String> {
                 );
                 return Ok(Server {
                     admin_url,
+                    dir: Some(dir.clone()),
                     _cluster: Some(watchdog),
                 });
             }
