@@ -158,6 +158,9 @@ pub(super) struct PgTxn<'a> {
     /// on the ticket). Unused ones are gaps, never seen.
     message_seqs: RefCell<Vec<u64>>,
     outbox_ids: RefCell<Vec<u64>>,
+    /// A contact's hourly count taken under its lock: address, since,
+    /// count (with this attempt's own sends).
+    contact: RefCell<Option<(String, Millis, u64)>>,
     /// A ticket id drawn ahead ([`PgTxn::prefetch_ids`]).
     ticket_ahead: Cell<Option<u64>>,
     /// The ids ahead were drawn before any ticket's lock.
@@ -185,6 +188,7 @@ impl<'a> PgTxn<'a> {
             outbox: RefCell::new(HashMap::new()),
             message_seqs: RefCell::new(Vec::new()),
             outbox_ids: RefCell::new(Vec::new()),
+            contact: RefCell::new(None),
             ticket_ahead: Cell::new(None),
             drawn_unlocked: Cell::new(false),
             events: RefCell::new(Vec::new()),
@@ -227,6 +231,16 @@ impl<'a> PgTxn<'a> {
         self.pending.borrow_mut().push(Deferred::Simple(sql.into()));
     }
 
+    /// Queues the upsert that locks `addr`'s row in `contacts` (new or
+    /// not) until the batch commits.
+    fn lock_contact(&self, addr: &str) {
+        self.later(
+            "INSERT INTO contacts (email) VALUES ($1)
+             ON CONFLICT (email) DO UPDATE SET email = EXCLUDED.email",
+            vec![Box::new(addr.to_string())],
+        );
+    }
+
     /// Queues the batch's row in `batches` (with its BEGIN: see the
     /// writer's `probe`).
     pub(super) fn later_batch_row(&self, token: i64) {
@@ -240,12 +254,22 @@ impl<'a> PgTxn<'a> {
     /// In-Reply-To and References) in one round trip, for threading and
     /// the duplicate check to find in the cache.
     ///
-    /// With `new_ticket` (the message most likely makes a ticket), the ids
-    /// ahead are drawn in the same round trip, and a ticket id unless the
-    /// message (`ids[0]`) is stored already; a message that then makes no
-    /// ticket leaves a gap in the ticket ids, and ids drawn before a
-    /// ticket's lock are not used on it (see [`PgTxn::ticket`]).
-    pub(super) fn prefetch_ids(&self, ids: &[&str], new_ticket: bool) -> Result<(), StoreError> {
+    /// With `new_ticket` (the message most likely makes a ticket, which is
+    /// acknowledged to its sender), the same round trip draws the ids
+    /// ahead, a ticket id unless the message (`ids[0]`) is stored already,
+    /// and locks and counts the sender's hourly limit (`sender`, at `now`:
+    /// see [`Txn::auto_sent_last_hour`]). A message that then makes no
+    /// ticket leaves a gap in the ticket ids; ids drawn before a ticket's
+    /// lock are not used on it (see [`PgTxn::ticket`]). The contact's row
+    /// is then locked before the message's Message-ID rows are claimed,
+    /// the other way round from a reply: a reply naming this message, from
+    /// the same sender, at the same moment, can deadlock with it, which
+    /// PostgreSQL breaks and the writer runs again.
+    pub(super) fn prefetch_ids(
+        &self,
+        ids: &[&str],
+        new_ticket: Option<(&str, Millis)>,
+    ) -> Result<(), StoreError> {
         let wanted: Vec<&str> = ids
             .iter()
             .copied()
@@ -265,12 +289,23 @@ impl<'a> PgTxn<'a> {
                                           WHERE key = $1 AND message IS NOT NULL)
                     THEN nextval('ticket_id_seq') END, {IDS_AHEAD}"
         );
-        let mut results = if new_ticket && self.message_seqs.borrow().is_empty() {
-            self.queries(&[lookup, (&draw, &[&own])])?
+        let count = "SELECT count(*) FROM auto_sent WHERE email = $1 AND at > $2";
+        let sender = new_ticket.filter(|_| self.message_seqs.borrow().is_empty());
+        let (addr, since) =
+            sender.map_or((String::new(), 0), |(a, now)| (a.to_string(), now - HOUR));
+        let mut results = if sender.is_some() {
+            self.lock_contact(&addr);
+            self.queries(&[lookup, (&draw, &[&own]), (count, &[&addr, &since])])?
         } else {
             self.queries(&[lookup])?
         };
-        if results.len() == 2 {
+        if results.len() == 3 {
+            let counted = results.pop().unwrap_or_default();
+            let n = match counted.first() {
+                Some(r) => from_db_id(r.try_get(0)?),
+                None => 0,
+            };
+            *self.contact.borrow_mut() = Some((addr, since, n));
             let drawn = results.pop().unwrap_or_default();
             let row = drawn
                 .first()
@@ -842,15 +877,17 @@ impl Txn for PgTxn<'_> {
     }
 
     /// Locks the contact's row first, so that nodes count one after the
-    /// other and the window slides exactly.
+    /// other and the window slides exactly (counted already, under the
+    /// lock, when [`PgTxn::prefetch_ids`] guessed the address).
     fn auto_sent_last_hour(&self, addr: &str, now: Millis) -> Result<u64, StoreError> {
-        // The upsert locks the row, new or not; the count is a statement
-        // of its own, so that it sees what the previous holder committed.
-        self.later(
-            "INSERT INTO contacts (email) VALUES ($1)
-             ON CONFLICT (email) DO UPDATE SET email = EXCLUDED.email",
-            vec![Box::new(addr.to_string())],
-        );
+        if let Some((a, since, n)) = &*self.contact.borrow() {
+            if a == addr && *since == now - HOUR {
+                return Ok(*n);
+            }
+        }
+        // The count is a statement of its own, so that it sees what the
+        // previous holder of the lock committed.
+        self.lock_contact(addr);
         let row = self.opt(
             "SELECT count(*) FROM auto_sent WHERE email = $1 AND at > $2",
             &[&addr, &(now - HOUR)],
@@ -862,6 +899,11 @@ impl Txn for PgTxn<'_> {
     }
 
     fn count_auto_sent(&mut self, addr: &str, now: Millis) -> Result<(), StoreError> {
+        if let Some((a, _, n)) = &mut *self.contact.borrow_mut() {
+            if a == addr {
+                *n += 1;
+            }
+        }
         self.later(
             "WITH old AS (DELETE FROM auto_sent WHERE email = $1 AND at <= $2)
              INSERT INTO auto_sent (email, at) VALUES ($1, $3)",

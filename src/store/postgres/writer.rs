@@ -288,7 +288,9 @@ impl Writer {
                     && p.references.is_empty()
                     && inb.envelope.plus.is_none()
                     && inb.config.outbound.subject_tag.find(&p.subject).is_none();
-                let fetched = txn.prefetch_ids(&ids, new_ticket);
+                let sender = p.from.as_ref().map(|f| f.email.as_str());
+                let fetched =
+                    txn.prefetch_ids(&ids, sender.filter(|_| new_ticket).map(|a| (a, now)));
                 if opening.is_some() && txn.sent() {
                     *begin = None;
                 }
