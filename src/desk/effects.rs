@@ -464,7 +464,6 @@ pub(super) fn queue(
     };
     tables.put_outbox(&out, None)?;
     tables.mail_queued();
-    crate::metrics::inc(&crate::metrics::METRICS.emails_queued);
     if draft.kind != "notification" {
         // The customer's view of the thread; agents' notifications stay out.
         ticket.push_thread(&message_id);

@@ -101,7 +101,8 @@ pub trait Txn: ThreadView<Error = StoreError> {
     /// index of due entries.
     fn put_outbox(&mut self, rec: &OutboxRec, was_due: Option<Millis>) -> Result<(), StoreError>;
     /// An email was queued: the outbox worker is to be woken after the
-    /// commit.
+    /// commit, and `stats` to count it once (an engine that runs a job
+    /// again after a rollback counts it at its commit).
     fn mail_queued(&mut self);
 
     /// Automatic emails counted for `addr` in the hour before `now`.

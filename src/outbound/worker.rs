@@ -167,7 +167,7 @@ pub async fn run(store: Store, config: Arc<ConfigCell>, shutdown: CancellationTo
                 Err(_) => Vec::new(),
             };
             crate::failpoint::hit("outbox.before_finish");
-            record(&store, done).await;
+            record(&store, done, &shutdown).await;
             if stopping {
                 return;
             }
@@ -241,12 +241,44 @@ async fn close_all(links: &mut Vec<Link>) {
 /// answer is awaited, so that they share a commit. (Bursts of 8, meant to
 /// shorten the wait of mail arriving meanwhile, measured slower since one
 /// runtime worker: BENCHMARKS.md, "Runtime workers".)
-async fn record(store: &Store, results: Vec<(u64, u64, Delivery)>) {
-    for (id, result) in store.delivered_all(results).await {
-        if let Err(e) = result {
-            // The email stays queued and is tried again: at-least-once.
-            tracing::error!(outbox = id, error = %e, "outbox: cannot record the delivery result");
+///
+/// A result the store could not take (the database restarting or away, a
+/// disk error) is offered again, the pause doubling from 250 ms, while
+/// this node's claim on the email lasts (three renewal periods): once the
+/// store is back the email is recorded as it went, not sent again. Past
+/// that, or at shutdown, it stays queued and is sent again (at-least-once).
+async fn record(
+    store: &Store,
+    mut results: Vec<(u64, u64, Delivery)>,
+    shutdown: &CancellationToken,
+) {
+    let until = std::time::Instant::now() + store.renew_every() * 3;
+    let mut pause = Duration::from_millis(250);
+    loop {
+        let offered = results.clone();
+        let mut again = Vec::new();
+        for ((id, result), item) in store.delivered_all(offered).await.into_iter().zip(results) {
+            match result {
+                Ok(()) => {}
+                Err(e) if !e.is_entry_fault() && std::time::Instant::now() + pause < until => {
+                    tracing::warn!(outbox = id, error = %e, "outbox: cannot record the delivery result yet; trying again");
+                    again.push(item);
+                }
+                Err(e) => {
+                    // The email stays queued and is tried again.
+                    tracing::error!(outbox = id, error = %e, "outbox: cannot record the delivery result");
+                }
+            }
         }
+        if again.is_empty() {
+            return;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = shutdown.cancelled() => return,
+        }
+        pause = (pause * 2).min(Duration::from_secs(5));
+        results = again;
     }
 }
 

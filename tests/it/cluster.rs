@@ -825,3 +825,106 @@ fn a_node_speaks_tls_to_the_database_and_checks_its_certificate() {
     let out = migrate();
     assert_eq!(out.code(), Some(0), "{out}");
 }
+
+/// PostgreSQL itself restarted (`pg_ctl restart -m fast`: every session
+/// ended mid-batch, mid-COMMIT or idle) while clients send to two nodes,
+/// retrying what got no 250: every message that got a 250 is stored, once;
+/// both nodes take mail again by themselves; every acknowledgement queued
+/// is sent, twice at most (a resend only of what was on the wire when the
+/// database went away).
+#[test]
+fn postgresql_restarted_under_load_loses_nothing_and_both_nodes_recover() {
+    let Some(c) = Cluster::start_private(
+        "postgresql_restarted_under_load_loses_nothing_and_both_nodes_recover",
+        2,
+        ACK_NEW,
+        |_| Vec::new(),
+    ) else {
+        return;
+    };
+    let addrs = [c.node(0).smtp_addr(), c.node(1).smtp_addr()];
+    let accepted = std::sync::Mutex::new(Vec::<String>::new());
+    let count = std::sync::atomic::AtomicUsize::new(0);
+    let refused = std::sync::atomic::AtomicUsize::new(0);
+    thread::scope(|s| {
+        for client in 0..6 {
+            let (accepted, count, refused) = (&accepted, &count, &refused);
+            s.spawn(move || {
+                for j in 0..15 {
+                    let m = msg()
+                        .from(&format!("r{client}x{j} <r{client}x{j}@example.com>"))
+                        .subject(&format!("restart {client}/{j}"));
+                    let mut done = false;
+                    for attempt in 0..60 {
+                        if let Some(r) = try_send(addrs[(client + j + attempt) % 2], &m) {
+                            if r.code == 250 {
+                                done = true;
+                                break;
+                            }
+                            assert_eq!(r.code, 451, "{}: {r}", m.mid());
+                        }
+                        refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        thread::sleep(std::time::Duration::from_millis(100));
+                    }
+                    assert!(done, "{} never accepted by either node", m.mid());
+                    accepted.lock().unwrap().push(m.mid());
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+        }
+        wait_until(DEADLINE, "some mail accepted", || {
+            let n = count.load(std::sync::atomic::Ordering::SeqCst);
+            if n >= 25 {
+                Ok(())
+            } else {
+                Err(format!("{n}"))
+            }
+        });
+        c.restart_database();
+    });
+    let accepted = accepted.into_inner().unwrap();
+    assert_eq!(accepted.len(), 90);
+    assert!(
+        refused.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "the restart was not seen: no 451, no dropped connection"
+    );
+    for i in 0..2 {
+        c.node(i)
+            .send_ok(&msg().from(&format!("after{i}@example.com")));
+    }
+    for mid in &accepted {
+        assert!(
+            c.node(1).message(mid).is_some(),
+            "{mid} got 250 but is not stored"
+        );
+    }
+    let twice = c.sql("SELECT message_id FROM messages GROUP BY message_id HAVING count(*) > 1");
+    assert!(twice.trim().is_empty(), "stored twice: {twice}");
+    let tickets: usize = c
+        .sql("SELECT count(*) FROM tickets")
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(tickets, 92, "one ticket a message");
+    // Every acknowledgement goes out: once, or twice if it was on the wire.
+    wait_until(DEADLINE, "the outbox to drain", || {
+        let left = c.sql("SELECT count(*) FROM outbox WHERE state <> 'sent'");
+        if left.trim() == "0" {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} not sent: {}",
+                left.trim(),
+                c.sql("SELECT id, state, lease_owner, lease_until > now(), next_attempt_at FROM outbox WHERE state <> 'sent' ORDER BY id LIMIT 5")
+            ))
+        }
+    });
+    let sent = c.sent_by_message_id();
+    let acks = c.outbox_kind("auto_reply");
+    assert_eq!(acks.len(), 92, "one acknowledgement a ticket");
+    assert_eq!(sent.len(), 92, "every acknowledgement written: {sent:?}");
+    assert!(
+        sent.values().all(|n| (1..=2).contains(n)),
+        "each once, twice at most: {sent:?}"
+    );
+}

@@ -215,7 +215,11 @@ pub async fn outbox_entry(s: &Shared, id: u64) -> Result<Option<OutboxView>, Sto
 }
 
 /// Claims up to `limit` emails due at `now` for this node (see the module
-/// doc), with their bytes; and when to look again: the next due email, but
+/// doc), with their bytes — its own claims too: this node's one outbox
+/// worker sends nothing between two claims, so an email it still holds is
+/// one whose claim's answer was lost (the database went away just after
+/// committing it) or whose result could not be recorded; it is not left
+/// waiting for the lease to run out; and when to look again: the next due email, but
 /// no later than [`POLL`] from now (other nodes' leases run out, other
 /// nodes queue mail).
 pub async fn due(
@@ -231,7 +235,8 @@ pub async fn due(
                lease_until = now() + make_interval(secs => $4),
                lease_token = nextval('lease_seq')
              FROM (SELECT id FROM outbox
-                   WHERE next_attempt_at <= $2 AND (lease_until IS NULL OR lease_until < now())
+                   WHERE next_attempt_at <= $2
+                     AND (lease_until IS NULL OR lease_until < now() OR lease_owner = $1)
                    ORDER BY next_attempt_at, id LIMIT $3
                    FOR UPDATE SKIP LOCKED) due
              WHERE o.id = due.id

@@ -136,7 +136,8 @@ pub(super) struct PgTxn<'a> {
     shared: &'a Shared,
     /// The batch this attempt belongs to (see `batches`).
     batch: i64,
-    pub(super) queued_mail: bool,
+    /// Emails this attempt queued (counted after the batch's COMMIT).
+    pub(super) queued_mail: u64,
     current_text: Option<(u64, String)>,
     /// Message-IDs this attempt found without a ticket.
     absent: RefCell<HashSet<String>>,
@@ -176,7 +177,7 @@ impl<'a> PgTxn<'a> {
             c,
             shared,
             batch,
-            queued_mail: false,
+            queued_mail: 0,
             current_text: None,
             absent: RefCell::new(HashSet::new()),
             raced: Cell::new(false),
@@ -873,7 +874,7 @@ impl Txn for PgTxn<'_> {
     }
 
     fn mail_queued(&mut self) {
-        self.queued_mail = true;
+        self.queued_mail += 1;
     }
 
     /// Locks the contact's row first, so that nodes count one after the

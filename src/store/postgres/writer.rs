@@ -131,8 +131,11 @@ impl Writer {
                     self.conn = None;
                     if round == 2 || jobs.iter().all(Option::is_none) {
                         tracing::warn!(error = %e, "store: a batch failed; its messages get 451");
+                        // Each job its copy of the error, said once ("database: …").
+                        let text = e.to_string();
+                        let text = text.strip_prefix("database: ").unwrap_or(&text);
                         for job in jobs.iter_mut().filter_map(Option::take) {
-                            let _ = job.reply.send(Err(StoreError::Database(e.to_string())));
+                            let _ = job.reply.send(Err(StoreError::Database(text.to_string())));
                         }
                         return false;
                     }
@@ -189,7 +192,7 @@ impl Writer {
             }
         };
         let mut answers: Vec<Option<Answer>> = Vec::with_capacity(jobs.len());
-        let mut queued = false;
+        let mut queued = 0;
         for job in jobs.iter() {
             let Some(job) = job else {
                 answers.push(None);
@@ -197,7 +200,7 @@ impl Writer {
             };
             match self.one(c, token, job, now, &mut begin, savepoints)? {
                 Some((answer, q)) => {
-                    queued |= q;
+                    queued += q;
                     answers.push(Some(answer));
                 }
                 None => {
@@ -232,6 +235,8 @@ impl Writer {
         let m = &crate::metrics::METRICS;
         crate::metrics::inc(&m.store_commits);
         crate::metrics::inc(&m.store_transactions);
+        m.emails_queued
+            .fetch_add(queued, std::sync::atomic::Ordering::Relaxed);
         m.commit_batch.observe(jobs.len() as u64);
         m.commit_ms.observe(started.elapsed().as_millis() as u64);
         for (job, answer) in jobs.iter_mut().zip(answers) {
@@ -239,7 +244,7 @@ impl Writer {
                 let _ = job.reply.send(answer);
             }
         }
-        Ok(Some(queued))
+        Ok(Some(queued > 0))
     }
 
     /// Runs one job (in its savepoint, with `savepoints`) until it neither
@@ -254,7 +259,7 @@ impl Writer {
         now: Millis,
         begin: &mut Option<String>,
         savepoints: bool,
-    ) -> Result<Option<(Answer, bool)>, StoreError> {
+    ) -> Result<Option<(Answer, u64)>, StoreError> {
         let mut last = None;
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {
@@ -307,7 +312,7 @@ impl Writer {
                     }
                     txn.finish()?;
                     tracing::warn!(outbox = id, "outbox: the lease on this email ran out before its delivery was recorded; another node may send it again");
-                    return Ok(Some((Ok(Done::Ok), false)));
+                    return Ok(Some((Ok(Done::Ok), 0)));
                 }
             }
             let result = crate::store::apply(&mut txn, &job.cmd, now);
@@ -342,7 +347,7 @@ impl Writer {
                         )?;
                     }
                     match other {
-                        Err(e) if !raced && !is_retryable(&e) => return Ok(Some((Err(e), false))),
+                        Err(e) if !raced && !is_retryable(&e) => return Ok(Some((Err(e), 0))),
                         Err(e) => last = Some(e),
                         Ok(_) => last = None,
                     }
@@ -357,7 +362,7 @@ impl Writer {
             Err(last.unwrap_or_else(|| {
                 StoreError::Database("another node kept winning the same rows; try again".into())
             })),
-            false,
+            0,
         )))
     }
 }

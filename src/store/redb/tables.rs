@@ -346,8 +346,11 @@ impl Txn for Tables<'_> {
         Ok(())
     }
 
+    /// Counted when applied: the one writer applies a batch once (again
+    /// only in the recovery after a failure).
     fn mail_queued(&mut self) {
         self.queued_mail = true;
+        crate::metrics::inc(&crate::metrics::METRICS.emails_queued);
     }
 
     /// A per-address record of automatic emails per minute (see

@@ -18,7 +18,7 @@ use std::sync::Mutex;
 
 use super::daemon::{migrate, temp_dir, Daemon};
 use super::eml;
-use super::pg::{engine, psql, require_pg_or_skip, Engine, TestDb};
+use super::pg::{engine, pg_required, psql, require_pg_or_skip, Engine, PrivateCluster, TestDb};
 use super::proxy::Proxy;
 use super::{wait_until, DEADLINE};
 
@@ -30,6 +30,9 @@ pub struct Cluster {
     /// Between the nodes and the database, with [`Cluster::start_proxied`].
     proxy: Option<Proxy>,
     db: TestDb,
+    /// The PostgreSQL of this cluster's own ([`Cluster::start_private`]),
+    /// dropped after the database.
+    private: Option<PrivateCluster>,
     dir: tempfile::TempDir,
     _serial: std::sync::MutexGuard<'static, ()>,
 }
@@ -47,6 +50,42 @@ impl Cluster {
         env: impl Fn(usize) -> Vec<(String, String)>,
     ) -> Option<Cluster> {
         Cluster::start_with(test, n, setup, env, false, "")
+    }
+
+    /// [`Cluster::start`] on a PostgreSQL of the cluster's own
+    /// ([`PrivateCluster`], [`Cluster::restart_database`]), not the suite's
+    /// shared server.
+    pub fn start_private(
+        test: &str,
+        n: usize,
+        setup: &str,
+        env: impl Fn(usize) -> Vec<(String, String)>,
+    ) -> Option<Cluster> {
+        if engine() == Engine::Postgres {
+            eprintln!("{test}: runs in the default pass of the suite only");
+            return None;
+        }
+        let private = match PrivateCluster::start() {
+            Ok(p) => p,
+            Err(e) if pg_required() => panic!("{test}: no private PostgreSQL: {e}"),
+            Err(e) => {
+                eprintln!("{test}: SKIPPED, no private PostgreSQL here: {e}");
+                return None;
+            }
+        };
+        let db = TestDb::create_on(&private.url);
+        let mut c = Cluster::start_on(test, n, setup, env, false, "", db)?;
+        c.private = Some(private);
+        Some(c)
+    }
+
+    /// Restarts the PostgreSQL of [`Cluster::start_private`] (fast: every
+    /// session ended in whatever it was doing).
+    pub fn restart_database(&self) {
+        self.private
+            .as_ref()
+            .expect("a cluster started with start_private")
+            .restart();
     }
 
     /// [`Cluster::start`] with `query` (`key=value&…`) added to the URL
@@ -85,6 +124,18 @@ impl Cluster {
             return None;
         }
         let db = require_pg_or_skip()?;
+        Cluster::start_on(test, n, setup, env, proxied, query, db)
+    }
+
+    fn start_on(
+        _test: &str,
+        n: usize,
+        setup: &str,
+        env: impl Fn(usize) -> Vec<(String, String)>,
+        proxied: bool,
+        query: &str,
+        db: TestDb,
+    ) -> Option<Cluster> {
         let serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let dir = temp_dir();
         let url_file = dir.path().join("pg.url");
@@ -141,6 +192,7 @@ impl Cluster {
             nodes,
             proxy,
             db,
+            private: None,
             dir,
             _serial: serial,
         })

@@ -108,7 +108,7 @@ impl TestDb {
         }
     }
 
-    fn create_on(admin_url: &str) -> TestDb {
+    pub fn create_on(admin_url: &str) -> TestDb {
         let name = format!("t_{:016x}", random_u64());
         psql(
             admin_url,
@@ -478,4 +478,92 @@ pub fn skip_unless_redb(test: &str) -> bool {
         engine()
     );
     true
+}
+
+/// A PostgreSQL cluster of one test's own (`.ci/pg-start`: a temp dir, a
+/// free port, TLS, run as `postgres` under root), to be restarted or
+/// stopped without touching the other tests' server. Stopped and removed
+/// when dropped.
+pub struct PrivateCluster {
+    /// Its superuser URL.
+    pub url: String,
+    dir: PathBuf,
+}
+
+impl PrivateCluster {
+    pub fn start() -> Result<PrivateCluster, String> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/pg-start");
+        let out = Command::new("bash")
+            .arg(&script)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("run {}: {e}", script.display()))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let value = |key: &str| {
+            stdout.lines().find_map(|l| {
+                l.strip_prefix(&format!("export {key}="))
+                    .map(|v| v.trim_matches('\'').to_string())
+            })
+        };
+        match (
+            out.status.success(),
+            value("POSTDESK_TEST_PG_URL"),
+            value("POSTDESK_TEST_PG_DIR"),
+        ) {
+            (true, Some(url), Some(dir)) => Ok(PrivateCluster {
+                url,
+                dir: PathBuf::from(dir),
+            }),
+            _ => Err(format!(
+                ".ci/pg-start failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )),
+        }
+    }
+
+    /// `pg_ctl restart -m fast`: every session is ended at once, in
+    /// whatever it was doing (the server comes back within a few seconds).
+    pub fn restart(&self) {
+        let bin = std::fs::read_to_string(self.dir.join("postdesk-test-cluster"))
+            .expect("the cluster's marker");
+        let pg_ctl = Path::new(bin.trim()).join("pg_ctl");
+        let data = self.dir.join("data");
+        let log = self.dir.join("postgres.log");
+        // SAFETY: geteuid(2) has no preconditions and cannot fail.
+        let mut cmd = if unsafe { libc::geteuid() } == 0 {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&pg_ctl);
+            c
+        } else {
+            Command::new(&pg_ctl)
+        };
+        let out = cmd
+            .arg("-D")
+            .arg(&data)
+            .args(["-m", "fast", "-w", "-t", "60", "-s", "-l"])
+            .arg(&log)
+            .arg("restart")
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run pg_ctl restart");
+        assert!(
+            out.status.success(),
+            "pg_ctl restart: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/pg-start");
+        let _ = Command::new("bash")
+            .arg(script)
+            .arg("--stop")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .output();
+    }
 }
