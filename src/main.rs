@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use postdesk::admin::proto::Request;
+use postdesk::ingest::TicketId;
 use postdesk::{config, ctl, daemon, telemetry, EX_CONFIG};
 
 #[derive(Parser)]
@@ -478,10 +479,13 @@ fn run_ctl(args: CtlArgs) -> anyhow::Result<ExitCode> {
             pipeline,
             limit,
         },
-        CtlCommand::Ticket { id } => Request::Ticket { id },
+        CtlCommand::Ticket { id } => Request::Ticket { id: TicketId(id) },
         CtlCommand::Conversations { limit } => Request::Conversations { limit },
         CtlCommand::Reload => Request::Reload {},
-        CtlCommand::SetStatus { id, status } => Request::SetStatus { id, status },
+        CtlCommand::SetStatus { id, status } => Request::SetStatus {
+            id: TicketId(id),
+            status,
+        },
         CtlCommand::Reply {
             id,
             body,
@@ -499,11 +503,21 @@ fn run_ctl(args: CtlArgs) -> anyhow::Result<ExitCode> {
                     anyhow::bail!("give the reply text with --body TEXT or --body-file FILE")
                 }
             };
-            Request::Reply { id, body, user }
+            Request::Reply {
+                id: TicketId(id),
+                body,
+                user,
+            }
         }
-        CtlCommand::Assign { id, owner } => Request::Assign { id, owner },
+        CtlCommand::Assign { id, owner } => Request::Assign {
+            id: TicketId(id),
+            owner,
+        },
         CtlCommand::Stats => Request::Stats {},
-        CtlCommand::Merge { source, target } => Request::Merge { source, target },
+        CtlCommand::Merge { source, target } => Request::Merge {
+            source: TicketId(source),
+            target: TicketId(target),
+        },
         CtlCommand::Message { message_id } => Request::Message { message_id },
         CtlCommand::Outbox { state, limit } => Request::Outbox { state, limit },
     };

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::desk::Outcome;
+use crate::ingest::TicketId;
 
 /// Longest request line accepted.
 pub const MAX_REQUEST: usize = 1 << 20;
@@ -32,7 +33,7 @@ pub enum Request {
         limit: Option<usize>,
     },
     Ticket {
-        id: u64,
+        id: TicketId,
     },
     Conversations {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -40,17 +41,17 @@ pub enum Request {
     },
     Reload {},
     SetStatus {
-        id: u64,
+        id: TicketId,
         status: String,
     },
     Reply {
-        id: u64,
+        id: TicketId,
         body: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         user: Option<String>,
     },
     Assign {
-        id: u64,
+        id: TicketId,
         owner: String,
     },
     Outbox {
@@ -68,8 +69,8 @@ pub enum Request {
         channel: Option<String>,
     },
     Merge {
-        source: u64,
-        target: u64,
+        source: TicketId,
+        target: TicketId,
     },
     /// One stored message by Message-ID, with its raw bytes (base64).
     Message {
@@ -207,7 +208,7 @@ pub fn import_outcome_from_json(v: &serde_json::Value) -> Option<Outcome> {
     let duplicate = v["duplicate"].as_bool()?;
     match v["ticket"].as_u64() {
         Some(id) => Some(Outcome::Ticket {
-            id,
+            id: TicketId(id),
             created: v["created"].as_bool().unwrap_or(false),
             duplicate,
             by: crate::ingest::ThreadedBy::New,
@@ -239,20 +240,20 @@ mod tests {
                 pipeline: None,
                 limit: Some(5),
             },
-            Request::Ticket { id: 7 },
+            Request::Ticket { id: TicketId(7) },
             Request::Conversations { limit: None },
             Request::Reload {},
             Request::SetStatus {
-                id: 1,
+                id: TicketId(1),
                 status: "closed".into(),
             },
             Request::Reply {
-                id: 1,
+                id: TicketId(1),
                 body: "Hi".into(),
                 user: None,
             },
             Request::Assign {
-                id: 1,
+                id: TicketId(1),
                 owner: "alice".into(),
             },
             Request::Outbox {
@@ -265,8 +266,8 @@ mod tests {
                 channel: Some("support".into()),
             },
             Request::Merge {
-                source: 2,
-                target: 1,
+                source: TicketId(2),
+                target: TicketId(1),
             },
             Request::Message {
                 message_id: "<a@b>".into(),
@@ -289,7 +290,10 @@ mod tests {
     fn requests() {
         assert_eq!(code(r#"{"cmd":"health"}"#), "Health");
         assert_eq!(code(r#"{"cmd":"tickets","limt":5}"#), "bad_request");
-        assert_eq!(code(r#"{"cmd":"ticket","id":3}"#), "Ticket { id: 3 }");
+        assert_eq!(
+            code(r#"{"cmd":"ticket","id":3}"#),
+            "Ticket { id: TicketId(3) }"
+        );
         assert_eq!(
             code(r#"{"cmd":"tickets","status":"new"}"#),
             r#"Tickets { status: Some("new"), pipeline: None, limit: None }"#

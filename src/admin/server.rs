@@ -18,6 +18,7 @@ use super::proto::{
 use crate::clock;
 use crate::config::ConfigCell;
 use crate::desk::records::OutState;
+use crate::ingest::TicketId;
 use crate::smtp::reader::{read_line, Read};
 use crate::store::{Done, Inbound, Store, StoreCmd, StoreError, StoredMessage, TicketFilter};
 
@@ -333,7 +334,7 @@ fn store_error(e: StoreError) -> Response {
 }
 
 /// Runs a command, then answers with the ticket as it is after the commit.
-async fn ticket_after(ctx: &AdminCtx, cmd: StoreCmd, id: u64) -> Response {
+async fn ticket_after(ctx: &AdminCtx, cmd: StoreCmd, id: TicketId) -> Response {
     if let Err(e) = ctx.store.command(cmd).await {
         return store_error(e);
     }

@@ -9,64 +9,16 @@
 //! collected, and one broken `[[item]]` does not hide problems in the rest.
 
 use std::collections::BTreeSet;
-use std::fmt;
-use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::de::DeserializeOwned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
-use super::raw::{self, RawBranding, RawLimits, RawOutbound, RawSecurity, RawServer, RawStorage};
-use super::raw::{RawChannel, RawPipeline, RawTeam, RawUser, RawWorkflow};
+use super::problem::{line_col, Ctx, Problem, Problems};
+use super::raw::{self, Item, RawConfig, Read, Section};
 use super::{validate, Config};
 use crate::wording::io_reason;
-
-/// One thing wrong with the configuration, at a position in a file (the
-/// config file, or a template).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// The config path as the caller gave it, or a template's path.
-    pub file: PathBuf,
-    /// 1-based.
-    pub line: usize,
-    /// 1-based, in characters.
-    pub col: usize,
-    /// A lowercase phrase, e.g. `unknown pipeline "suport" (known: support)`.
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file.display(),
-            self.line,
-            self.col,
-            self.message
-        )
-    }
-}
-
-/// Every problem found, config file first (in file order), then templates.
-/// Never empty when returned by [`load`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problems(pub Vec<Problem>);
-
-impl fmt::Display for Problems {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, problem) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("\n")?;
-            }
-            write!(f, "{problem}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for Problems {}
 
 /// Loads and validates the config at `path`, and compiles every template.
 ///
@@ -180,110 +132,6 @@ fn fingerprint(text: &str, templates: &Path) -> String {
     }
     let digest = hash.finalize();
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
-}
-
-/// 1-based line and column (in characters) of byte `offset` in `text`.
-pub(super) fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let mut offset = offset.min(text.len());
-    while !text.is_char_boundary(offset) {
-        offset -= 1;
-    }
-    let before = &text[..offset];
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let line = before.matches('\n').count() + 1;
-    let col = before[line_start..].chars().count() + 1;
-    (line, col)
-}
-
-/// Where problems are collected while loading.
-pub(super) struct Ctx<'a> {
-    /// The config path as given by the caller.
-    pub file: PathBuf,
-    pub text: &'a str,
-    pub problems: Vec<Problem>,
-}
-
-impl Ctx<'_> {
-    /// A problem in the config file at the start of `span`.
-    pub fn at(&mut self, span: Range<usize>, message: impl Into<String>) {
-        let (line, col) = line_col(self.text, span.start);
-        self.problems.push(Problem {
-            file: self.file.clone(),
-            line,
-            col,
-            message: message.into(),
-        });
-    }
-
-    /// A problem in the config file at `span`, or at 1:1 without one.
-    pub fn at_opt(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
-        self.at(span.unwrap_or(0..0), message);
-    }
-
-    /// A problem in another file (a template).
-    pub fn in_file(&mut self, file: PathBuf, line: usize, col: usize, message: impl Into<String>) {
-        self.problems.push(Problem {
-            file,
-            line,
-            col,
-            message: message.into(),
-        });
-    }
-
-    /// The 1-based line of `span` in the config file.
-    pub fn line(&self, span: &Range<usize>) -> usize {
-        line_col(self.text, span.start).0
-    }
-}
-
-/// A table section (`[server]`): absent, not a table (already reported), or
-/// read, with the span of its header.
-pub(super) enum Section<T> {
-    Absent,
-    Broken,
-    Read(Read<T>),
-}
-
-/// A section read from the file. Keys whose value had the wrong type were
-/// reported, dropped and listed in `broken`, so that validation can skip
-/// what depends on them (a "missing key" for a key that *is* written but
-/// wrong would only be noise).
-pub(super) struct Read<T> {
-    pub value: T,
-    pub span: Range<usize>,
-    pub broken: BTreeSet<String>,
-}
-
-impl<T> Read<T> {
-    pub fn broken(&self, key: &str) -> bool {
-        self.broken.contains(key)
-    }
-}
-
-/// One `[[item]]` of an array of tables. `value` is `None` only when the
-/// item could not be read at all (already reported); `id` is read straight
-/// from the document even then, so references to a broken item do not turn
-/// into "unknown id" noise.
-pub(super) struct Item<T> {
-    pub span: Range<usize>,
-    pub id: Option<String>,
-    pub value: Option<T>,
-    pub broken: BTreeSet<String>,
-}
-
-/// The file's sections, each read on its own.
-pub(super) struct RawConfig {
-    pub server: Section<RawServer>,
-    pub outbound: Section<RawOutbound>,
-    pub branding: Section<RawBranding>,
-    pub limits: Section<RawLimits>,
-    pub security: Section<RawSecurity>,
-    pub storage: Section<RawStorage>,
-    pub users: Vec<Item<RawUser>>,
-    pub teams: Vec<Item<RawTeam>>,
-    pub channels: Vec<Item<RawChannel>>,
-    pub pipelines: Vec<Item<RawPipeline>>,
-    pub workflows: Vec<Item<RawWorkflow>>,
 }
 
 fn read_sections(mut root: DeTable<'_>, cx: &mut Ctx<'_>) -> RawConfig {

@@ -15,12 +15,14 @@ use std::path::PathBuf;
 
 mod live;
 mod load;
+mod problem;
 mod raw;
 mod templates;
 mod validate;
 pub use crate::mail::{Branding, Source};
 pub use live::{summary, ConfigCell};
-pub use load::{load, Problem, Problems};
+pub use load::load;
+pub use problem::{Problem, Problems};
 
 /// The validated configuration. Every id referenced anywhere (channel →
 /// pipeline, statuses, team members, workflow templates) is known to exist;
@@ -68,8 +70,9 @@ pub struct Server {
 #[derive(Debug, Clone)]
 pub struct Outbound {
     pub transport: Transport,
-    /// As written, e.g. "Acme Support <support@acme.example>".
-    pub from: String,
+    /// The sender of automatic emails, parsed at load (written e.g.
+    /// "Acme Support <support@acme.example>").
+    pub from: lettre::message::Mailbox,
     /// `subject_tag`, compiled at load (the pattern has `{id}`, e.g.
     /// "[#{id}]").
     pub subject_tag: crate::ingest::thread::SubjectTag,
@@ -251,7 +254,7 @@ pub struct Workflow {
 #[derive(Debug, Clone)]
 pub struct Recipient<'a> {
     pub channel: &'a Channel,
-    pub plus: Option<u64>,
+    pub plus: Option<crate::ingest::TicketId>,
     /// The key of a signed plus address (`support+42.<key>@…`), as
     /// written; checked by [`crate::ingest::trust`], not here.
     pub key: Option<String>,
@@ -302,7 +305,10 @@ impl Config {
             },
             None => (None, None),
         };
-        let plus = id.and_then(|t| t.parse::<u64>().ok()).filter(|id| *id > 0);
+        let plus = id
+            .and_then(|t| t.parse::<u64>().ok())
+            .filter(|id| *id > 0)
+            .map(crate::ingest::TicketId);
         let key = plus.and(key).map(str::to_string);
         Some(Recipient { channel, plus, key })
     }

@@ -17,6 +17,7 @@
 //! the field lists of these structs — taken from serde itself by
 //! [`fields`], so the two can never drift apart — and reports them all.
 
+use std::collections::BTreeSet;
 use std::ops::Range;
 
 use serde::de::{self, Deserializer, Visitor};
@@ -425,4 +426,54 @@ pub(super) fn path_at(value: &DeValue<'_>, span: &Range<usize>) -> Option<String
         }
         _ => None,
     }
+}
+
+/// A table section (`[server]`): absent, not a table (already reported), or
+/// read, with the span of its header.
+pub(super) enum Section<T> {
+    Absent,
+    Broken,
+    Read(Read<T>),
+}
+
+/// A section read from the file. Keys whose value had the wrong type were
+/// reported, dropped and listed in `broken`, so that validation can skip
+/// what depends on them (a "missing key" for a key that *is* written but
+/// wrong would only be noise).
+pub(super) struct Read<T> {
+    pub value: T,
+    pub span: Range<usize>,
+    pub broken: BTreeSet<String>,
+}
+
+impl<T> Read<T> {
+    pub fn broken(&self, key: &str) -> bool {
+        self.broken.contains(key)
+    }
+}
+
+/// One `[[item]]` of an array of tables. `value` is `None` only when the
+/// item could not be read at all (already reported); `id` is read straight
+/// from the document even then, so references to a broken item do not turn
+/// into "unknown id" noise.
+pub(super) struct Item<T> {
+    pub span: Range<usize>,
+    pub id: Option<String>,
+    pub value: Option<T>,
+    pub broken: BTreeSet<String>,
+}
+
+/// The file's sections, each read on its own.
+pub(super) struct RawConfig {
+    pub server: Section<RawServer>,
+    pub outbound: Section<RawOutbound>,
+    pub branding: Section<RawBranding>,
+    pub limits: Section<RawLimits>,
+    pub security: Section<RawSecurity>,
+    pub storage: Section<RawStorage>,
+    pub users: Vec<Item<RawUser>>,
+    pub teams: Vec<Item<RawTeam>>,
+    pub channels: Vec<Item<RawChannel>>,
+    pub pipelines: Vec<Item<RawPipeline>>,
+    pub workflows: Vec<Item<RawWorkflow>>,
 }

@@ -9,7 +9,7 @@
 use std::ops::Range;
 use std::path::Path;
 
-use super::load::Ctx;
+use super::problem::Ctx;
 use crate::mail::render::{TemplateProblem, Templates};
 use crate::wording::io_reason;
 

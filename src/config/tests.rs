@@ -7,6 +7,7 @@ use tempfile::TempDir;
 use super::raw::{fields, RawNotify, RawServer};
 use super::validate::parse_size;
 use super::*;
+use crate::ingest::TicketId;
 
 /// A temp dir holding the config (`postdesk.toml`) and a `templates/`
 /// folder with the three shipped template names.
@@ -205,7 +206,10 @@ fn shipped_config_loads_clean() {
         Transport::File { dir } => assert_eq!(*dir, config_dir.join("../data/sent")),
         other => panic!("expected the file transport, got {other:?}"),
     }
-    assert_eq!(config.outbound.from, "Acme Support <support@acme.example>");
+    assert_eq!(
+        config.outbound.from.to_string(),
+        "Acme Support <support@acme.example>"
+    );
     let pipeline = config.pipeline("support").unwrap();
     let names: Vec<&str> = pipeline.statuses.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(
@@ -288,7 +292,7 @@ fn minimal_config_gets_defaults() {
         Transport::File { dir: sent } => assert_eq!(*sent, dir.join("data").join("sent")),
         other => panic!("expected the file transport, got {other:?}"),
     }
-    assert_eq!(config.outbound.subject_tag.render(42), "[#42]");
+    assert_eq!(config.outbound.subject_tag.render(TicketId(42)), "[#42]");
     assert!(config.branding.enabled);
     assert_eq!(config.branding.text, None);
     assert_eq!(config.limits.auto_replies_per_contact_per_hour, 5);

@@ -14,8 +14,8 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::load::{Ctx, Item, RawConfig, Read, Section};
-use super::raw::Str;
+use super::problem::Ctx;
+use super::raw::{Item, RawConfig, Read, Section, Str};
 use super::templates::{self, TemplateUses};
 use super::Config;
 use crate::mail::render::Templates;

@@ -8,15 +8,14 @@
 //! daemon, and the per-contact hourly limit. A suppressed email leaves a
 //! `suppressed` timeline event saying why.
 
-use serde_json::json;
-
 use super::records::*;
+use super::timeline::{QueuedFor, TimelineEvent};
 use super::{StoreError, Txn};
 use crate::automation::{Agent, Effect};
 use crate::clock::Millis;
 use crate::config::{Config, User};
 use crate::ingest::trust::{KeyFor, ReplyKeys};
-use crate::ingest::{bracketed, AutoReason};
+use crate::ingest::{bracketed, AutoReason, TicketId};
 use crate::mail::compose::{self, OutMail};
 use crate::mail::render::{ChannelVars, ContactVars, MessageVars, TicketVars, Vars};
 
@@ -47,28 +46,20 @@ pub(super) fn apply_effects(
                         .and_then(|p| p.status(id))
                         .map_or_else(|| id.to_string(), |s| s.name.clone())
                 };
-                let summary = match &from {
-                    Some(f) => format!(
-                        "status {} → {} ({})",
-                        name(f),
-                        name(&to),
-                        why_words(why.as_str())
-                    ),
-                    None => format!("status {} ({})", name(&to), why_words(why.as_str())),
-                };
                 ticket.status = to.clone();
                 ticket.updated_at = now;
-                let kind = if why == crate::automation::Why::Reopened {
-                    "reopened"
-                } else {
-                    "status_changed"
-                };
-                if from.is_some() {
+                // The first status of a new ticket is in its `created` entry.
+                if let Some(from) = &from {
                     tables.event(
                         ticket.id,
                         now,
-                        kind,
-                        json!({"summary": summary, "from": from, "to": to, "why": why}),
+                        &TimelineEvent::StatusChanged {
+                            from,
+                            to: &to,
+                            from_name: &name(from),
+                            to_name: &name(&to),
+                            why,
+                        },
                     )?;
                 }
             }
@@ -79,8 +70,10 @@ pub(super) fn apply_effects(
                 tables.event(
                     ticket.id,
                     now,
-                    "workflow_ran",
-                    json!({"summary": format!("workflow {workflow} ran (status {})", ticket.status), "workflow": workflow, "status": ticket.status}),
+                    &TimelineEvent::WorkflowRan {
+                        workflow: &workflow,
+                        status: &ticket.status,
+                    },
                 )?;
             }
             Effect::SendEmail {
@@ -109,23 +102,16 @@ pub(super) fn apply_effects(
                 tables.event(
                     ticket.id,
                     now,
-                    "notify_skipped",
-                    json!({"summary": format!("notification skipped: {reason}"), "workflow": workflow, "action": action, "reason": reason}),
+                    &TimelineEvent::NotifySkipped {
+                        workflow: &workflow,
+                        action,
+                        reason: &reason,
+                    },
                 )?;
             }
         }
     }
     Ok(())
-}
-
-fn why_words(why: &str) -> String {
-    match why {
-        "customer_replied" => "the customer replied".into(),
-        "email_sent_to_customer" => "an agent emailed the customer".into(),
-        "reopened" => "a reply reopened the closed ticket".into(),
-        "admin" => "set by an operator".into(),
-        other => other.replace('_', " "),
-    }
 }
 
 /// Why no automatic email may go to `addr`, if any.
@@ -167,11 +153,14 @@ fn send_template(
         return tables.event(
             ticket.id,
             now,
-            "suppressed",
-            json!({
-                "summary": format!("{template} email to {to} suppressed: {words}"),
-                "workflow": workflow, "action": action, "template": template, "to": to, "reason": code,
-            }),
+            &TimelineEvent::EmailSuppressed {
+                workflow,
+                action,
+                template,
+                to: &to,
+                code,
+                words: &words,
+            },
         );
     }
     let vars = vars(tables, config, ticket, template)?;
@@ -180,7 +169,7 @@ fn send_template(
         Err(e) => return render_failed(tables, ticket.id, workflow, template, &e.to_string(), now),
     };
     let mail = Draft {
-        kind: "auto_reply",
+        kind: OutboxKind::AutoReply,
         to: vec![(ticket.contact.name.clone(), to.clone())],
         cc: Vec::new(),
         subject: rendered.subject,
@@ -195,7 +184,11 @@ fn send_template(
         config,
         ticket,
         mail,
-        json!({"workflow": workflow, "action": action, "template": template}),
+        &QueuedFor::Template {
+            workflow,
+            action,
+            template,
+        },
         now,
     )?;
     tables.count_auto_sent(&to, now)
@@ -225,7 +218,7 @@ fn notify(
         }
     };
     let mail = Draft {
-        kind: "notification",
+        kind: OutboxKind::Notification,
         to: vec![(Some(agent.name.clone()), agent.email.clone())],
         cc: Vec::new(),
         subject: rendered.subject,
@@ -235,24 +228,36 @@ fn notify(
         footer: crate::mail::render::footer(&config.branding),
         agent: Some(agent.id.clone()),
     };
-    queue(tables, config, ticket, mail, json!({"workflow": workflow, "action": action, "template": "notification", "user": agent.id}), now)
-        .map(|_| ())
+    let cause = QueuedFor::Notify {
+        workflow,
+        action,
+        user: &agent.id,
+    };
+    queue(tables, config, ticket, mail, &cause, now).map(|_| ())
 }
 
 fn render_failed(
     tables: &mut impl Txn,
-    ticket: u64,
+    ticket: TicketId,
     workflow: &str,
     template: &str,
     error: &str,
     now: Millis,
 ) -> Result<(), StoreError> {
-    tracing::error!(ticket, template, error, "template rendering failed");
+    tracing::error!(
+        ticket = ticket.get(),
+        template,
+        error,
+        "template rendering failed"
+    );
     tables.event(
         ticket,
         now,
-        "email_failed",
-        json!({"summary": format!("{template} email not sent: template error: {error}"), "workflow": workflow, "template": template, "error": error}),
+        &TimelineEvent::RenderFailed {
+            workflow,
+            template,
+            error,
+        },
     )
 }
 
@@ -329,7 +334,7 @@ fn vars(
 
 /// An email about to be queued.
 pub(super) struct Draft {
-    pub kind: &'static str,
+    pub kind: OutboxKind,
     pub to: Vec<(Option<String>, String)>,
     /// Copied: the ticket's other participants (agent replies only).
     pub cc: Vec<(Option<String>, String)>,
@@ -377,7 +382,7 @@ pub(super) fn queue(
     config: &Config,
     ticket: &mut TicketRec,
     draft: Draft,
-    detail: serde_json::Value,
+    cause: &QueuedFor<'_>,
     now: Millis,
 ) -> Result<u64, StoreError> {
     let out_id = tables.next_outbox_id()?;
@@ -415,8 +420,11 @@ pub(super) fn queue(
             tables.event(
                 ticket.id,
                 now,
-                "email_failed",
-                json!({"summary": format!("{} email not sent: {e}", draft.kind), "kind": draft.kind, "error": e.to_string(), "detail": detail}),
+                &TimelineEvent::ComposeFailed {
+                    kind: draft.kind,
+                    error: &e.to_string(),
+                    cause,
+                },
             )?;
             return Ok(out_id);
         }
@@ -429,7 +437,7 @@ pub(super) fn queue(
         message_id_written: None,
         direction: Direction::Out,
         kind: draft.kind.into(),
-        from: Some(sender_mailbox(config, &channel_addr)),
+        from: Some(sender_mailbox(config)),
         to: rcpt.clone(),
         subject: subject.clone(),
         date: Some(now),
@@ -450,7 +458,7 @@ pub(super) fn queue(
         ticket: ticket.id,
         message_seq: seq,
         message_id: message_id.clone(),
-        kind: draft.kind.into(),
+        kind: draft.kind,
         mail_from: channel_addr,
         rcpt: rcpt.clone(),
         subject,
@@ -464,35 +472,30 @@ pub(super) fn queue(
     };
     tables.put_outbox(&out, None)?;
     tables.mail_queued();
-    if draft.kind != "notification" {
+    if draft.kind != OutboxKind::Notification {
         // The customer's view of the thread; agents' notifications stay out.
         ticket.push_thread(&message_id);
     }
-    let mut detail = detail;
-    detail["summary"] = json!(format!(
-        "{} email to {} queued",
-        draft.kind.replace('_', " "),
-        rcpt.join(", ")
-    ));
-    detail["message_id"] = json!(bracketed(&message_id));
-    detail["to"] = json!(rcpt);
-    detail["kind"] = json!(draft.kind);
-    detail["outbox"] = json!(out_id);
-    tables.event(ticket.id, now, "email_queued", detail)?;
+    tables.event(
+        ticket.id,
+        now,
+        &TimelineEvent::EmailQueued {
+            kind: draft.kind,
+            rcpt: &rcpt,
+            message_id: &message_id,
+            outbox: out_id,
+            cause,
+        },
+    )?;
     Ok(out_id)
 }
 
 /// `outbound.from` as a mailbox (validated at config load).
-fn sender_mailbox(config: &Config, fallback: &str) -> crate::ingest::Mailbox {
-    match config.outbound.from.parse::<lettre::message::Mailbox>() {
-        Ok(m) => crate::ingest::Mailbox {
-            email: m.email.to_string().to_ascii_lowercase(),
-            name: m.name,
-        },
-        Err(_) => crate::ingest::Mailbox {
-            email: fallback.to_string(),
-            name: None,
-        },
+fn sender_mailbox(config: &Config) -> crate::ingest::Mailbox {
+    let from = &config.outbound.from;
+    crate::ingest::Mailbox {
+        email: from.email.to_string().to_ascii_lowercase(),
+        name: from.name.clone(),
     }
 }
 
@@ -514,7 +517,10 @@ pub(super) fn relay_agent_email(
         agent,
         text,
         now,
-        json!({"relayed": bracketed(&message.message_id), "user": agent.id}),
+        &QueuedFor::Relayed {
+            message_id: &message.message_id,
+            user: &agent.id,
+        },
     )
     .map(|_| ())
 }
@@ -527,7 +533,7 @@ pub(super) fn agent_reply(
     agent: &User,
     body: &str,
     now: Millis,
-    detail: serde_json::Value,
+    cause: &QueuedFor<'_>,
 ) -> Result<u64, StoreError> {
     let contact = ticket.contact.email.clone();
     if contact.eq_ignore_ascii_case(&agent.email) {
@@ -548,7 +554,7 @@ pub(super) fn agent_reply(
         .map(|p| (None, p.clone()))
         .collect();
     let draft = Draft {
-        kind: "agent_reply",
+        kind: OutboxKind::AgentReply,
         to: vec![(ticket.contact.name.clone(), contact)],
         cc,
         subject,
@@ -558,7 +564,7 @@ pub(super) fn agent_reply(
         footer: None,
         agent: None,
     };
-    queue(tables, config, ticket, draft, detail, now)
+    queue(tables, config, ticket, draft, cause, now)
 }
 
 /// A message from `agent`'s address that did not prove the agent (SPEC
@@ -581,26 +587,22 @@ pub(super) fn not_relayed(
     tables.event(
         ticket.id,
         now,
-        "suppressed",
-        json!({
-            "summary": format!(
-                "email from {} ({}) not relayed to the customer and no status change: {reason}",
-                agent.email, agent.id
-            ),
-            "reason": "unverified_agent",
-            "user": agent.id,
-            "message_id": mid,
-        }),
+        &TimelineEvent::NotRelayed {
+            agent_email: &agent.email,
+            user: &agent.id,
+            reason,
+            message_id: &message.message_id,
+        },
     )?;
     if let Some(words) = over_hourly_limit(tables, config, &agent.email, now)? {
         return tables.event(
             ticket.id,
             now,
-            "suppressed",
-            json!({
-                "summary": format!("not-relayed notice to {} suppressed: {words}", agent.email),
-                "reason": "rate_limit", "to": agent.email, "user": agent.id,
-            }),
+            &TimelineEvent::NoticeSuppressed {
+                to: &agent.email,
+                user: &agent.id,
+                words: &words,
+            },
         );
     }
     let text = format!(
@@ -618,7 +620,7 @@ pub(super) fn not_relayed(
         subject = ticket.subject,
     );
     let draft = Draft {
-        kind: "notification",
+        kind: OutboxKind::Notification,
         to: vec![(Some(agent.name.clone()), agent.email.clone())],
         cc: Vec::new(),
         subject: format!("Not relayed: {}", ticket.subject),
@@ -633,7 +635,10 @@ pub(super) fn not_relayed(
         config,
         ticket,
         draft,
-        json!({"reason": "unverified_agent", "user": agent.id, "not_relayed": mid}),
+        &QueuedFor::NotRelayedNotice {
+            user: &agent.id,
+            not_relayed: &mid,
+        },
         now,
     )?;
     tables.count_auto_sent(&agent.email, now)

@@ -5,10 +5,9 @@
 
 use std::sync::Arc;
 
-use serde_json::json;
-
 use super::effects::{apply_effects, not_relayed, relay_agent_email, Cause};
 use super::records::*;
+use super::timeline::{MessageIn, TimelineEvent};
 use super::{IdRow, StoreError, Txn};
 use crate::automation::{self, route_reply, Event, ReplyRoute};
 use crate::clock::Millis;
@@ -17,9 +16,7 @@ use crate::ingest::authres::{self, AuthStatus};
 use crate::ingest::bounce::Bounce;
 use crate::ingest::thread::{decide, SubjectTag, ThreadInput};
 use crate::ingest::trust::{AuthProof, Credentials};
-use crate::ingest::{
-    bracketed, classify, AutoReason, ParsedMail, ThreadMatch, ThreadView, ThreadedBy, TicketId,
-};
+use crate::ingest::{classify, AutoReason, ParsedMail, ThreadView, ThreadedBy, TicketId};
 
 /// How a message came: the SMTP envelope as the session (or an import)
 /// saw it, and when.
@@ -141,7 +138,7 @@ impl Inbound {
     }
 
     /// The stored row of this message.
-    fn record(&self, seq: u64, ticket: Option<TicketId>, kind: &str) -> MessageRec {
+    fn record(&self, seq: u64, ticket: Option<TicketId>, kind: MessageKind) -> MessageRec {
         let p = &self.parsed;
         MessageRec {
             seq,
@@ -149,7 +146,7 @@ impl Inbound {
             message_id: p.message_id.clone(),
             message_id_written: p.message_id_written.clone(),
             direction: Direction::In,
-            kind: kind.into(),
+            kind,
             from: p.from.clone(),
             to: p.to.clone(),
             subject: p.subject.clone(),
@@ -310,11 +307,11 @@ pub fn apply_inbound(
 
     let seq = tables.next_message_seq()?;
     let kind = if agent.is_some() {
-        "agent_email"
+        MessageKind::AgentEmail
     } else if auto.is_some() {
-        "automatic"
+        MessageKind::Automatic
     } else {
-        "email"
+        MessageKind::Email
     };
     // An agent's address on an existing ticket acts as the agent only when
     // proven (SPEC §12); an out-of-office of theirs acts as nothing anyway.
@@ -368,8 +365,18 @@ pub fn apply_inbound(
     tables.event(
         id,
         now,
-        "message_in",
-        message_in_detail(p, &matched, inb, kind, auto.as_ref(), rec.unverified),
+        &TimelineEvent::MessageIn(MessageIn {
+            message_id: &p.message_id,
+            from: p.from.as_ref().map(|f| f.email.as_str()),
+            kind,
+            threaded_by: matched.by,
+            matched: matched.via.as_deref(),
+            automatic: auto.as_ref().map(AutoReason::code),
+            unverified: rec.unverified,
+            channel: &inb.envelope.channel,
+            size: inb.raw.len(),
+            imported: inb.envelope.imported,
+        }),
     )?;
     if let Some(old) = linked_from {
         link(tables, old, id, now)?;
@@ -461,7 +468,7 @@ fn apply_bounce(
         }
     }
     if found.is_none() {
-        if let Some(t) = b.original_ticket.filter(|t| *t > 0) {
+        if let Some(t) = b.original_ticket.filter(|t| t.0 > 0) {
             if tables.ticket_exists(t)? {
                 found = Some((t, ThreadedBy::PlusAddress, None));
             }
@@ -472,22 +479,14 @@ fn apply_bounce(
         None => None,
     };
     let seq = tables.next_message_seq()?;
-    let mut rec = inb.record(seq, ticket.as_ref().map(|t| t.id), "bounce");
+    let mut rec = inb.record(seq, ticket.as_ref().map(|t| t.id), MessageKind::Bounce);
     tables.put_message(&mut rec, &inb.raw)?;
     crate::metrics::inc(&crate::metrics::METRICS.bounces);
     let Some(mut ticket) = ticket else {
         return Ok(Outcome::Kept { duplicate: false });
     };
-    let recipients: Vec<serde_json::Value> = b
-        .recipients
-        .iter()
-        .map(|r| json!({"address": r.address, "status": r.status, "action": r.action, "diagnostic": r.diagnostic}))
-        .collect();
     let who = failed_recipients(b).join(", ");
-    let original = found
-        .as_ref()
-        .and_then(|(_, _, id)| id.as_deref())
-        .map(bracketed);
+    let original = found.as_ref().and_then(|(_, _, id)| id.as_deref());
     let returned = match found.as_ref().and_then(|(_, _, id)| id.as_deref()) {
         Some(id) => mark_bounced(tables, id, b, &p.message_id, now)?,
         None => None,
@@ -495,21 +494,15 @@ fn apply_bounce(
     tables.event(
         ticket.id,
         now,
-        "bounce",
-        json!({
-            "summary": format!(
-                "delivery {} for {}{}",
-                b.action,
-                if who.is_empty() { "an unnamed recipient".to_string() } else { who },
-                original.as_ref().map(|o| format!(" of {o}")).unwrap_or_default()
-            ),
-            "action": b.action,
-            "recipients": recipients,
-            "original_message_id": original,
-            "outbox": returned,
-            "message_id": bracketed(&p.message_id),
-            "standard": b.standard,
-        }),
+        &TimelineEvent::Bounce {
+            action: &b.action,
+            who: &who,
+            recipients: &b.recipients,
+            original,
+            outbox: returned,
+            message_id: &p.message_id,
+            standard: b.standard,
+        },
     )?;
     ticket.updated_at = now;
     tables.put_ticket(&ticket)?;
@@ -587,26 +580,8 @@ fn link(
     new: TicketId,
     now: Millis,
 ) -> Result<(), StoreError> {
-    tables.event(
-        old,
-        now,
-        "linked",
-        json!({
-            "summary": format!("a reply to this closed ticket started ticket {new}"),
-            "ticket": new,
-            "relation": "continued_in",
-        }),
-    )?;
-    tables.event(
-        new,
-        now,
-        "linked",
-        json!({
-            "summary": format!("continues closed ticket {old}"),
-            "ticket": old,
-            "relation": "continues",
-        }),
-    )
+    tables.event(old, now, &TimelineEvent::ContinuedIn { new })?;
+    tables.event(new, now, &TimelineEvent::Continues { old })
 }
 
 /// Whether mail that threads nowhere opens a ticket on this channel: email
@@ -673,59 +648,14 @@ fn create_ticket(
     tables.event(
         id,
         now,
-        "created",
-        json!({
-            "summary": format!("ticket created in {} at status {}", pipeline.name, ticket.status),
-            "pipeline": pipeline.id,
-            "status": ticket.status,
-            "channel": ch.id,
-            "source": ch.source.as_str(),
-            "message_id": bracketed(&p.message_id),
-        }),
+        &TimelineEvent::Created {
+            pipeline_id: &pipeline.id,
+            pipeline_name: &pipeline.name,
+            status: &ticket.status,
+            channel: &ch.id,
+            source: ch.source.as_str(),
+            message_id: &p.message_id,
+        },
     )?;
     Ok(ticket)
-}
-
-fn message_in_detail(
-    p: &ParsedMail,
-    m: &ThreadMatch,
-    inb: &Inbound,
-    kind: &str,
-    auto: Option<&AutoReason>,
-    unverified: bool,
-) -> serde_json::Value {
-    let via = m.via.as_deref().unwrap_or_default();
-    let how = match m.by {
-        ThreadedBy::MessageId => {
-            format!("its Message-ID {} was named by the thread", bracketed(via))
-        }
-        ThreadedBy::InReplyTo => format!("threaded by In-Reply-To {}", bracketed(via)),
-        ThreadedBy::References => format!("threaded by References {}", bracketed(via)),
-        ThreadedBy::PlusAddress => format!("threaded by plus address +{via}"),
-        ThreadedBy::SubjectTag => format!("threaded by subject tag {via}"),
-        ThreadedBy::New => "new thread".to_string(),
-    };
-    let from = p
-        .from
-        .as_ref()
-        .map_or("(unknown sender)", |f| f.email.as_str());
-    let what = match kind {
-        "agent_email" if unverified => "unverified agent email",
-        "agent_email" => "agent email",
-        "automatic" => "automatic message",
-        _ => "message",
-    };
-    json!({
-        "summary": format!("{what} from {from}: {how}"),
-        "message_id": bracketed(&p.message_id),
-        "from": p.from.as_ref().map(|f| f.email.clone()),
-        "kind": kind,
-        "threaded_by": m.by.as_str(),
-        "matched": m.via,
-        "automatic": auto.map(|a| a.code()),
-        "verified": (kind == "agent_email").then_some(!unverified),
-        "channel": inb.envelope.channel,
-        "size": inb.raw.len(),
-        "imported": inb.envelope.imported,
-    })
 }

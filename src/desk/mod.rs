@@ -25,11 +25,13 @@ mod error;
 mod inbound;
 mod ops;
 pub mod records;
+pub mod timeline;
 pub mod views;
 
 pub use error::StoreError;
 pub use inbound::{apply_inbound, Envelope, Inbound, Outcome};
 pub use ops::{assign, delivered, merge, reply, set_status, Delivery};
+pub use timeline::TimelineEvent;
 
 use crate::clock::Millis;
 use crate::ingest::trust::ReplyKeys;
@@ -86,13 +88,13 @@ pub trait Txn: ThreadView<Error = StoreError> {
     /// row already.
     fn add_reference(&mut self, id: &str, ticket: TicketId) -> Result<(), StoreError>;
 
-    /// Adds a timeline entry.
+    /// Adds a timeline entry: its [`TimelineEvent::kind`] and
+    /// [`TimelineEvent::detail`].
     fn event(
         &mut self,
         ticket: TicketId,
         at: Millis,
-        kind: &str,
-        detail: serde_json::Value,
+        event: &TimelineEvent<'_>,
     ) -> Result<(), StoreError>;
 
     fn outbox(&self, id: u64) -> Result<Option<OutboxRec>, StoreError>;

@@ -1,16 +1,15 @@
 //! Operator commands (admin socket) and outbox delivery results, applied in
 //! the engine's transaction like inbound mail.
 
-use serde_json::json;
-
 use super::effects::{agent_reply, apply_effects, Cause};
 use super::inbound::facts;
 use super::records::*;
+use super::timeline::{QueuedFor, TimelineEvent};
 use super::{StoreError, Txn};
 use crate::automation::{self, Event};
 use crate::clock::Millis;
 use crate::config::Config;
-use crate::ingest::{bracketed, TicketId};
+use crate::ingest::TicketId;
 
 /// First retry within 30 s, doubling up to 15 minutes, given up after 5 days.
 pub const RETRY_FIRST_MS: i64 = 30_000;
@@ -87,7 +86,7 @@ pub fn reply(
         &agent,
         body,
         now,
-        json!({"user": agent.id, "via": "admin"}),
+        &QueuedFor::AdminReply { user: &agent.id },
     )?;
     let effects = automation::decide(config, &facts(&t), &Event::AgentEmailed);
     apply_effects(tables, config, &mut t, effects, &Cause::NONE, now)?;
@@ -116,8 +115,10 @@ pub fn assign(
     tables.event(
         id,
         now,
-        "assigned",
-        json!({"summary": format!("owner {} → {owner}", from.as_deref().unwrap_or("none")), "from": from, "to": owner}),
+        &TimelineEvent::Assigned {
+            from: from.as_deref(),
+            to: owner,
+        },
     )?;
     tables.put_ticket(&t)?;
     Ok(id)
@@ -177,14 +178,20 @@ pub fn merge(
     tables.event(
         source,
         now,
-        "merged",
-        json!({"summary": format!("merged into ticket {target}; status {from} → {}", src.status), "into": target, "messages": seqs.len()}),
+        &TimelineEvent::MergedInto {
+            target,
+            from_status: &from,
+            status: &src.status,
+            messages: seqs.len(),
+        },
     )?;
     tables.event(
         target,
         now,
-        "merged",
-        json!({"summary": format!("ticket {source} merged into this one ({} messages)", seqs.len()), "from": source, "messages": seqs.len()}),
+        &TimelineEvent::MergedFrom {
+            source,
+            messages: seqs.len(),
+        },
     )?;
     tables.put_ticket(&src)?;
     tables.put_ticket(&dst)?;
@@ -213,8 +220,6 @@ pub fn delivered(
     }
     let was_due = rec.next_attempt_at;
     rec.attempts += 1;
-    let to = rec.rcpt.join(", ");
-    let mid = bracketed(&rec.message_id);
     match result {
         Delivery::Sent => {
             rec.state = OutState::Sent;
@@ -223,8 +228,13 @@ pub fn delivered(
             tables.event(
                 rec.ticket,
                 now,
-                "email_sent",
-                json!({"summary": format!("{} email to {to} sent", rec.kind.replace('_', " ")), "message_id": mid, "to": rec.rcpt, "outbox": id, "attempts": rec.attempts}),
+                &TimelineEvent::EmailSent {
+                    kind: rec.kind,
+                    rcpt: &rec.rcpt,
+                    message_id: &rec.message_id,
+                    outbox: id,
+                    attempts: rec.attempts,
+                },
             )?;
         }
         Delivery::Transient(err) if now - rec.created_at < GIVE_UP_MS => {
@@ -245,8 +255,15 @@ pub fn delivered(
             tables.event(
                 rec.ticket,
                 now,
-                "email_failed",
-                json!({"summary": format!("{} email to {to} failed: {why}", rec.kind.replace('_', " ")), "message_id": mid, "to": rec.rcpt, "outbox": id, "error": err, "attempts": rec.attempts}),
+                &TimelineEvent::DeliveryFailed {
+                    kind: rec.kind,
+                    rcpt: &rec.rcpt,
+                    message_id: &rec.message_id,
+                    outbox: id,
+                    error: err,
+                    why: &why,
+                    attempts: rec.attempts,
+                },
             )?;
         }
     }

@@ -30,6 +30,88 @@ pub enum Direction {
     Out,
 }
 
+/// What a stored message is. Inbound: a customer's `email`, an
+/// `agent_email` (from an agent's address), an `automatic` message
+/// (auto-reply, list mail: loop protection's verdict), a `bounce`.
+/// Outbound: what the outbox sent ([`OutboxKind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageKind {
+    Email,
+    AgentEmail,
+    Automatic,
+    Bounce,
+    AutoReply,
+    Notification,
+    AgentReply,
+}
+
+impl MessageKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageKind::Email => "email",
+            MessageKind::AgentEmail => "agent_email",
+            MessageKind::Automatic => "automatic",
+            MessageKind::Bounce => "bounce",
+            MessageKind::AutoReply => "auto_reply",
+            MessageKind::Notification => "notification",
+            MessageKind::AgentReply => "agent_reply",
+        }
+    }
+}
+
+impl From<OutboxKind> for MessageKind {
+    fn from(kind: OutboxKind) -> MessageKind {
+        match kind {
+            OutboxKind::AutoReply => MessageKind::AutoReply,
+            OutboxKind::Notification => MessageKind::Notification,
+            OutboxKind::AgentReply => MessageKind::AgentReply,
+        }
+    }
+}
+
+impl std::fmt::Display for MessageKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What an outbox email is: an `auto_reply` to the customer (a workflow's
+/// `send_email`), a `notification` to an agent, an `agent_reply` relayed
+/// to the customer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutboxKind {
+    AutoReply,
+    Notification,
+    AgentReply,
+}
+
+impl OutboxKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutboxKind::AutoReply => "auto_reply",
+            OutboxKind::Notification => "notification",
+            OutboxKind::AgentReply => "agent_reply",
+        }
+    }
+
+    /// The kind in words: `auto reply`.
+    pub fn words(self) -> &'static str {
+        match self {
+            OutboxKind::AutoReply => "auto reply",
+            OutboxKind::Notification => "notification",
+            OutboxKind::AgentReply => "agent reply",
+        }
+    }
+}
+
+impl std::fmt::Display for OutboxKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TicketRec {
     pub id: TicketId,
@@ -89,8 +171,7 @@ pub struct MessageRec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_id_written: Option<String>,
     pub direction: Direction,
-    /// "email" for now; later also "bounce", "auto_reply", ...
-    pub kind: String,
+    pub kind: MessageKind,
     pub from: Option<Mailbox>,
     pub to: Vec<String>,
     pub subject: String,
@@ -194,8 +275,7 @@ pub struct OutboxRec {
     pub message_seq: u64,
     /// Normalised, without brackets.
     pub message_id: String,
-    /// "auto_reply" | "notification" | "agent_reply".
-    pub kind: String,
+    pub kind: OutboxKind,
     pub mail_from: String,
     pub rcpt: Vec<String>,
     pub subject: String,
@@ -238,7 +318,7 @@ impl MessageRec {
             message_id: message_id.into(),
             message_id_written: None,
             direction: Direction::In,
-            kind: "email".into(),
+            kind: MessageKind::Email,
             from: None,
             to: vec![],
             subject: String::new(),

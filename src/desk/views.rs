@@ -57,7 +57,7 @@ impl From<&TicketRec> for TicketView {
 pub struct MessageView {
     pub message_id: String,
     pub direction: Direction,
-    pub kind: String,
+    pub kind: MessageKind,
     pub from: Option<String>,
     pub from_name: Option<String>,
     pub to: Vec<String>,
@@ -82,8 +82,8 @@ impl MessageView {
     /// The view of a row and its raw bytes (the text is derived from them).
     pub fn new(m: MessageRec, raw: Option<&[u8]>) -> Self {
         let text = text_of(m.text, raw);
-        let verified =
-            (m.direction == Direction::In && m.kind == "agent_email").then_some(!m.unverified);
+        let verified = (m.direction == Direction::In && m.kind == MessageKind::AgentEmail)
+            .then_some(!m.unverified);
         MessageView {
             new_text: crate::ingest::quote::new_text(&text),
             verified,
@@ -140,7 +140,7 @@ pub struct OutboxView {
     pub id: u64,
     pub ticket: TicketId,
     pub message_id: String,
-    pub kind: String,
+    pub kind: OutboxKind,
     pub to: Vec<String>,
     pub subject: String,
     pub state: OutState,
@@ -190,7 +190,7 @@ pub struct DueMail {
     pub lease: u64,
     pub ticket: TicketId,
     pub message_id: String,
-    pub kind: String,
+    pub kind: OutboxKind,
     pub mail_from: String,
     pub rcpt: Vec<String>,
     /// The email's bytes, or why they cannot be read (a damaged or missing

@@ -22,7 +22,7 @@
 
 use mail_parser::{Message, MessageParser, MimeHeaders, PartType};
 
-use super::{is_daemon_address, normalize_message_id, DAEMON_LOCALS};
+use super::{is_daemon_address, normalize_message_id, TicketId, DAEMON_LOCALS};
 
 /// The most decoded text (per delivery-status part, and for all text parts
 /// together) the heuristics look at.
@@ -48,7 +48,7 @@ pub struct Bounce {
     pub original_message_ids: Vec<String>,
     /// The value of an `X-Postdesk-Ticket:` header in the returned headers,
     /// if any (our loop/ticket marker).
-    pub original_ticket: Option<u64>,
+    pub original_ticket: Option<TicketId>,
     /// "failed" | "delayed" | "relayed" | "delivered" | "expanded": the most
     /// severe per-recipient DSN Action (in the order failed, delayed,
     /// relayed, expanded, delivered); for non-standard bounces "delayed"
@@ -254,7 +254,7 @@ impl Parts {
 #[derive(Default)]
 struct Returned {
     ids: Vec<String>,
-    ticket: Option<u64>,
+    ticket: Option<TicketId>,
 }
 
 impl Returned {
@@ -325,13 +325,13 @@ impl Returned {
     }
 }
 
-fn parse_ticket(raw: &str) -> Option<u64> {
+fn parse_ticket(raw: &str) -> Option<TicketId> {
     let digits: String = raw
         .trim()
         .chars()
         .take_while(char::is_ascii_digit)
         .collect();
-    digits.parse().ok().filter(|&n| n > 0)
+    digits.parse().ok().filter(|&n| n > 0).map(TicketId)
 }
 
 fn id_values(value: &mail_parser::HeaderValue<'_>) -> Vec<String> {
@@ -1256,7 +1256,7 @@ mod tests {
         );
         let b = detect(raw.as_bytes(), "").expect("a bounce");
         assert_eq!(b.original_message_ids, vec!["t7.u3.abc@desk.example"]);
-        assert_eq!(b.original_ticket, Some(7));
+        assert_eq!(b.original_ticket, Some(TicketId(7)));
         assert_eq!(b.action, "failed");
         assert!(b.standard);
         assert_eq!(
@@ -1394,7 +1394,7 @@ mod tests {
             Some("a@b.example")
         );
         assert_eq!(dsn_address("rfc822;/O=EXCHANGE/CN=x"), None);
-        assert_eq!(parse_ticket(" 42 (postdesk)"), Some(42));
+        assert_eq!(parse_ticket(" 42 (postdesk)"), Some(TicketId(42)));
         assert_eq!(parse_ticket("0"), None);
         let long = format!("smtp; 550 {}", "x".repeat(2000));
         assert_eq!(clip_diagnostic(&long).map(|d| d.chars().count()), Some(500));

@@ -47,8 +47,32 @@ pub fn is_daemon_address(addr: &str) -> bool {
     DAEMON_LOCALS.iter().any(|d| local.eq_ignore_ascii_case(d))
 }
 
-/// A ticket's number: a positive integer given in order.
-pub type TicketId = u64;
+/// A ticket's number: a positive integer given in order, the same in
+/// every engine, in the admin socket's JSON (a plain number) and in
+/// subjects (`[#N]`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct TicketId(pub u64);
+
+impl TicketId {
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl From<TicketId> for u64 {
+    fn from(id: TicketId) -> u64 {
+        id.0
+    }
+}
+
+impl std::fmt::Display for TicketId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// Normalises a Message-ID for lookups and storage: surrounding whitespace
 /// and angle brackets removed. The local part stays case-sensitive (RFC 5322

@@ -107,9 +107,9 @@ impl SubjectTag {
             let after = &rest[pos + self.prefix.len()..];
             let digits = after.bytes().take_while(u8::is_ascii_digit).count();
             if digits > 0 && digits <= 18 && after[digits..].starts_with(self.suffix.as_str()) {
-                if let Ok(id) = after[..digits].parse::<TicketId>() {
+                if let Ok(id) = after[..digits].parse::<u64>() {
                     if id > 0 {
-                        return Some(id);
+                        return Some(TicketId(id));
                     }
                 }
             }
@@ -232,10 +232,11 @@ mod tests {
 
     fn world() -> Map {
         let mut m = Map::default();
-        m.tickets.extend([1, 2, 3]);
-        m.ids.insert("a@x".into(), 1);
-        m.ids.insert("b@x".into(), 2);
-        m.participants.insert((3, "bob@example.com".into()));
+        m.tickets.extend([1, 2, 3].map(TicketId));
+        m.ids.insert("a@x".into(), TicketId(1));
+        m.ids.insert("b@x".into(), TicketId(2));
+        m.participants
+            .insert((TicketId(3), "bob@example.com".into()));
         m
     }
 
@@ -254,13 +255,13 @@ mod tests {
             message_id: "own@x",
             in_reply_to: &irt,
             references: &refs,
-            plus,
+            plus: plus.map(|(t, proven)| (TicketId(t), proven)),
             subject,
             sender: Some(sender),
             sender_is_agent: agent,
         };
         let Ok(got) = decide(&input, &SubjectTag::new("[#{id}]"), &world());
-        assert_eq!((got.ticket, got.by), expect, "{input:?}");
+        assert_eq!((got.ticket.map(TicketId::get), got.by), expect, "{input:?}");
     }
 
     #[test]
@@ -329,18 +330,21 @@ mod tests {
     #[test]
     fn a_late_parent_joins_the_ticket_that_named_it() {
         let mut m = world();
-        m.ids.insert("own@x".into(), 2);
+        m.ids.insert("own@x".into(), TicketId(2));
         let input = ThreadInput {
             message_id: "own@x",
             in_reply_to: &[],
             references: &[],
-            plus: Some((3, true)),
+            plus: Some((TicketId(3), true)),
             subject: "",
             sender: None,
             sender_is_agent: false,
         };
         let Ok(got) = decide(&input, &SubjectTag::new("[#{id}]"), &m);
-        assert_eq!((got.ticket, got.by), (Some(2), ThreadedBy::MessageId));
+        assert_eq!(
+            (got.ticket, got.by),
+            (Some(TicketId(2)), ThreadedBy::MessageId)
+        );
     }
 
     #[test]
@@ -412,17 +416,17 @@ mod tests {
     #[test]
     fn subject_tag_parsing() {
         let tag = SubjectTag::new("[#{id}]");
-        assert_eq!(tag.find("Re: x [#12]"), Some(12));
-        assert_eq!(tag.find("[#] [#x] [#7]"), Some(7));
+        assert_eq!(tag.find("Re: x [#12]"), Some(TicketId(12)));
+        assert_eq!(tag.find("[#] [#x] [#7]"), Some(TicketId(7)));
         assert_eq!(tag.find("[#0]"), None);
         assert_eq!(tag.find("[#12"), None);
-        assert_eq!(tag.find("Ünïcödé [#5]"), Some(5));
-        assert_eq!(tag.render(9), "[#9]");
+        assert_eq!(tag.find("Ünïcödé [#5]"), Some(TicketId(5)));
+        assert_eq!(tag.render(TicketId(9)), "[#9]");
         let odd = SubjectTag::new("(Ticket {id})");
-        assert_eq!(odd.find("Re: (Ticket 44) x"), Some(44));
+        assert_eq!(odd.find("Re: (Ticket 44) x"), Some(TicketId(44)));
         assert_eq!(SubjectTag::new("none").find("[#1]"), None);
         // Found by tests/fuzz.rs: a pattern starting with {id} and an empty subject.
         assert_eq!(SubjectTag::new("{id}]").find(""), None);
-        assert_eq!(SubjectTag::new("{id}]").find("7]"), Some(7));
+        assert_eq!(SubjectTag::new("{id}]").find("7]"), Some(TicketId(7)));
     }
 }

@@ -65,11 +65,11 @@ impl ReplyKeys {
         match whose {
             KeyFor::Ticket => {
                 mac.update(b"postdesk ticket reply key\0");
-                mac.update(&ticket.to_be_bytes());
+                mac.update(&ticket.0.to_be_bytes());
             }
             KeyFor::Agent(user) => {
                 mac.update(b"postdesk agent reply key\0");
-                mac.update(&ticket.to_be_bytes());
+                mac.update(&ticket.0.to_be_bytes());
                 mac.update(&(user.len() as u64).to_be_bytes());
                 mac.update(user.as_bytes());
             }
@@ -264,18 +264,18 @@ mod tests {
     #[test]
     fn keys_are_stable_short_base32_and_differ_per_ticket_and_agent() {
         let k = keys();
-        let t1 = k.key(1, KeyFor::Ticket);
+        let t1 = k.key(TicketId(1), KeyFor::Ticket);
         assert_eq!(t1.len(), KEY_LEN);
         assert!(t1.bytes().all(|b| ALPHABET.contains(&b)), "{t1}");
         // Same secret, same key: a restart or a reload changes nothing.
-        assert_eq!(t1, ReplyKeys::new([7; 32]).key(1, KeyFor::Ticket));
+        assert_eq!(t1, ReplyKeys::new([7; 32]).key(TicketId(1), KeyFor::Ticket));
         let all = [
             t1.clone(),
-            k.key(2, KeyFor::Ticket),
-            k.key(1, KeyFor::Agent("alice")),
-            k.key(1, KeyFor::Agent("bob")),
-            k.key(2, KeyFor::Agent("alice")),
-            ReplyKeys::new([8; 32]).key(1, KeyFor::Ticket),
+            k.key(TicketId(2), KeyFor::Ticket),
+            k.key(TicketId(1), KeyFor::Agent("alice")),
+            k.key(TicketId(1), KeyFor::Agent("bob")),
+            k.key(TicketId(2), KeyFor::Agent("alice")),
+            ReplyKeys::new([8; 32]).key(TicketId(1), KeyFor::Ticket),
         ];
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {
@@ -283,7 +283,7 @@ mod tests {
             }
         }
         assert_eq!(
-            k.reply_address("support@acme.example", 1, KeyFor::Ticket),
+            k.reply_address("support@acme.example", TicketId(1), KeyFor::Ticket),
             format!("support+1.{t1}@acme.example")
         );
     }
@@ -296,30 +296,36 @@ mod tests {
     }
 
     fn assess(plus: Option<u64>, key: Option<&str>) -> Credentials {
-        Credentials::assess(&keys(), plus, key, ["alice", "bob"], None)
+        Credentials::assess(&keys(), plus.map(TicketId), key, ["alice", "bob"], None)
     }
 
     #[test]
     fn what_a_plus_address_is_worth() {
         let k = keys();
-        let tk = k.key(5, KeyFor::Ticket);
-        let ak = k.key(5, KeyFor::Agent("alice"));
+        let tk = k.key(TicketId(5), KeyFor::Ticket);
+        let ak = k.key(TicketId(5), KeyFor::Agent("alice"));
         assert_eq!(assess(None, None).plus, None);
-        assert_eq!(assess(Some(5), None).plus, Some(PlusKind::Bare(5)));
-        assert_eq!(assess(Some(5), Some(&tk)).plus, Some(PlusKind::Signed(5)));
+        assert_eq!(
+            assess(Some(5), None).plus,
+            Some(PlusKind::Bare(TicketId(5)))
+        );
+        assert_eq!(
+            assess(Some(5), Some(&tk)).plus,
+            Some(PlusKind::Signed(TicketId(5)))
+        );
         // Case folded by some MTA: still the key.
         let upper = tk.to_ascii_uppercase();
         assert_eq!(
             assess(Some(5), Some(&upper)).plus,
-            Some(PlusKind::Signed(5))
+            Some(PlusKind::Signed(TicketId(5)))
         );
         assert_eq!(
             assess(Some(5), Some(&ak)).plus,
-            Some(PlusKind::AgentSigned(5, "alice".into()))
+            Some(PlusKind::AgentSigned(TicketId(5), "alice".into()))
         );
         // Another ticket's key, a tampered key, a truncated one: nothing.
         for bad in [
-            k.key(6, KeyFor::Ticket),
+            k.key(TicketId(6), KeyFor::Ticket),
             format!("{}a", &tk[..KEY_LEN - 1]),
             tk[..4].to_string(),
             String::new(),
@@ -335,20 +341,20 @@ mod tests {
     #[test]
     fn an_agent_is_proven_only_by_their_own_key_for_that_ticket_or_by_auth() {
         let k = keys();
-        let ak = k.key(5, KeyFor::Agent("alice"));
+        let ak = k.key(TicketId(5), KeyFor::Agent("alice"));
         let c = assess(Some(5), Some(&ak));
-        assert_eq!(c.agent_proof("alice", 5), Ok(AgentProof::Key));
+        assert_eq!(c.agent_proof("alice", TicketId(5)), Ok(AgentProof::Key));
         // Bob writing to Alice's address, or the key used on another ticket.
-        assert!(c.agent_proof("bob", 5).is_err());
-        assert!(c.agent_proof("alice", 6).is_err());
+        assert!(c.agent_proof("bob", TicketId(5)).is_err());
+        assert!(c.agent_proof("alice", TicketId(6)).is_err());
         // The customer's signed address, a bare plus address, the channel.
         for c in [
-            assess(Some(5), Some(&k.key(5, KeyFor::Ticket))),
+            assess(Some(5), Some(&k.key(TicketId(5), KeyFor::Ticket))),
             assess(Some(5), None),
             assess(None, None),
             assess(Some(5), Some("zzzzzzzzzz")),
         ] {
-            let err = c.agent_proof("alice", 5).unwrap_err();
+            let err = c.agent_proof("alice", TicketId(5)).unwrap_err();
             assert!(err.reason.contains("not proven"), "{err:?}");
         }
         // The trusted MTA's pass proves the agent anywhere.
@@ -360,7 +366,7 @@ mod tests {
             Some(AuthProof("dmarc=pass".into())),
         );
         assert_eq!(
-            c.agent_proof("alice", 9),
+            c.agent_proof("alice", TicketId(9)),
             Ok(AgentProof::Auth("dmarc=pass".into()))
         );
     }

@@ -4,14 +4,12 @@
 //! the MIME boundary is derived from the Message-ID, so the same input gives
 //! the same bytes (which is what the golden tests rely on). lettre is used
 //! for its message builder only (header encoding and folding, body transfer
-//! encoding), never for sending. The parsed `outbound.from` is kept per
-//! thread between calls (a cache: the output does not depend on it).
+//! encoding), never for sending.
 //!
 //! [`message_id`] is pure too: it hashes the ticket, a counter and a salt
 //! drawn once per store, so ids stay unique across restarts and stores, and
 //! replaying the journal re-creates them.
 
-use std::cell::RefCell;
 use std::time::{Duration, SystemTime};
 
 use lettre::address::Envelope;
@@ -20,6 +18,7 @@ use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::{Address, Message};
 use sha2::{Digest, Sha256};
 
+use crate::ingest::TicketId;
 use crate::wording::lowercase_first;
 
 /// `Auto-Submitted` for template emails to customers (RFC 3834).
@@ -34,8 +33,8 @@ pub const MAX_REFERENCES: usize = 20;
 /// Everything one outbound email is made of.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutMail {
-    /// `outbound.from` as written, e.g. `Acme Support <support@acme.example>`.
-    pub from: String,
+    /// `outbound.from`, parsed at config load.
+    pub from: Mailbox,
     /// (display name, address).
     pub to: Vec<(Option<String>, String)>,
     /// (display name, address): the ticket's other participants on an
@@ -54,7 +53,7 @@ pub struct OutMail {
     pub references: Vec<String>,
     /// [`AUTO_REPLIED`], [`AUTO_GENERATED`] or `None` (an agent's reply).
     pub auto_submitted: Option<&'static str>,
-    pub ticket: u64,
+    pub ticket: TicketId,
     pub text: String,
     /// Makes the email multipart/alternative.
     pub html: Option<String>,
@@ -90,9 +89,8 @@ pub fn compose(m: &OutMail) -> Result<Vec<u8>, ComposeError> {
     if m.to.is_empty() {
         return Err(ComposeError::NoRecipient);
     }
-    let from = from_mailbox(&m.from)?;
     let mut rcpt = Vec::with_capacity(m.to.len() + m.cc.len());
-    let mut builder = Message::builder().from(from.clone());
+    let mut builder = Message::builder().from(m.from.clone());
     let to = m.to.iter().map(|r| ("to", r));
     for (field, (name, address)) in to.chain(m.cc.iter().map(|r| ("cc", r))) {
         let address = address
@@ -115,7 +113,7 @@ pub fn compose(m: &OutMail) -> Result<Vec<u8>, ComposeError> {
     // headers it has just written (the envelope is not used: the outbox
     // sends with its own MAIL FROM and RCPT TO).
     builder = builder
-        .envelope(Envelope::new(Some(from.email), rcpt)?)
+        .envelope(Envelope::new(Some(m.from.email.clone()), rcpt)?)
         .reply_to(reply_to_mailbox(&m.reply_to)?)
         .subject(one_line(&m.subject))
         .date(system_time(m.date_millis))
@@ -183,10 +181,10 @@ pub fn with_subject_tag(subject: &str, tag: &str) -> String {
 /// ids stay unique across stores sharing a hostname (a store created anew
 /// starts its counter again). The same inputs give the same id: recovering
 /// a batch from the store's journal re-creates the ids it had.
-pub fn message_id(hostname: &str, ticket: u64, unique: u64, salt: u64) -> String {
+pub fn message_id(hostname: &str, ticket: TicketId, unique: u64, salt: u64) -> String {
     let mut h = Sha256::new();
     h.update(salt.to_le_bytes());
-    h.update(ticket.to_le_bytes());
+    h.update(ticket.0.to_le_bytes());
     h.update(unique.to_le_bytes());
     let digest = h.finalize();
     let mut first = [0u8; 8];
@@ -205,25 +203,6 @@ fn mailbox(field: &'static str, value: &str) -> Result<Mailbox, ComposeError> {
         .trim()
         .parse::<Mailbox>()
         .map_err(|e| address_error(field, value, &e))
-}
-
-/// `outbound.from` as a mailbox. It is the same for every email, so the
-/// last one parsed is kept (per thread) rather than parsed again.
-fn from_mailbox(value: &str) -> Result<Mailbox, ComposeError> {
-    thread_local! {
-        static LAST: RefCell<Option<(String, Mailbox)>> = const { RefCell::new(None) };
-    }
-    LAST.with(|last| {
-        let mut last = last.borrow_mut();
-        if let Some((text, parsed)) = last.as_ref() {
-            if text == value {
-                return Ok(parsed.clone());
-            }
-        }
-        let parsed = mailbox("from", value)?;
-        *last = Some((value.to_owned(), parsed.clone()));
-        Ok(parsed)
-    })
 }
 
 /// The Reply-To mailbox: a bare address (the channel's plus address) is
@@ -391,7 +370,7 @@ mod tests {
         let r = templates.render(name, vars).unwrap();
         OutMail {
             cc: Vec::new(),
-            from: "Acme Support <support@acme.example>".into(),
+            from: "Acme Support <support@acme.example>".parse().unwrap(),
             to: vec![(vars.contact.name.clone(), vars.contact.email.clone())],
             reply_to: format!("support+{}@acme.example", vars.ticket.id),
             subject: with_subject_tag(
@@ -631,10 +610,6 @@ mod tests {
             f(&mut m);
             compose(&m).unwrap_err().to_string()
         };
-        assert_eq!(
-            error(&|m| m.from = "not an address".into()),
-            "invalid from address \"not an address\": invalid input"
-        );
         assert!(error(&|m| m.to = vec![(None, "jane@".into())]).starts_with("invalid to address"));
         assert!(error(&|m| m.reply_to = String::new()).starts_with("invalid reply-to address"));
         assert_eq!(error(&|m| m.to.clear()), "no recipient");
@@ -655,14 +630,12 @@ mod tests {
             let msg = MessageParser::default().parse(&raw).unwrap();
             msg.header_raw(name).unwrap().trim().to_owned()
         };
-        // The parsed From is kept between emails: a changed one must still
-        // be parsed anew (a reload may change `outbound.from`).
         assert_eq!(
             header(&base, "From"),
             "\"Acme Support\" <support@acme.example>"
         );
         let mut other = base.clone();
-        other.from = "Beta Desk <help@beta.example>".into();
+        other.from = "Beta Desk <help@beta.example>".parse().unwrap();
         assert_eq!(header(&other, "From"), "\"Beta Desk\" <help@beta.example>");
         assert_eq!(
             header(&base, "From"),
@@ -690,21 +663,24 @@ mod tests {
         assert_eq!(with_subject_tag("  ", "[#42]"), "[#42]");
         assert_eq!(with_subject_tag("", "[#42]"), "[#42]");
         assert_eq!(with_subject_tag("Hi ", ""), "Hi");
-        assert_eq!(SubjectTag::new("[#{id}]").render(42), "[#42]");
-        assert_eq!(SubjectTag::new("(ticket {id})").render(7), "(ticket 7)");
+        assert_eq!(SubjectTag::new("[#{id}]").render(TicketId(42)), "[#42]");
+        assert_eq!(
+            SubjectTag::new("(ticket {id})").render(TicketId(7)),
+            "(ticket 7)"
+        );
     }
 
     #[test]
     fn message_ids_are_fresh_and_well_formed() {
-        let a = message_id("desk.acme.example", 42, 17, 1);
-        let b = message_id("desk.acme.example", 42, 17, 2);
+        let a = message_id("desk.acme.example", TicketId(42), 17, 1);
+        let b = message_id("desk.acme.example", TicketId(42), 17, 2);
         assert_ne!(a, b, "another store's salt gives another id");
         assert_eq!(
             a,
-            message_id("desk.acme.example", 42, 17, 1),
+            message_id("desk.acme.example", TicketId(42), 17, 1),
             "deterministic"
         );
-        assert_ne!(a, message_id("desk.acme.example", 42, 18, 1));
+        assert_ne!(a, message_id("desk.acme.example", TicketId(42), 18, 1));
         let (left, host) = a.split_once('@').unwrap();
         assert_eq!(host, "desk.acme.example");
         let parts: Vec<&str> = left.split('.').collect();
@@ -712,7 +688,7 @@ mod tests {
         assert_eq!(parts[2].len(), 16);
         assert!(parts[2].bytes().all(|b| b.is_ascii_hexdigit()));
         assert!(plausible_id(&a));
-        assert!(message_id("", 1, 1, 0).ends_with("@localhost"));
+        assert!(message_id("", TicketId(1), 1, 0).ends_with("@localhost"));
     }
 
     #[test]

@@ -22,6 +22,7 @@ use handlebars::{Handlebars, PathSeg, RenderErrorReason, Template};
 use serde::Serialize;
 
 use super::{Branding, Source};
+use crate::ingest::TicketId;
 use crate::wording::{io_reason, lowercase_first};
 
 /// The default footer, used when branding is enabled and `branding.text` is
@@ -41,7 +42,7 @@ pub struct Vars {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TicketVars {
-    pub id: u64,
+    pub id: TicketId,
     pub subject: String,
     /// The status id, e.g. `waiting_on_us`.
     pub status: String,
@@ -87,7 +88,7 @@ impl Vars {
     pub fn sample() -> Vars {
         Vars {
             ticket: TicketVars {
-                id: 42,
+                id: TicketId(42),
                 subject: "Printer on fire".to_owned(),
                 status: "new".to_owned(),
                 status_name: "New".to_owned(),

@@ -771,6 +771,7 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
+    use crate::ingest::TicketId;
 
     const RAW: &[u8] = b"From: support@acme.example\r\nTo: jane@example.com\r\n\
         Message-ID: <t42.u7.0123456789abcdef@desk.acme.example>\r\nSubject: hi\r\n\r\n\
@@ -1109,7 +1110,7 @@ mod tests {
         use crate::mail::compose::{compose, OutMail};
         let raw = compose(&OutMail {
             cc: Vec::new(),
-            from: "Acme Support <support@acme.example>".into(),
+            from: "Acme Support <support@acme.example>".parse().unwrap(),
             to: vec![(Some("Zoë".into()), "zoe@example.com".into())],
             reply_to: "support+7@acme.example".into(),
             subject: "Größe [#7]".into(),
@@ -1117,7 +1118,7 @@ mod tests {
             in_reply_to: None,
             references: Vec::new(),
             auto_submitted: Some("auto-replied"),
-            ticket: 7,
+            ticket: TicketId(7),
             text: "Hi,\n.\n..\n.dot first\n".into(),
             html: Some("<p>.</p>\n.\n".into()),
             footer: Some("—".into()),

@@ -292,7 +292,7 @@ async fn deliver(transport: &Transport, link: &mut Link, mail: &DueMail) -> Deli
             outcome(mail, result)
         }
         Err(e) => {
-            tracing::error!(ticket = mail.ticket, message_id = %mail.message_id, error = %e, "mail failed permanently: its stored copy cannot be read");
+            tracing::error!(ticket = mail.ticket.get(), message_id = %mail.message_id, error = %e, "mail failed permanently: its stored copy cannot be read");
             crate::metrics::inc(&crate::metrics::METRICS.emails_failed);
             Delivery::Permanent(format!("the stored email cannot be read: {e}"))
         }
@@ -303,17 +303,17 @@ async fn deliver(transport: &Transport, link: &mut Link, mail: &DueMail) -> Deli
 fn outcome(mail: &DueMail, result: Result<(), SendError>) -> Delivery {
     match result {
         Ok(()) => {
-            tracing::info!(ticket = mail.ticket, message_id = %mail.message_id, kind = %mail.kind, to = %mail.rcpt.join(","), "mail sent");
+            tracing::info!(ticket = mail.ticket.get(), message_id = %mail.message_id, kind = %mail.kind, to = %mail.rcpt.join(","), "mail sent");
             crate::metrics::inc(&crate::metrics::METRICS.emails_sent);
             Delivery::Sent
         }
         Err(e) if e.is_transient() => {
-            tracing::warn!(ticket = mail.ticket, message_id = %mail.message_id, error = %e, "mail deferred; will retry");
+            tracing::warn!(ticket = mail.ticket.get(), message_id = %mail.message_id, error = %e, "mail deferred; will retry");
             crate::metrics::inc(&crate::metrics::METRICS.emails_deferred);
             Delivery::Transient(e.to_string())
         }
         Err(e) => {
-            tracing::error!(ticket = mail.ticket, message_id = %mail.message_id, error = %e, "mail failed permanently");
+            tracing::error!(ticket = mail.ticket.get(), message_id = %mail.message_id, error = %e, "mail failed permanently");
             crate::metrics::inc(&crate::metrics::METRICS.emails_failed);
             Delivery::Permanent(e.to_string())
         }

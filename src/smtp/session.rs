@@ -45,7 +45,7 @@ struct Transaction {
     utf8: bool,
     rcpts: Vec<String>,
     channel: Option<String>,
-    plus: Option<u64>,
+    plus: Option<crate::ingest::TicketId>,
     data_done: bool,
 }
 
@@ -508,7 +508,7 @@ async fn data(
             if created {
                 metrics::inc(&m.tickets_created);
             }
-            tracing::info!(ticket = id, message_id = %message_id, channel = %channel, threaded_by = by.as_str(), created, duplicate, size, ms, peer = %peer, "mail received");
+            tracing::info!(ticket = id.get(), message_id = %message_id, channel = %channel, threaded_by = by.as_str(), created, duplicate, size, ms, peer = %peer, "mail received");
             format!("250 2.0.0 Ok: ticket {id}\r\n").into_bytes()
         }
         Ok(Outcome::Kept { duplicate }) => {

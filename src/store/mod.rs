@@ -23,6 +23,7 @@
 //!   caller meanwhile gets an error (→ `451`), never a false success.
 
 mod copy;
+mod portable;
 mod postgres;
 mod redb;
 
@@ -206,7 +207,7 @@ impl Store {
         writer::init_tables(&db)?;
         if !for_copy {
             if let Some(p) = self::redb::export::unfinished_copy(&db)? {
-                return Err(copy::unfinished(&p));
+                return Err(portable::unfinished(&p));
             }
         }
         let db = Arc::new(db);
@@ -278,8 +279,8 @@ impl Store {
             }
             StoreCmd::SetStatus { id, .. }
             | StoreCmd::Reply { id, .. }
-            | StoreCmd::Assign { id, .. } => *id,
-            StoreCmd::Merge { source, .. } => *source,
+            | StoreCmd::Assign { id, .. } => id.0,
+            StoreCmd::Merge { source, .. } => source.0,
             StoreCmd::Delivered { id, .. } => *id,
         }
     }

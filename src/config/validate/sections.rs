@@ -4,6 +4,7 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
+use lettre::message::Mailbox;
 use toml::Spanned;
 
 use super::{io_reason, lowercase_first, parse_size, Read, Section, Validator};
@@ -208,8 +209,9 @@ impl Validator<'_, '_> {
         };
 
         let from = match &raw.from {
-            Some(from) => {
-                if let Err(e) = from.get_ref().parse::<lettre::message::Mailbox>() {
+            Some(from) => match from.get_ref().trim().parse::<Mailbox>() {
+                Ok(mailbox) => mailbox,
+                Err(e) => {
                     self.cx.at(
                         from.span(),
                         format!(
@@ -219,17 +221,17 @@ impl Validator<'_, '_> {
                             lowercase_first(&e.to_string())
                         ),
                     );
+                    placeholder_from()
                 }
-                from.get_ref().clone()
-            }
-            None if broken.contains("from") => String::new(),
+            },
+            None if broken.contains("from") => placeholder_from(),
             None => {
                 self.cx.at(
                     span.clone(),
                     "missing key \"from\" in [outbound] (the sender of automatic emails, \
                      e.g. \"Acme Support <support@acme.example>\")",
                 );
-                String::new()
+                placeholder_from()
             }
         };
 
@@ -391,9 +393,15 @@ enum TransportKind {
 fn placeholder_outbound(dir: PathBuf) -> Outbound {
     Outbound {
         transport: Transport::File { dir },
-        from: String::new(),
+        from: placeholder_from(),
         subject_tag: SubjectTag::new(DEFAULT_SUBJECT_TAG),
     }
+}
+
+/// The `from` of a config that did not load (a problem was reported: it
+/// is never used).
+fn placeholder_from() -> Mailbox {
+    Mailbox::new(None, lettre::Address::new_dangerous("postdesk", "invalid"))
 }
 
 pub(super) fn branding(section: Section<RawBranding>) -> Branding {

@@ -18,12 +18,12 @@ use tokio_postgres::types::{Json, ToSql};
 use tokio_postgres::{Client, GenericClient};
 
 use super::txn::CHUNK;
-use super::{db_id, from_db_id, id_key, schema, schema_version, url};
+use super::{db_id, from_db_id, id_key, schema, schema_version, ticket_from_db, url};
 use crate::clock::Millis;
 use crate::config::Postgres;
 use crate::desk::records::{EventRec, MessageRec, OutboxRec, TicketRec};
 use crate::desk::StoreError;
-use crate::store::copy::{
+use crate::store::portable::{
     self, AutoSent, Chunk, Counters, IdCopy, MessageCopy, Progress, Secrets, SourceInfo,
     TargetState, TicketCopy, BYTES_PER_CHUNK,
 };
@@ -160,7 +160,7 @@ impl Source {
         check_schema(&c, "nothing to copy").await?;
         check_idle(&c, "on the source").await?;
         if let Some(p) = unfinished_copy(&c).await? {
-            return Err(copy::unfinished(&p));
+            return Err(portable::unfinished(&p));
         }
         c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await?;
@@ -233,7 +233,7 @@ impl Source {
         &mut self,
         after: u64,
     ) -> Result<Chunk, StoreError> {
-        let limit = i64::try_from(copy::per_chunk()).unwrap_or(i64::MAX);
+        let limit = i64::try_from(portable::per_chunk()).unwrap_or(i64::MAX);
         let rows = self
             .c
             .query(
@@ -350,7 +350,7 @@ impl Source {
         &mut self,
         after: u64,
     ) -> Result<Chunk, StoreError> {
-        let limit = i64::try_from(copy::per_chunk()).unwrap_or(i64::MAX);
+        let limit = i64::try_from(portable::per_chunk()).unwrap_or(i64::MAX);
         let rows = self
             .c
             .query(
@@ -395,12 +395,12 @@ impl Source {
         cursor: Option<&str>,
     ) -> Result<Chunk, StoreError> {
         let after = match cursor {
-            Some(c) => copy::unhex(c).ok_or_else(|| {
+            Some(c) => portable::unhex(c).ok_or_else(|| {
                 StoreError::Corrupt(format!("the copy's Message-ID position {c:?} is damaged"))
             })?,
             None => Vec::new(),
         };
-        let limit = i64::try_from(copy::ids_per_chunk()).unwrap_or(i64::MAX);
+        let limit = i64::try_from(portable::ids_per_chunk()).unwrap_or(i64::MAX);
         let rows = self
             .c
             .query(
@@ -412,10 +412,10 @@ impl Source {
         let mut chunk = Chunk::default();
         let mut last = None;
         for r in &rows {
-            last = Some(copy::hex(r.try_get::<_, &[u8]>(0)?));
+            last = Some(portable::hex(r.try_get::<_, &[u8]>(0)?));
             chunk.ids.push(IdCopy {
                 message_id: r.try_get(1)?,
-                ticket: r.try_get::<_, Option<i64>>(2)?.map(from_db_id),
+                ticket: r.try_get::<_, Option<i64>>(2)?.map(ticket_from_db),
                 seq: r.try_get::<_, Option<i64>>(3)?.map(from_db_id),
             });
         }
@@ -438,7 +438,7 @@ impl Source {
             .iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .collect::<Result<Vec<(String, Millis)>, StoreError>>()?;
-        Ok(copy::group_auto_sent(rows, now))
+        Ok(portable::group_auto_sent(rows, now))
     }
 }
 

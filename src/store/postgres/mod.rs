@@ -30,6 +30,7 @@ use tokio_postgres::NoTls;
 use crate::config::Postgres;
 use crate::desk::StoreError;
 use crate::ingest::trust::ReplyKeys;
+use crate::ingest::TicketId;
 
 /// What every connection of this node shares: the pool, the node's name and
 /// the store's secrets (read once at open).
@@ -306,7 +307,7 @@ pub(in crate::store) async fn open(
         )));
     }
     if let Some(p) = export::unfinished_copy(&**c).await? {
-        return Err(crate::store::copy::unfinished(&p));
+        return Err(crate::store::portable::unfinished(&p));
     }
     check_durability(&c).await?;
     // Claims this node held before it stopped are its own to take again
@@ -449,10 +450,14 @@ pub(in crate::store) fn id_key(message_id: &str) -> Vec<u8> {
 }
 
 /// An id of the ticket logic as the database keeps it.
-pub(in crate::store) fn db_id(id: u64) -> i64 {
-    i64::try_from(id).unwrap_or(i64::MAX)
+pub(in crate::store) fn db_id(id: impl Into<u64>) -> i64 {
+    i64::try_from(id.into()).unwrap_or(i64::MAX)
 }
 
 pub(in crate::store) fn from_db_id(id: i64) -> u64 {
     u64::try_from(id).unwrap_or(0)
+}
+
+pub(in crate::store) fn ticket_from_db(id: i64) -> TicketId {
+    TicketId(from_db_id(id))
 }

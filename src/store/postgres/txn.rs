@@ -27,10 +27,10 @@ use tokio::runtime::Runtime;
 use tokio_postgres::types::{Json, ToSql};
 use tokio_postgres::Row;
 
-use super::{db_id, from_db_id, id_key, Conn, Shared};
+use super::{db_id, from_db_id, id_key, ticket_from_db, Conn, Shared};
 use crate::clock::Millis;
 use crate::desk::records::{text_of, EventRec, MessageRec, OutboxRec, TicketRec};
-use crate::desk::{IdRow, StoreError, Txn};
+use crate::desk::{IdRow, StoreError, TimelineEvent, Txn};
 use crate::ingest::trust::ReplyKeys;
 use crate::ingest::{ThreadView, TicketId};
 
@@ -163,7 +163,7 @@ pub(super) struct PgTxn<'a> {
     /// count (with this attempt's own sends).
     contact: RefCell<Option<(String, Millis, u64)>>,
     /// A ticket id drawn ahead ([`PgTxn::prefetch_ids`]).
-    ticket_ahead: Cell<Option<u64>>,
+    ticket_ahead: Cell<Option<TicketId>>,
     /// The ids ahead were drawn before any ticket's lock.
     drawn_unlocked: Cell<bool>,
     /// Timeline entries not sent yet (ticket, at, kind, detail as JSON).
@@ -313,7 +313,7 @@ impl<'a> PgTxn<'a> {
                 .ok_or_else(|| StoreError::Corrupt("the sequences gave nothing".into()))?;
             self.take_ids_ahead(row, 1)?;
             self.ticket_ahead
-                .set(row.try_get::<_, Option<i64>>(0)?.map(from_db_id));
+                .set(row.try_get::<_, Option<i64>>(0)?.map(ticket_from_db));
             self.drawn_unlocked.set(true);
         }
         let rows = results.pop().unwrap_or_default();
@@ -322,7 +322,7 @@ impl<'a> PgTxn<'a> {
             found.insert(
                 r.try_get(0)?,
                 IdRow {
-                    ticket: r.try_get::<_, Option<i64>>(1)?.map(from_db_id),
+                    ticket: r.try_get::<_, Option<i64>>(1)?.map(ticket_from_db),
                     seq: r.try_get::<_, Option<i64>>(2)?.map(from_db_id),
                 },
             );
@@ -544,7 +544,7 @@ impl<'a> PgTxn<'a> {
         )?;
         let row = match row {
             Some(r) => Some(IdRow {
-                ticket: r.try_get::<_, Option<i64>>(0)?.map(from_db_id),
+                ticket: r.try_get::<_, Option<i64>>(0)?.map(ticket_from_db),
                 seq: r.try_get::<_, Option<i64>>(1)?.map(from_db_id),
             }),
             None => None,
@@ -568,7 +568,7 @@ impl<'a> PgTxn<'a> {
             &[&id_key(id)],
         )?;
         let owner = match now {
-            Some(r) => r.try_get::<_, Option<i64>>(0)?.map(from_db_id),
+            Some(r) => r.try_get::<_, Option<i64>>(0)?.map(ticket_from_db),
             None => None,
         };
         if owner.is_some() && owner != ticket {
@@ -587,7 +587,7 @@ impl Txn for PgTxn<'_> {
         }
         let need_more = self.message_seqs.borrow().is_empty();
         if !need_more {
-            return self.next("ticket_id_seq");
+            return self.next("ticket_id_seq").map(TicketId);
         }
         let row = self
             .opt(
@@ -596,7 +596,7 @@ impl Txn for PgTxn<'_> {
             )?
             .ok_or_else(|| StoreError::Corrupt("the sequences gave nothing".into()))?;
         self.take_ids_ahead(&row, 1)?;
-        Ok(from_db_id(row.try_get(0)?))
+        Ok(ticket_from_db(row.try_get(0)?))
     }
 
     fn next_message_seq(&mut self) -> Result<u64, StoreError> {
@@ -826,14 +826,13 @@ impl Txn for PgTxn<'_> {
         &mut self,
         ticket: TicketId,
         at: Millis,
-        kind: &str,
-        detail: serde_json::Value,
+        event: &TimelineEvent<'_>,
     ) -> Result<(), StoreError> {
         self.events.borrow_mut().push((
             db_id(ticket),
             at,
-            kind.to_string(),
-            serde_json::to_string(&detail).unwrap_or_default(),
+            event.kind().to_owned(),
+            serde_json::to_string(&event.detail()).unwrap_or_default(),
         ));
         Ok(())
     }

@@ -27,7 +27,8 @@ use super::{open_db, window, StoreError};
 use crate::clock::Millis;
 use crate::config::Config;
 use crate::desk::Txn;
-use crate::store::copy::{
+use crate::ingest::TicketId;
+use crate::store::portable::{
     self, AutoSent, Chunk, Counters, IdCopy, MessageCopy, Progress, Secrets, SourceInfo,
     TargetState, TicketCopy, BYTES_PER_CHUNK,
 };
@@ -84,7 +85,7 @@ impl Source {
         for row in txn.open_table(OUTBOX)?.iter()? {
             let (id, v) = row?;
             let rec: OutboxRec = decode(v.value())?;
-            outbox.entry(rec.ticket).or_default().push(id.value());
+            outbox.entry(rec.ticket.0).or_default().push(id.value());
         }
         Ok(Source {
             txn,
@@ -157,13 +158,13 @@ impl Source {
             return Ok(chunk);
         };
         for row in tickets.range(from..)? {
-            if chunk.tickets.len() >= copy::per_chunk() {
+            if chunk.tickets.len() >= portable::per_chunk() {
                 break;
             }
             let (id, v) = row?;
             let id = id.value();
             let ticket: TicketRec = decode(v.value())?;
-            if ticket.id != id {
+            if ticket.id.0 != id {
                 return Err(StoreError::Corrupt(format!(
                     "ticket row {id} holds ticket {}",
                     ticket.id
@@ -219,7 +220,7 @@ impl Source {
             return Ok(chunk);
         };
         for row in index.range(from..)? {
-            if chunk.conversations.len() >= copy::per_chunk() {
+            if chunk.conversations.len() >= portable::per_chunk() {
                 break;
             }
             let (seq, _) = row?;
@@ -255,14 +256,14 @@ impl Source {
         };
         let mut chunk = Chunk::default();
         for row in ids.range::<&str>((start, Bound::Unbounded))? {
-            if chunk.ids.len() >= copy::ids_per_chunk() {
+            if chunk.ids.len() >= portable::ids_per_chunk() {
                 break;
             }
             let (id, v) = row?;
             let (ticket, seq) = v.value();
             chunk.ids.push(IdCopy {
                 message_id: id.value().to_string(),
-                ticket: (ticket != 0).then_some(ticket),
+                ticket: (ticket != 0).then_some(TicketId(ticket)),
                 seq: (seq != 0).then_some(seq),
             });
         }

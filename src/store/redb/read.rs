@@ -97,7 +97,7 @@ pub fn tickets(
 
 pub fn ticket(txn: &Snapshot, id: TicketId) -> Result<Option<TicketDetail>, StoreError> {
     let tickets = txn.open_table(TICKETS)?;
-    let Some(bytes) = tickets.get(id)? else {
+    let Some(bytes) = tickets.get(id.0)? else {
         return Ok(None);
     };
     let t: TicketRec = decode(bytes.value())?;
@@ -105,7 +105,7 @@ pub fn ticket(txn: &Snapshot, id: TicketId) -> Result<Option<TicketDetail>, Stor
     let messages_table = txn.open_table(MESSAGES)?;
     let raw = txn.raw_table()?;
     let mut messages = Vec::new();
-    for row in index.range((id, 0)..=(id, u64::MAX))? {
+    for row in index.range((id.0, 0)..=(id.0, u64::MAX))? {
         let (key, _) = row?;
         let (_, seq) = key.value();
         if let Some(m) = messages_table.get(seq)? {
@@ -116,7 +116,7 @@ pub fn ticket(txn: &Snapshot, id: TicketId) -> Result<Option<TicketDetail>, Stor
     }
     let timeline_table = txn.open_table(TIMELINE)?;
     let mut events = Vec::new();
-    for row in timeline_table.range((id, 0)..=(id, u64::MAX))? {
+    for row in timeline_table.range((id.0, 0)..=(id.0, u64::MAX))? {
         let (_, v) = row?;
         events.push(decode::<EventRec>(v.value())?);
     }
@@ -350,10 +350,10 @@ mod tests {
                     .unwrap();
                 let out = OutboxRec {
                     id,
-                    ticket: 1,
+                    ticket: TicketId(1),
                     message_seq: id,
                     message_id: mid,
-                    kind: "auto_reply".into(),
+                    kind: OutboxKind::AutoReply,
                     mail_from: "support@acme.example".into(),
                     rcpt: vec!["jane@example.com".into()],
                     subject: String::new(),

@@ -8,10 +8,9 @@ use redb::{ReadableTable, Table, WriteTransaction};
 use super::blobs::{BlobFile, Pending};
 use super::schema::*;
 use super::window;
-use super::writer::counter;
 use super::StoreError;
 use crate::clock::Millis;
-use crate::desk::{IdRow, Txn};
+use crate::desk::{IdRow, TimelineEvent, Txn};
 use crate::ingest::trust::ReplyKeys;
 use crate::ingest::{ThreadView, TicketId};
 
@@ -96,10 +95,12 @@ impl<'txn> Tables<'txn> {
     /// on its ticket or among the conversations), its `blob` already set.
     fn put_message_rows(&mut self, rec: &MessageRec) -> Result<(), StoreError> {
         self.messages.insert(rec.seq, encode(rec).as_slice())?;
-        self.message_ids
-            .insert(rec.message_id.as_str(), (rec.ticket.unwrap_or(0), rec.seq))?;
+        self.message_ids.insert(
+            rec.message_id.as_str(),
+            (rec.ticket.map_or(0, TicketId::get), rec.seq),
+        )?;
         match rec.ticket {
-            Some(t) => self.ticket_messages.insert((t, rec.seq), ())?,
+            Some(t) => self.ticket_messages.insert((t.0, rec.seq), ())?,
             None => self.conversations.insert(rec.seq, ())?,
         };
         Ok(())
@@ -131,7 +132,7 @@ impl<'txn> Tables<'txn> {
         rec: &EventRec,
     ) -> Result<(), StoreError> {
         self.timeline
-            .insert((ticket, seq), encode(rec).as_slice())?;
+            .insert((ticket.0, seq), encode(rec).as_slice())?;
         Ok(())
     }
 
@@ -144,7 +145,7 @@ impl<'txn> Tables<'txn> {
         seq: Option<u64>,
     ) -> Result<(), StoreError> {
         self.message_ids
-            .insert(id, (ticket.unwrap_or(0), seq.unwrap_or(0)))?;
+            .insert(id, (ticket.map_or(0, TicketId::get), seq.unwrap_or(0)))?;
         Ok(())
     }
 
@@ -193,7 +194,7 @@ impl Txn for Tables<'_> {
     fn next_ticket_id(&mut self) -> Result<TicketId, StoreError> {
         let id = self.next_ticket;
         self.next_ticket += 1;
-        Ok(id)
+        Ok(TicketId(id))
     }
 
     fn next_message_seq(&mut self) -> Result<u64, StoreError> {
@@ -217,14 +218,14 @@ impl Txn for Tables<'_> {
     }
 
     fn ticket(&self, id: TicketId) -> Result<Option<TicketRec>, StoreError> {
-        match self.tickets.get(id)? {
+        match self.tickets.get(id.0)? {
             Some(bytes) => Ok(Some(decode(bytes.value())?)),
             None => Ok(None),
         }
     }
 
     fn put_ticket(&mut self, t: &TicketRec) -> Result<(), StoreError> {
-        self.tickets.insert(t.id, encode(t).as_slice())?;
+        self.tickets.insert(t.id.0, encode(t).as_slice())?;
         Ok(())
     }
 
@@ -268,7 +269,7 @@ impl Txn for Tables<'_> {
         let mut out = Vec::new();
         for row in self
             .ticket_messages
-            .range((ticket, 0)..=(ticket, u64::MAX))?
+            .range((ticket.0, 0)..=(ticket.0, u64::MAX))?
         {
             let (k, _) = row?;
             out.push(k.value().1);
@@ -277,13 +278,13 @@ impl Txn for Tables<'_> {
     }
 
     fn move_message(&mut self, seq: u64, from: TicketId, to: TicketId) -> Result<(), StoreError> {
-        self.ticket_messages.remove((from, seq))?;
-        self.ticket_messages.insert((to, seq), ())?;
+        self.ticket_messages.remove((from.0, seq))?;
+        self.ticket_messages.insert((to.0, seq), ())?;
         if let Some(mut rec) = self.message(seq)? {
             rec.ticket = Some(to);
             self.messages.insert(seq, encode(&rec).as_slice())?;
             self.message_ids
-                .insert(rec.message_id.as_str(), (to, seq))?;
+                .insert(rec.message_id.as_str(), (to.0, seq))?;
         }
         Ok(())
     }
@@ -293,7 +294,7 @@ impl Txn for Tables<'_> {
         Ok(self.message_ids.get(id)?.map(|v| {
             let (ticket, seq) = v.value();
             IdRow {
-                ticket: (ticket != 0).then_some(ticket),
+                ticket: (ticket != 0).then_some(TicketId(ticket)),
                 seq: (seq != 0).then_some(seq),
             }
         }))
@@ -301,7 +302,7 @@ impl Txn for Tables<'_> {
 
     fn add_reference(&mut self, id: &str, ticket: TicketId) -> Result<(), StoreError> {
         if self.message_ids.get(id)?.is_none() {
-            self.message_ids.insert(id, (ticket, 0))?;
+            self.message_ids.insert(id, (ticket.0, 0))?;
         }
         Ok(())
     }
@@ -310,18 +311,17 @@ impl Txn for Tables<'_> {
         &mut self,
         ticket: TicketId,
         at: Millis,
-        kind: &str,
-        detail: serde_json::Value,
+        event: &TimelineEvent<'_>,
     ) -> Result<(), StoreError> {
         let seq = self.next_event;
         self.next_event += 1;
         let rec = EventRec {
             at,
-            kind: kind.to_string(),
-            detail,
+            kind: event.kind().to_owned(),
+            detail: event.detail(),
         };
         self.timeline
-            .insert((ticket, seq), encode(&rec).as_slice())?;
+            .insert((ticket.0, seq), encode(&rec).as_slice())?;
         Ok(())
     }
 
@@ -397,11 +397,12 @@ impl ThreadView for Tables<'_> {
             .message_ids
             .get(id)?
             .map(|v| v.value().0)
-            .filter(|t| *t != 0))
+            .filter(|t| *t != 0)
+            .map(TicketId))
     }
 
     fn ticket_exists(&self, ticket: TicketId) -> Result<bool, StoreError> {
-        Ok(self.tickets.get(ticket)?.is_some())
+        Ok(self.tickets.get(ticket.0)?.is_some())
     }
 
     fn is_participant(&self, ticket: TicketId, email: &str) -> Result<bool, StoreError> {
@@ -411,6 +412,11 @@ impl ThreadView for Tables<'_> {
     }
 }
 
+/// Reads a counter inside the write transaction .
+fn counter(meta: &redb::Table<'_, &'static str, u64>, key: &str) -> Result<u64, StoreError> {
+    Ok(meta.get(key)?.map(|v| v.value()).unwrap_or(1).max(1))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -418,7 +424,7 @@ mod tests {
 
     fn row(seq: u64) -> MessageRec {
         MessageRec {
-            ticket: Some(1),
+            ticket: Some(TicketId(1)),
             ..MessageRec::for_test(seq, &format!("{seq}@example.com"))
         }
     }

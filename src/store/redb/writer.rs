@@ -53,6 +53,7 @@ use super::{open_db, DbSlot, Delivery, Done, Job, StoreCmd, StoreError, WriterMs
 use crate::clock::{self, Millis};
 use crate::config::Config;
 use crate::desk::{Envelope, Inbound};
+use crate::ingest::TicketId;
 use crate::store::WriterHandle;
 
 pub const MAX_BATCH: usize = 256;
@@ -460,7 +461,7 @@ impl Writer {
                     mail_from: mail_from.to_string(),
                     rcpt: rcpt.into_iter().map(String::from).collect(),
                     channel: channel.to_string(),
-                    plus,
+                    plus: plus.map(TicketId),
                     received_at,
                     imported,
                 },
@@ -910,7 +911,7 @@ fn entry(cmd: &StoreCmd) -> Option<Entry<'_>> {
             mail_from: &inb.envelope.mail_from,
             rcpt: inb.envelope.rcpt.iter().map(String::as_str).collect(),
             channel: &inb.envelope.channel,
-            plus: inb.envelope.plus,
+            plus: inb.envelope.plus.map(TicketId::get),
             received_at: inb.envelope.received_at,
             imported: inb.envelope.imported,
         }),
@@ -1033,12 +1034,4 @@ fn reopen_if_needed(slot: &DbSlot, db: Arc<Database>, e: &StoreError) {
     if let Err(err) = ensure_open(slot) {
         tracing::error!(error = %err, "reopening the store failed; will retry on the next message");
     }
-}
-
-/// Reads a counter inside the write transaction (used by [`Tables::open`]).
-pub(in crate::store) fn counter(
-    meta: &redb::Table<'_, &'static str, u64>,
-    key: &str,
-) -> Result<u64, StoreError> {
-    Ok(meta.get(key)?.map(|v| v.value()).unwrap_or(1).max(1))
 }
