@@ -205,7 +205,11 @@ fn the_files_of_src_import_each_other_without_a_circle() {
         .filter_map(|m| circle(&g.edges, m))
         .map(|c| c.join(" -> "))
         .collect();
-    assert!(circles.is_empty(), "import circles:\n{}", circles.join("\n"));
+    assert!(
+        circles.is_empty(),
+        "import circles:\n{}",
+        circles.join("\n")
+    );
 }
 
 #[test]

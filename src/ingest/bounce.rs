@@ -22,6 +22,7 @@
 
 use mail_parser::{Message, MessageParser, MimeHeaders, PartType};
 
+use super::header::{self, field, Blank, Line};
 use super::{is_daemon_address, normalize_message_id, TicketId, DAEMON_LOCALS};
 
 /// The most decoded text (per delivery-status part, and for all text parts
@@ -440,26 +441,17 @@ fn overall_action(recipients: &[BounceRecipient]) -> Option<&'static str> {
 fn parse_delivery_status(text: &str) -> Vec<BounceRecipient> {
     let mut out = Vec::new();
     let mut current = RecipientFields::default();
-    let mut last: Option<DsnField> = None;
-    for line in text.lines() {
+    for line in header::unfold(header::lines(text), Blank::WhiteSpace) {
         if out.len() >= MAX_RECIPIENTS {
             break;
         }
-        if line.trim().is_empty() {
-            current.flush(&mut out);
-            last = None;
-            continue;
-        }
-        if line.starts_with([' ', '\t']) {
-            if let Some(Some(value)) = last.map(|f| current.slot(f)) {
-                value.push(' ');
-                value.push_str(line.trim());
+        let (name, value) = match line {
+            Line::Field { name, value } => (name, value),
+            Line::Blank => {
+                current.flush(&mut out);
+                continue;
             }
-            continue;
-        }
-        last = None;
-        let Some((name, value)) = field(line) else {
-            continue;
+            Line::Other(_) => continue,
         };
         let kind = match name.to_ascii_lowercase().as_str() {
             "final-recipient" => DsnField::Final,
@@ -472,8 +464,7 @@ fn parse_delivery_status(text: &str) -> Vec<BounceRecipient> {
         if current.slot(kind).is_some() {
             current.flush(&mut out);
         }
-        *current.slot(kind) = Some(value.trim().to_string());
-        last = Some(kind);
+        *current.slot(kind) = Some(value.into_owned());
     }
     current.flush(&mut out);
     out
@@ -957,59 +948,26 @@ fn is_banner(line: &str) -> bool {
 /// The header fields right after a banner (blank lines and an mbox `From `
 /// line skipped), unfolded, up to the first line that is not a header.
 fn header_block(lines: &[&str]) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = Vec::new();
-    let mut started = false;
-    for line in lines.iter().take(500) {
-        if line.trim().is_empty() {
-            if started {
-                break;
-            }
-            continue;
-        }
-        if !started && line.starts_with("From ") {
-            continue;
-        }
-        if line.starts_with([' ', '\t']) {
-            if let Some((_, value)) = out.last_mut() {
-                value.push(' ');
-                value.push_str(line.trim());
-                continue;
-            }
-            break;
-        }
-        let Some((name, value)) = field(line) else {
-            break;
-        };
-        started = true;
-        out.push((name.to_string(), value.trim().to_string()));
-    }
-    out
-}
-
-/// `Name: value` with a plausible header name.
-fn field(line: &str) -> Option<(&str, &str)> {
-    let (name, value) = line.split_once(':')?;
-    let plausible = !name.is_empty()
-        && name.len() <= 76
-        && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
-    plausible.then_some((name, value))
+    let start = lines
+        .iter()
+        .take(500)
+        .position(|l| !l.trim().is_empty() && !l.starts_with("From "))
+        .unwrap_or(lines.len());
+    let end = lines.len().min(start + 500);
+    header::unfold(lines[start..end].iter().copied(), Blank::WhiteSpace)
+        .map_while(|l| match l {
+            Line::Field { name, value } => Some((name.to_owned(), value.into_owned())),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The value of the field on `lines[0]`, with its continuation lines.
 fn unfolded_value(lines: &[&str]) -> String {
-    let mut value = lines
-        .first()
-        .and_then(|l| field(l))
-        .map(|(_, v)| v.trim().to_string())
-        .unwrap_or_default();
-    for line in lines.iter().skip(1).take(10) {
-        if !line.starts_with([' ', '\t']) || line.trim().is_empty() {
-            break;
-        }
-        value.push(' ');
-        value.push_str(line.trim());
+    match header::unfold(lines.iter().copied(), Blank::WhiteSpace).next() {
+        Some(Line::Field { value, .. }) => value.into_owned(),
+        _ => String::new(),
     }
-    value
 }
 
 // ---------------------------------------------------------------------------

@@ -9,6 +9,7 @@
 pub mod authres;
 pub mod bounce;
 pub mod classify;
+pub mod header;
 pub mod parse;
 pub mod quote;
 pub mod thread;

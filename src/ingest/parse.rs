@@ -5,7 +5,7 @@
 use mail_parser::{HeaderValue, MessageParser};
 use sha2::{Digest, Sha256};
 
-use super::normalize_message_id;
+use super::{header, normalize_message_id};
 
 /// Longest decoded text kept per message (the raw bytes are always kept).
 pub const MAX_TEXT_BYTES: usize = 1 << 20;
@@ -173,38 +173,26 @@ fn raw_markers(raw: &[u8]) -> Vec<(String, String)> {
 /// header whose value is not UTF-8: an auto-responder's `Auto-Submitted`
 /// must not vanish because of one stray byte (found by tests/fuzz.rs).
 fn raw_fields(raw: &[u8], names: &[&str]) -> Vec<(String, String)> {
-    fn done(out: &mut Vec<(String, String)>, current: Option<(String, Vec<u8>)>) {
-        if let Some((name, value)) = current {
-            out.push((name, String::from_utf8_lossy(&value).trim().to_string()));
+    let head = &raw[..raw.len().min(MAX_HEADER_SCAN)];
+    let text = String::from_utf8_lossy(&head[..header_end(head)]);
+    header::message_fields(&text)
+        .filter_map(|(name, value)| {
+            let known = names.iter().find(|n| n.eq_ignore_ascii_case(name))?;
+            Some(((*known).to_owned(), value.into_owned()))
+        })
+        .collect()
+}
+
+/// Where the header block of `raw` ends: its first empty line, or the end.
+fn header_end(raw: &[u8]) -> usize {
+    let mut at = 0;
+    for line in raw.split(|&b| b == b'\n') {
+        if line.strip_suffix(b"\r").unwrap_or(line).is_empty() {
+            return at.min(raw.len());
         }
+        at += line.len() + 1;
     }
-    let mut out = Vec::new();
-    let mut current: Option<(String, Vec<u8>)> = None;
-    for line in raw[..raw.len().min(MAX_HEADER_SCAN)].split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        match line.first() {
-            None => break,
-            Some(b' ' | b'\t') => {
-                if let Some((_, value)) = current.as_mut() {
-                    value.push(b' ');
-                    value.extend_from_slice(line.trim_ascii());
-                }
-            }
-            Some(_) => {
-                done(&mut out, current.take());
-                if let Some(colon) = line.iter().position(|&b| b == b':') {
-                    let name = String::from_utf8_lossy(&line[..colon])
-                        .trim()
-                        .to_ascii_lowercase();
-                    if names.contains(&name.as_str()) {
-                        current = Some((name, line[colon + 1..].trim_ascii().to_vec()));
-                    }
-                }
-            }
-        }
-    }
-    done(&mut out, current);
-    out
+    raw.len()
 }
 
 /// The first `Message-ID` header of the message's own header block, as

@@ -733,32 +733,11 @@ fn file_stem(raw: &[u8]) -> String {
 /// The value of the first `Message-ID` header (unfolded, brackets removed).
 fn header_message_id(raw: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(raw);
-    let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
-    while let Some(line) = lines.next() {
-        if line.is_empty() {
-            return None; // end of the header section
-        }
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        if !name.trim().eq_ignore_ascii_case("message-id") {
-            continue;
-        }
-        let mut value = value.trim().to_owned();
-        // A folded value continues on lines that start with a blank.
-        for next in lines.by_ref() {
-            if next.starts_with([' ', '\t']) {
-                value.push_str(next.trim());
-            } else {
-                break;
-            }
-        }
-        let value = value.trim();
-        let value = value.strip_prefix('<').unwrap_or(value);
-        let value = value.split('>').next().unwrap_or_default();
-        return Some(value.to_owned());
-    }
-    None
+    let (_, value) = crate::ingest::header::message_fields(&text)
+        .find(|(name, _)| name.eq_ignore_ascii_case("message-id"))?;
+    let value = value.trim();
+    let value = value.strip_prefix('<').unwrap_or(value);
+    Some(value.split('>').next().unwrap_or_default().to_owned())
 }
 
 #[cfg(test)]
