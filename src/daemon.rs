@@ -158,13 +158,25 @@ impl Bound {
         crate::sdnotify::notify("STOPPING=1");
         shutdown.cancel();
         tracker.close();
-        if tokio::time::timeout(GRACE, tracker.wait()).await.is_err() {
+        let clean = tokio::time::timeout(GRACE, tracker.wait()).await.is_ok();
+        if !clean {
             tracing::warn!("sessions still running after the grace period; stopping anyway");
         }
         drop(ctx);
         self.store.shutdown();
         let writer = self.writer;
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        // Only when nothing is sending any more: an email still on the wire
+        // keeps its lease (another node sends it when the lease runs out).
+        if clean {
+            match tokio::time::timeout(Duration::from_secs(5), self.store.leave()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "store: could not give up this node's leases")
+                }
+                Err(_) => tracing::warn!("store: giving up this node's leases timed out"),
+            }
+        }
         let _ = std::fs::remove_file(&self.admin_path);
         tracing::info!("stopped");
         Ok(())

@@ -144,7 +144,7 @@ async fn handle(req: Request, ctx: &AdminCtx) -> Response {
                         // Nodes on another configuration run other rules
                         // on the same tickets: say so (SPEC §8).
                         let mine = ctx.store.fingerprint().unwrap_or_default();
-                        let warnings: Vec<String> = nodes
+                        let mut warnings: Vec<String> = nodes
                             .iter()
                             .filter(|n| n.node_id != pg.node_id && n.config_hash != mine)
                             .map(|n| {
@@ -154,6 +154,7 @@ async fn handle(req: Request, ctx: &AdminCtx) -> Response {
                                 )
                             })
                             .collect();
+                        warnings.extend(ctx.store.duplicate_node());
                         body["node"] = json!(pg.node_id);
                         body["config_hash"] = json!(mine);
                         body["nodes"] = to_value(nodes);

@@ -490,6 +490,30 @@ impl Store {
         }
     }
 
+    /// Set when another process registered with this node's `node_id`
+    /// (engines with several nodes): what `health` warns about.
+    pub fn duplicate_node(&self) -> Option<String> {
+        match &self.engine {
+            Engine::Redb(_) => None,
+            Engine::Postgres(s) => s
+                .duplicate
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        }
+    }
+
+    /// A clean stop, once the outbox worker is done (engines with several
+    /// nodes): this process's leases are given up, so that its emails go
+    /// out at once from another node or its own next run, and its row in
+    /// `nodes` is marked as gone.
+    pub async fn leave(&self) -> Result<(), StoreError> {
+        match &self.engine {
+            Engine::Redb(_) => Ok(()),
+            Engine::Postgres(s) => postgres::leave(s).await,
+        }
+    }
+
     /// The nodes that serve this store and were seen in the last minute
     /// (one, this one, on redb).
     pub async fn nodes(&self) -> Result<Vec<NodeView>, StoreError> {

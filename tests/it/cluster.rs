@@ -610,6 +610,151 @@ fn a_node_killed_under_load_loses_no_accepted_message() {
     assert!(twice.trim().is_empty(), "stored twice: {twice}");
 }
 
+/// C13: the connection breaks during `COMMIT`, so the node does not know
+/// the outcome: it looks for the batch's row on a fresh connection and
+/// answers by what it finds, never by a guess. Made exact with the proxy:
+/// the node is held before its `COMMIT`; then either the database's
+/// answer is lost (the `COMMIT` is seen done in the database first) — the
+/// batch is found: `250`, not run again — or the `COMMIT` itself is (the
+/// proxy dropped it) — nothing is found, so the batch is run again on a
+/// new connection: `250`, the message stored once.
+#[test]
+fn a_commit_whose_outcome_is_unknown_is_looked_up_not_guessed() {
+    use crate::support::proxy::Mute;
+    let pause_file = crate::support::daemon::temp_dir();
+    let file = pause_file.path().join("commit");
+    let Some(c) = Cluster::start_proxied(
+        "a_commit_whose_outcome_is_unknown_is_looked_up_not_guessed",
+        1,
+        ACK_NEW,
+        pause_node0("store.before_commit", &file),
+    ) else {
+        return;
+    };
+    let d = c.node(0);
+    let stored = |m: &Msg| {
+        let mid = m.mid();
+        let mid = mid.trim_matches(|ch| ch == '<' || ch == '>');
+        c.sql(&format!(
+            "SELECT count(*) FROM messages WHERE message_id = '{mid}'"
+        ))
+        .trim()
+        .to_string()
+    };
+
+    // The answer to COMMIT is lost.
+    let a = msg().subject("committed, its answer lost");
+    std::fs::write(&file, "armed").unwrap();
+    let ra = send_in_thread(d.smtp_addr(), &a);
+    wait_paused(&file);
+    c.proxy().mute(Mute::Replies);
+    std::fs::remove_file(&file).unwrap();
+    wait_until(
+        DEADLINE,
+        "the COMMIT done in the database",
+        || match stored(&a).as_str() {
+            "1" => Ok(()),
+            n => Err(format!("{n} rows")),
+        },
+    );
+    c.proxy().drop_connections();
+    let ra = ra.join().unwrap();
+    let ta = ticket_of(&ra, "the message whose COMMIT answer was lost");
+    assert_eq!(stored(&a), "1");
+    let logs = d.logs();
+    assert!(
+        logs.contains("COMMIT failed but the batch is committed"),
+        "the outcome was not looked up: {logs}"
+    );
+
+    // The COMMIT itself is lost.
+    let b = msg().subject("never committed");
+    std::fs::write(&file, "armed").unwrap();
+    let rb = send_in_thread(d.smtp_addr(), &b);
+    wait_paused(&file);
+    let before = c.proxy().dropped();
+    c.proxy().mute(Mute::Requests);
+    std::fs::remove_file(&file).unwrap();
+    wait_until(DEADLINE, "the COMMIT dropped on the way", || {
+        match c.proxy().dropped() > before {
+            true => Ok(()),
+            false => Err("nothing dropped yet".into()),
+        }
+    });
+    c.proxy().drop_connections();
+    let rb = rb.join().unwrap();
+    let tb = ticket_of(&rb, "the message whose COMMIT was lost");
+    assert_ne!(ta, tb);
+    assert_eq!(stored(&b), "1");
+    assert_eq!(d.tickets().len(), 2);
+}
+
+/// C14: a URL of several hosts with `target_session_attrs=read-write`, as
+/// a node is pointed at a primary and its standby (README, "Running several
+/// nodes"): the first host is a read-only server — a standby, as far as a
+/// client can tell — that even has a database of the same name; the node
+/// goes past it to the writable one, migrates, serves and takes mail there.
+#[test]
+fn a_url_of_several_hosts_finds_the_writable_server() {
+    use crate::support::pg::{engine, pg_required, psql, Engine, PrivateCluster};
+    if engine() == Engine::Postgres {
+        return; // the default pass runs it (see support::cluster)
+    }
+    let standby = match PrivateCluster::start() {
+        Ok(p) => p,
+        Err(e) if pg_required() => panic!("no private PostgreSQL: {e}"),
+        Err(e) => {
+            eprintln!("SKIPPED a_url_of_several_hosts_finds_the_writable_server: {e}");
+            return;
+        }
+    };
+    let Some(c) = Cluster::start_with_url(
+        "a_url_of_several_hosts_finds_the_writable_server",
+        1,
+        ACK_NEW,
+        |_| Vec::new(),
+        |db| {
+            psql(&standby.url, &format!("CREATE DATABASE \"{}\"", db.name()));
+            psql(
+                &standby.url,
+                "ALTER SYSTEM SET default_transaction_read_only = on",
+            );
+            psql(&standby.url, "SELECT pg_reload_conf()");
+            let (s, p) = (
+                url::Url::parse(&standby.url).unwrap(),
+                url::Url::parse(db.url()).unwrap(),
+            );
+            let host = |u: &url::Url| {
+                format!(
+                    "{}:{}",
+                    u.host_str().unwrap_or("127.0.0.1"),
+                    u.port().unwrap_or(5432)
+                )
+            };
+            format!(
+                "postgres://{}@{},{}/{}?target_session_attrs=read-write",
+                p.username(),
+                host(&s),
+                host(&p),
+                db.name()
+            )
+        },
+    ) else {
+        return;
+    };
+    let id = c.node(0).send_ok(&msg().subject("via the writable host"));
+    assert_eq!(c.node(0).ticket(id)["subject"], "via the writable host");
+    let on_standby = psql(
+        &standby.url,
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'postdesk%'",
+    );
+    assert_eq!(
+        on_standby.trim(),
+        "0",
+        "a node stayed on the read-only host"
+    );
+}
+
 /// C9: the database goes away (a crash, a restart, a failover): `451`,
 /// never `250`, and the node serves again by itself once it is back.
 #[test]
@@ -715,9 +860,10 @@ fn a_node_killed_while_sending_leaves_the_email_to_another() {
         let owner = c.sql(
             "SELECT lease_owner FROM outbox WHERE state = 'queued' AND lease_owner IS NOT NULL",
         );
-        match owner.trim() {
-            "n1" => Ok(0),
-            "n2" => Ok(1),
+        // A lease is named by the node and the process holding it.
+        match owner.trim().split('#').next() {
+            Some("n1") => Ok(0),
+            Some("n2") => Ok(1),
             other => Err(format!("lease owner {other:?}")),
         }
     });
@@ -743,6 +889,75 @@ fn a_node_killed_while_sending_leaves_the_email_to_another() {
         "the held email, once (it never got past RCPT at the dead node)"
     );
     assert_eq!(sink.accepted().len(), 3);
+}
+
+/// C12: two processes given one `node_id` by mistake (a config copied to
+/// a second host unchanged). The email one of them holds — the relay
+/// holds its transaction — is not taken over by the other (a lease is the
+/// holding process's, not its name's), so it is delivered once; and the
+/// node whose name was taken says so in `health`.
+#[test]
+fn two_nodes_given_one_node_id_do_not_send_an_email_twice() {
+    let sink = crate::support::sink::Sink::start();
+    let config = crate::support::config_with(
+        ACK_NEW,
+        &[(
+            "transport = \"file\"\ndir = \"{dir}/sent\"",
+            &format!("transport = \"smtp\"\nurl = \"{}\"", sink.url()),
+        )],
+    );
+    let lease = |_| vec![("POSTDESK_LEASE_SECS".to_string(), "3".to_string())];
+    let Some(c) = Cluster::start_named(
+        "two_nodes_given_one_node_id_do_not_send_an_email_twice",
+        &["n1", "n1"],
+        &config,
+        lease,
+    ) else {
+        return;
+    };
+    sink.set_hang_rcpt(Some("held@example.com"));
+    let id = c.node(1).send_ok(&msg().from("Held <held@example.com>"));
+    let claim = || {
+        c.sql("SELECT lease_owner || ' ' || lease_token FROM outbox WHERE state = 'queued' AND lease_owner IS NOT NULL")
+            .trim()
+            .to_string()
+    };
+    let first = wait_until(DEADLINE, "a node sending the held email", || {
+        let owner = claim();
+        match owner.starts_with("n1#") {
+            true => Ok(owner),
+            false => Err(format!("lease owner {owner:?}")),
+        }
+    });
+    // The first node's heartbeat finds its row taken (10 s; the lease ran
+    // out three times over meanwhile, renewed by its holder only).
+    let warnings = wait_until(DEADLINE, "node 0 to warn about its node_id", || {
+        let h = c.node(0).health();
+        let w = h["warnings"].to_string();
+        match w.contains("storage.node_id \\\"n1\\\"") {
+            true => Ok(w),
+            false => Err(w),
+        }
+    });
+    assert!(
+        warnings.contains("give every node a node_id of its own"),
+        "{warnings}"
+    );
+    assert_eq!(claim(), first, "the other process took the email over");
+    sink.set_hang_rcpt(None);
+    wait_until(DEADLINE, "the held email sent", || {
+        let t = c.node(0).ticket(id);
+        match kinds_count(&t, "email_sent") {
+            1 => Ok(()),
+            _ => Err(format!("{:?}", timeline_kinds(&t))),
+        }
+    });
+    let held = sink
+        .accepted()
+        .into_iter()
+        .filter(|t| t.rcpt.iter().any(|r| r == "held@example.com"))
+        .count();
+    assert_eq!(held, 1, "the held email, once");
 }
 
 /// TLS to the database, as libpq's `sslmode=verify-full` and `sslrootcert`

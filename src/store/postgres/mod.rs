@@ -40,6 +40,17 @@ pub(in crate::store) struct Shared {
     /// For the writers' own connections ([`Conn`]).
     pub db: Db,
     pub node: String,
+    /// This process's name for its outbox leases: the node's name and a
+    /// number drawn at start (`n1#3fa9…`). A lease is renewed, re-claimed
+    /// and released by the process that holds it, never by another that
+    /// was given the same `node_id` by mistake.
+    pub owner: String,
+    /// When this process registered in `nodes` (as PostgreSQL writes it):
+    /// its heartbeat updates that row only while it is still its own.
+    pub started: String,
+    /// Set by the heartbeat when another process took this node's row: a
+    /// second node with the same `node_id`.
+    pub duplicate: std::sync::Mutex<Option<String>>,
     pub salt: u64,
     pub keys: ReplyKeys,
     /// This node's config fingerprint, as the heartbeat reports it: the
@@ -310,16 +321,23 @@ pub(in crate::store) async fn open(
         return Err(crate::store::portable::unfinished(&p));
     }
     check_durability(&c).await?;
-    // Claims this node held before it stopped are its own to take again
-    // now (node names are unique): their emails are sent without waiting
-    // for the leases to run out.
+    // Claims this node's earlier runs held are free to take again now,
+    // without waiting for their leases to run out — unless the node's row
+    // was written in the last 30 s: then that may be another process
+    // given the same node_id, still sending (or this node's own run that
+    // just died; its leases run out as any dead node's do).
     c.execute(
         "UPDATE outbox SET lease_owner = NULL, lease_until = NULL, lease_token = NULL
-         WHERE lease_owner = $1",
+         WHERE (lease_owner = $1 OR starts_with(lease_owner, $1 || '#'))
+           AND NOT EXISTS (SELECT 1 FROM nodes WHERE node_id = $1
+                           AND last_seen > now() - interval '30 seconds')",
         &[&pg.node_id],
     )
     .await?;
-    register(&c, pg, fingerprint).await?;
+    let started = register(&c, pg, fingerprint).await?;
+    let mut instance = [0u8; 8];
+    getrandom::getrandom(&mut instance)
+        .map_err(|e| StoreError::Corrupt(format!("drawing this process's lease name: {e}")))?;
     let keys = secret(&c, "reply_key", 32).await?;
     let salt = secret(&c, "message_id_salt", 8).await?;
     let keys: [u8; 32] = keys
@@ -333,6 +351,9 @@ pub(in crate::store) async fn open(
         pool,
         db: url(pg)?,
         node: pg.node_id.clone(),
+        owner: format!("{}#{:016x}", pg.node_id, u64::from_le_bytes(instance)),
+        started,
+        duplicate: std::sync::Mutex::new(None),
         salt: u64::from_le_bytes(salt),
         keys: ReplyKeys::new(keys),
         fingerprint: std::sync::Mutex::new(fingerprint.to_string()),
@@ -380,11 +401,32 @@ pub(in crate::store) async fn heartbeat(shared: std::sync::Weak<Shared>) {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone();
-            c.execute(
-                "UPDATE nodes SET last_seen = now(), config_hash = $2 WHERE node_id = $1",
-                &[&s.node, &fingerprint],
-            )
-            .await?;
+            let ours = c
+                .execute(
+                    "UPDATE nodes SET last_seen = now(), config_hash = $2
+                     WHERE node_id = $1 AND started_at::text = $3",
+                    &[&s.node, &fingerprint, &s.started],
+                )
+                .await?;
+            if ours == 0 {
+                let other = c
+                    .query_opt(
+                        "SELECT hostname, started_at::text FROM nodes WHERE node_id = $1",
+                        &[&s.node],
+                    )
+                    .await?;
+                let (host, at): (String, String) = match &other {
+                    Some(r) => (r.try_get(0)?, r.try_get(1)?),
+                    None => ("?".into(), "?".into()),
+                };
+                let warning = format!(
+                    "another postdesk process (host {host}, started {at}) registered with this \
+                     node's storage.node_id \"{}\": give every node a node_id of its own",
+                    s.node
+                );
+                tracing::error!(node = %s.node, other_host = %host, "store: {warning}");
+                *s.duplicate.lock().unwrap_or_else(|p| p.into_inner()) = Some(warning);
+            }
             if beats % 60 == 0 {
                 c.execute(
                     "DELETE FROM batches WHERE node_id = $1 AND at < now() - interval '1 hour'",
@@ -402,18 +444,52 @@ pub(in crate::store) async fn heartbeat(shared: std::sync::Weak<Shared>) {
     }
 }
 
-/// Records this node in `nodes` (its heartbeat row).
+/// See [`crate::store::Store::leave`].
+pub(in crate::store) async fn leave(s: &Shared) -> Result<(), StoreError> {
+    let c = connection(&s.pool).await?;
+    c.execute(
+        "UPDATE outbox SET lease_owner = NULL, lease_until = NULL, lease_token = NULL
+         WHERE lease_owner = $1",
+        &[&s.owner],
+    )
+    .await?;
+    c.execute(
+        "UPDATE nodes SET last_seen = now() - interval '1 hour'
+         WHERE node_id = $1 AND started_at::text = $2",
+        &[&s.node, &s.started],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Records this node in `nodes` (its heartbeat row); returns when it
+/// registered, as PostgreSQL writes it. A row of this node_id seen in the
+/// last 30 s is said in the log: this node's own run that just died, or
+/// another node given the same name.
 async fn register(
     c: &tokio_postgres::Client,
     pg: &Postgres,
     fingerprint: &str,
-) -> Result<(), StoreError> {
-    c.execute(
+) -> Result<String, StoreError> {
+    if let Some(r) = c
+        .query_opt(
+            "SELECT hostname, (extract(epoch FROM now() - last_seen))::float8 FROM nodes
+             WHERE node_id = $1 AND last_seen > now() - interval '30 seconds'",
+            &[&pg.node_id],
+        )
+        .await?
+    {
+        let host: String = r.try_get(0)?;
+        let ago: f64 = r.try_get(1)?;
+        tracing::warn!(node = %pg.node_id, other_host = %host, seen_secs_ago = ago, "store: a node with this storage.node_id was alive moments ago; if that was not this node's previous run, two nodes share a node_id (each needs its own)");
+    }
+    let row = c.query_one(
         "INSERT INTO nodes (node_id, hostname, version, schema_version, config_hash, started_at, last_seen)
          VALUES ($1, $2, $3, $4, $5, now(), now())
          ON CONFLICT (node_id) DO UPDATE SET hostname = EXCLUDED.hostname,
            version = EXCLUDED.version, schema_version = EXCLUDED.schema_version,
-           config_hash = EXCLUDED.config_hash, started_at = now(), last_seen = now()",
+           config_hash = EXCLUDED.config_hash, started_at = now(), last_seen = now()
+         RETURNING started_at::text",
         &[
             &pg.node_id,
             &crate::config::host_name(),
@@ -423,7 +499,7 @@ async fn register(
         ],
     )
     .await?;
-    Ok(())
+    Ok(row.try_get(0)?)
 }
 
 /// The secret `name`, drawn from the operating system's CSPRNG by the first

@@ -241,7 +241,7 @@ pub async fn due(
                    FOR UPDATE SKIP LOCKED) due
              WHERE o.id = due.id
              RETURNING o.rec, o.lease_token",
-            &[&s.node, &now, &limit, &lease_secs()],
+            &[&s.owner, &now, &limit, &lease_secs()],
         )
         .await?;
     let mut claimed = Vec::with_capacity(rows.len());
@@ -288,7 +288,7 @@ pub async fn renew(s: &Shared, leases: &[(u64, u64)]) -> Result<(), StoreError> 
         "UPDATE outbox SET lease_until = now() + make_interval(secs => $4)
          WHERE lease_owner = $1 AND (id, lease_token) IN
            (SELECT * FROM unnest($2::bigint[], $3::bigint[]))",
-        &[&s.node, &ids, &tokens, &lease_secs()],
+        &[&s.owner, &ids, &tokens, &lease_secs()],
     )
     .await?;
     Ok(())

@@ -37,6 +37,25 @@ pub struct Cluster {
     _serial: std::sync::MutexGuard<'static, ()>,
 }
 
+/// What the nodes' `url_file` holds: the test database's URL (through a
+/// [`Proxy`] or not, with a query added), or a text of the test's own.
+enum NodeUrl<'a> {
+    Db { proxied: bool, query: &'a str },
+    Text(String),
+}
+
+impl NodeUrl<'_> {
+    const PLAIN: NodeUrl<'static> = NodeUrl::Db {
+        proxied: false,
+        query: "",
+    };
+}
+
+/// `n1`, `n2`, … `nN`.
+fn names(n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("n{i}")).collect()
+}
+
 impl Cluster {
     /// `n` nodes on one fresh database, `setup` as for [`Daemon::start`]
     /// (lines for `[server]` first, then tables), `env(i)` the extra
@@ -74,7 +93,7 @@ impl Cluster {
             }
         };
         let db = TestDb::create_on(&private.url);
-        let mut c = Cluster::start_on(test, n, setup, env, false, "", db)?;
+        let mut c = Cluster::start_on(test, &names(n), setup, env, db, NodeUrl::PLAIN)?;
         c.private = Some(private);
         Some(c)
     }
@@ -111,6 +130,41 @@ impl Cluster {
         Cluster::start_with(test, n, setup, env, true, "")
     }
 
+    /// [`Cluster::start`] with the nodes' `node_id`s given (`n1`, `n2`, …
+    /// otherwise): a misconfigured cluster, e.g. two nodes of one name.
+    pub fn start_named(
+        test: &str,
+        node_ids: &[&str],
+        setup: &str,
+        env: impl Fn(usize) -> Vec<(String, String)>,
+    ) -> Option<Cluster> {
+        if engine() == Engine::Postgres {
+            eprintln!("{test}: runs in the default pass of the suite only");
+            return None;
+        }
+        let db = require_pg_or_skip()?;
+        let names: Vec<String> = node_ids.iter().map(|s| s.to_string()).collect();
+        Cluster::start_on(test, &names, setup, env, db, NodeUrl::PLAIN)
+    }
+
+    /// [`Cluster::start`] with the nodes' URL written by `url` from the
+    /// test's database (e.g. several hosts).
+    pub fn start_with_url(
+        test: &str,
+        n: usize,
+        setup: &str,
+        env: impl Fn(usize) -> Vec<(String, String)>,
+        url: impl FnOnce(&TestDb) -> String,
+    ) -> Option<Cluster> {
+        if engine() == Engine::Postgres {
+            eprintln!("{test}: runs in the default pass of the suite only");
+            return None;
+        }
+        let db = require_pg_or_skip()?;
+        let text = url(&db);
+        Cluster::start_on(test, &names(n), setup, env, db, NodeUrl::Text(text))
+    }
+
     fn start_with(
         test: &str,
         n: usize,
@@ -124,21 +178,31 @@ impl Cluster {
             return None;
         }
         let db = require_pg_or_skip()?;
-        Cluster::start_on(test, n, setup, env, proxied, query, db)
+        Cluster::start_on(
+            test,
+            &names(n),
+            setup,
+            env,
+            db,
+            NodeUrl::Db { proxied, query },
+        )
     }
 
     fn start_on(
         _test: &str,
-        n: usize,
+        node_ids: &[String],
         setup: &str,
         env: impl Fn(usize) -> Vec<(String, String)>,
-        proxied: bool,
-        query: &str,
         db: TestDb,
+        url: NodeUrl<'_>,
     ) -> Option<Cluster> {
         let serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let dir = temp_dir();
         let url_file = dir.path().join("pg.url");
+        let (proxied, query, url_text) = match url {
+            NodeUrl::Db { proxied, query } => (proxied, query, None),
+            NodeUrl::Text(text) => (false, "", Some(text)),
+        };
         let mut url = url::Url::parse(db.url()).expect("the test database's URL");
         let proxy = proxied.then(|| {
             let target = (
@@ -158,12 +222,14 @@ impl Cluster {
         if !query.is_empty() {
             url.set_query(Some(query));
         }
+        let url = url_text.unwrap_or_else(|| url.to_string());
         std::fs::write(&url_file, format!("{url}\n")).expect("write pg.url");
         let (server, tables) = split(setup);
         let config_for = |i: usize| {
             format!(
-                "{server}\n[storage]\nengine = \"postgres\"\nurl_file = \"{}\"\nnode_id = \"n{i}\"\npool_size = 4\n{tables}",
-                url_file.display()
+                "{server}\n[storage]\nengine = \"postgres\"\nurl_file = \"{}\"\nnode_id = \"{}\"\npool_size = 4\n{tables}",
+                url_file.display(),
+                node_ids[i]
             )
         };
         // The schema, once, with the first node's config.
@@ -180,12 +246,12 @@ impl Cluster {
         );
         std::fs::write(&first, text).expect("write the migrate config");
         migrate(&first, dir.path());
-        let nodes = (0..n)
+        let nodes = (0..node_ids.len())
             .map(|i| {
                 let env = env(i);
                 let env: Vec<(&str, &str)> =
                     env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                Daemon::start_with_env(&config_for(i + 1), &env)
+                Daemon::start_with_env(&config_for(i), &env)
             })
             .collect();
         Some(Cluster {
