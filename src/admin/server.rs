@@ -155,6 +155,18 @@ async fn handle(req: Request, ctx: &AdminCtx) -> Response {
                             })
                             .collect();
                         warnings.extend(ctx.store.duplicate_node());
+                        // Whether a 250 survives the loss of the database
+                        // server: only with a synchronous standby.
+                        if let Ok(Some((commit, standbys))) = ctx.store.durability().await {
+                            let replicated = !standbys.trim().is_empty()
+                                && matches!(
+                                    commit.as_str(),
+                                    "on" | "remote_write" | "remote_apply"
+                                );
+                            body["storage"]["synchronous_commit"] = json!(commit);
+                            body["storage"]["synchronous_standby_names"] = json!(standbys);
+                            body["storage"]["replicated"] = json!(replicated);
+                        }
                         body["node"] = json!(pg.node_id);
                         body["config_hash"] = json!(mine);
                         body["nodes"] = to_value(nodes);

@@ -503,6 +503,15 @@ impl Store {
         }
     }
 
+    /// What a commit waits for (engines with several nodes):
+    /// PostgreSQL's `synchronous_commit` and `synchronous_standby_names`.
+    pub async fn durability(&self) -> Result<Option<(String, String)>, StoreError> {
+        match &self.engine {
+            Engine::Redb(_) => Ok(None),
+            Engine::Postgres(s) => postgres::read::durability(s).await.map(Some),
+        }
+    }
+
     /// A clean stop, once the outbox worker is done (engines with several
     /// nodes): this process's leases are given up, so that its emails go
     /// out at once from another node or its own next run, and its row in

@@ -446,6 +446,10 @@ fn health_lists_every_live_node() {
         .collect();
     assert_eq!(ids, ["n1", "n2"], "{h:#}");
     assert_eq!(h["warnings"], json!([]), "one configuration: {h:#}");
+    // What a 250 waits for: the test server's own disk, no standby.
+    assert_eq!(h["storage"]["synchronous_commit"], "on", "{h:#}");
+    assert_eq!(h["storage"]["synchronous_standby_names"], "", "{h:#}");
+    assert_eq!(h["storage"]["replicated"], false, "{h:#}");
     // A reply written at one node is read at the other at once.
     let id = c.node(0).send_ok(&msg());
     c.node(0)
@@ -1035,6 +1039,26 @@ fn a_node_speaks_tls_to_the_database_and_checks_its_certificate() {
     let out = migrate();
     assert_ne!(out.code(), Some(0), "{out}");
     assert!(out.stderr.contains("/nonexistent/ca.pem"), "{out}");
+    // A name the certificate does not hold (the server reached by its
+    // address, `hostaddr`): verify-ca checks the chain only and connects;
+    // verify-full checks the name too, and refuses.
+    let parsed = url::Url::parse(url.trim()).expect("the test URL");
+    let by_name = |mode: &str| {
+        format!(
+            "host=db.invalid hostaddr=127.0.0.1 port={} user={} dbname={} sslmode={mode} sslrootcert={}\n",
+            parsed.port().unwrap_or(5432),
+            parsed.username(),
+            parsed.path().trim_start_matches('/'),
+            ca.display()
+        )
+    };
+    std::fs::write(&url_file, by_name("verify-ca")).expect("write pg.url");
+    let out = migrate();
+    assert_eq!(out.code(), Some(0), "verify-ca, another name: {out}");
+    std::fs::write(&url_file, by_name("verify-full")).expect("write pg.url");
+    let out = migrate();
+    assert_ne!(out.code(), Some(0), "verify-full, another name: {out}");
+    assert!(out.stderr.contains("certificate"), "{out}");
     // With the right CA again, migrate finds the schema there.
     std::fs::write(&url_file, &url).expect("write pg.url");
     let out = migrate();

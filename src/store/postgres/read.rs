@@ -294,6 +294,20 @@ pub async fn renew(s: &Shared, leases: &[(u64, u64)]) -> Result<(), StoreError> 
     Ok(())
 }
 
+/// What a COMMIT waits for, as the database says for this node's role:
+/// `synchronous_commit` and `synchronous_standby_names` (for `health`).
+pub async fn durability(s: &Shared) -> Result<(String, String), StoreError> {
+    let c = connection(&s.pool).await?;
+    let row = c
+        .query_one(
+            "SELECT current_setting('synchronous_commit'),
+                    current_setting('synchronous_standby_names')",
+            &[],
+        )
+        .await?;
+    Ok((row.try_get(0)?, row.try_get(1)?))
+}
+
 /// The nodes seen in the last minute.
 pub async fn nodes(s: &Shared) -> Result<Vec<NodeView>, StoreError> {
     let c = connection(&s.pool).await?;
