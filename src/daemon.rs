@@ -166,8 +166,9 @@ impl Bound {
         self.store.shutdown();
         let writer = self.writer;
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;
-        // Only when nothing is sending any more: an email still on the wire
-        // keeps its lease (another node sends it when the lease runs out).
+        // Only once the outbox worker has stopped (its sends in flight were
+        // dropped, unrecorded): their emails are then free for another node
+        // at once — sent again, as after any interrupted delivery.
         if clean {
             match tokio::time::timeout(Duration::from_secs(5), self.store.leave()).await {
                 Ok(Ok(())) => {}

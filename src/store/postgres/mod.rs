@@ -321,19 +321,10 @@ pub(in crate::store) async fn open(
         return Err(crate::store::portable::unfinished(&p));
     }
     check_durability(&c).await?;
-    // Claims this node's earlier runs held are free to take again now,
-    // without waiting for their leases to run out — unless the node's row
-    // was written in the last 30 s: then that may be another process
-    // given the same node_id, still sending (or this node's own run that
-    // just died; its leases run out as any dead node's do).
-    c.execute(
-        "UPDATE outbox SET lease_owner = NULL, lease_until = NULL, lease_token = NULL
-         WHERE (lease_owner = $1 OR starts_with(lease_owner, $1 || '#'))
-           AND NOT EXISTS (SELECT 1 FROM nodes WHERE node_id = $1
-                           AND last_seen > now() - interval '30 seconds')",
-        &[&pg.node_id],
-    )
-    .await?;
+    // Claims of this node's earlier runs are left to run out, as any dead
+    // node's: nothing here can tell an earlier run from another live
+    // process given the same node_id by mistake, still sending. A clean
+    // stop gives its claims up itself (`leave`).
     let started = register(&c, pg, fingerprint).await?;
     let mut instance = [0u8; 8];
     getrandom::getrandom(&mut instance)
