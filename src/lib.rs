@@ -26,6 +26,7 @@
 
 pub mod admin;
 pub mod automation;
+pub mod business_hours;
 pub mod clock;
 pub mod config;
 pub mod ctl;

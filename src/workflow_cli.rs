@@ -495,6 +495,7 @@ fn action_lines(w: &Workflow) -> String {
             ActionKind::Notify(NotifyTarget::Team(t)) => format!("notify team {t}"),
             ActionKind::Notify(NotifyTarget::User(u)) => format!("notify user {u}"),
             ActionKind::Notify(NotifyTarget::Owner) => "notify owner".to_owned(),
+            ActionKind::SetStatus(status) => format!("set status {status}"),
         };
         match &action.comment {
             Some(c) if !c.is_empty() => out.push_str(&format!("  [{i}] {what} — {c}\n")),

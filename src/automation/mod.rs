@@ -15,6 +15,12 @@
 //!   (creation included) and the enrollment matches *anew*: a workflow runs
 //!   once per ticket unless `reenroll = true`. A workflow whose `enroll`
 //!   names no source applies to email tickets only.
+//! - A workflow's `set_status` moves the ticket once every workflow of
+//!   the status it entered has run (the first one to ask wins; a later one
+//!   is noted, not run); that change runs the new status's workflows in
+//!   turn. One event makes at most [`MAX_STATUS_CHANGES`] status changes:
+//!   a chain past that (two workflows sending a ticket back and forth)
+//!   stops, noted.
 
 use crate::config::{ActionKind, Config, NotifyTarget, Pipeline, ReplyToClosed, Source, Workflow};
 
@@ -50,6 +56,8 @@ pub enum Why {
     EmailSentToCustomer,
     Reopened,
     Admin,
+    /// A workflow's `set_status` action.
+    Workflow,
 }
 
 impl Why {
@@ -60,6 +68,7 @@ impl Why {
             Why::EmailSentToCustomer => "email_sent_to_customer",
             Why::Reopened => "reopened",
             Why::Admin => "admin",
+            Why::Workflow => "workflow",
         }
     }
 }
@@ -99,7 +108,17 @@ pub enum Effect {
         action: usize,
         reason: String,
     },
+    /// A `set_status` action that did not move the ticket, and why.
+    SetStatusSkipped {
+        workflow: String,
+        action: usize,
+        to: String,
+        reason: String,
+    },
 }
+
+/// The most status changes one event may cause (SPEC §9).
+pub const MAX_STATUS_CHANGES: usize = 8;
 
 /// Where a message that threaded onto `ticket` goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,32 +192,77 @@ pub fn decide(config: &Config, t: &TicketFacts<'_>, event: &Event<'_>) -> Vec<Ef
         }
         Event::SetStatus { to } => Some((Some(t.status.to_string()), to.to_string(), Why::Admin)),
     };
-    let Some((from, to, why)) = change else {
+    let Some(first) = change else {
         return Vec::new();
     };
-    if from.as_deref() == Some(to.as_str()) {
-        return Vec::new();
-    }
-    let mut effects = vec![Effect::StatusChanged {
-        from: from.clone(),
-        to: to.clone(),
-        why,
-    }];
-    for w in config
-        .workflows
-        .iter()
-        .filter(|w| w.pipeline == pipeline.id)
-    {
-        let now = enrolls(w, t.source, &to);
-        let before = from.as_deref().is_some_and(|f| enrolls(w, t.source, f));
-        let ran = t.workflows_ran.contains(&w.id);
-        if !now || before || (ran && !w.reenroll) {
-            continue;
+    let mut effects = Vec::new();
+    let mut ran: Vec<&str> = t.workflows_ran.iter().map(String::as_str).collect();
+    let mut next = Some(first);
+    let mut changes = 0;
+    while let Some((from, to, why)) = next.take() {
+        if from.as_deref() == Some(to.as_str()) {
+            break;
         }
-        effects.push(Effect::WorkflowRan {
-            workflow: w.id.clone(),
+        changes += 1;
+        effects.push(Effect::StatusChanged {
+            from: from.clone(),
+            to: to.clone(),
+            why,
         });
-        effects.extend(actions(config, pipeline, w, t));
+        let facts = TicketFacts {
+            status: &to,
+            ..t.clone()
+        };
+        for w in config
+            .workflows
+            .iter()
+            .filter(|w| w.pipeline == pipeline.id)
+        {
+            let now = enrolls(w, t.source, &to);
+            let before = from.as_deref().is_some_and(|f| enrolls(w, t.source, f));
+            let has_run = ran.contains(&w.id.as_str());
+            if !now || before || (has_run && !w.reenroll) {
+                continue;
+            }
+            if !has_run {
+                ran.push(&w.id);
+            }
+            effects.push(Effect::WorkflowRan {
+                workflow: w.id.clone(),
+            });
+            for step in actions(config, pipeline, w, &facts) {
+                let (action, wanted) = match step {
+                    Step::Effect(effect) => {
+                        effects.push(effect);
+                        continue;
+                    }
+                    Step::SetStatus { action, to } => (action, to),
+                };
+                let reason = if let Some((_, taken, _)) = &next {
+                    Some(format!(
+                        "another workflow of status {to} already set status {taken}"
+                    ))
+                } else if wanted == to {
+                    Some(format!("the ticket is already at status {to}"))
+                } else if changes == MAX_STATUS_CHANGES {
+                    Some(format!(
+                        "this event already changed the status {MAX_STATUS_CHANGES} times \
+                         (workflows setting each other's status?): the chain stops here"
+                    ))
+                } else {
+                    None
+                };
+                match reason {
+                    Some(reason) => effects.push(Effect::SetStatusSkipped {
+                        workflow: w.id.clone(),
+                        action,
+                        to: wanted,
+                        reason,
+                    }),
+                    None => next = Some((Some(to.clone()), wanted, Why::Workflow)),
+                }
+            }
+        }
     }
     effects
 }
@@ -213,12 +277,14 @@ fn enrolls(w: &Workflow, source: Source, status: &str) -> bool {
     source_ok && status_ok
 }
 
-fn actions(
-    config: &Config,
-    _pipeline: &Pipeline,
-    w: &Workflow,
-    t: &TicketFacts<'_>,
-) -> Vec<Effect> {
+/// One action of a workflow: its effect, or a `set_status` for
+/// [`decide`] to weigh against the chain.
+enum Step {
+    Effect(Effect),
+    SetStatus { action: usize, to: String },
+}
+
+fn actions(config: &Config, _pipeline: &Pipeline, w: &Workflow, t: &TicketFacts<'_>) -> Vec<Step> {
     let agent = |id: &str| {
         config.user(id).map(|u| Agent {
             id: u.id.clone(),
@@ -230,11 +296,16 @@ fn actions(
         .iter()
         .enumerate()
         .map(|(i, a)| match &a.kind {
-            ActionKind::SendEmail(template) => Effect::SendEmail {
+            // Decided by `decide`, which knows the chain.
+            ActionKind::SetStatus(to) => Step::SetStatus {
+                action: i,
+                to: to.clone(),
+            },
+            ActionKind::SendEmail(template) => Step::Effect(Effect::SendEmail {
                 workflow: w.id.clone(),
                 action: i,
                 template: template.clone(),
-            },
+            }),
             ActionKind::Notify(target) => {
                 let (to, none_reason) = match target {
                     NotifyTarget::User(id) => (
@@ -261,7 +332,7 @@ fn actions(
                         "the ticket has no owner".to_string(),
                     ),
                 };
-                if to.is_empty() {
+                Step::Effect(if to.is_empty() {
                     Effect::NotifySkipped {
                         workflow: w.id.clone(),
                         action: i,
@@ -273,7 +344,7 @@ fn actions(
                         action: i,
                         to,
                     }
-                }
+                })
             }
         })
         .collect()

@@ -84,6 +84,25 @@ fn config(reply_to_closed: &str, sent: bool, replied: bool, reenroll: bool) -> C
     }
 }
 
+/// The default config with more workflows appended.
+fn config_with(workflows: &str) -> Config {
+    let templates = concat!(env!("CARGO_MANIFEST_DIR"), "/templates");
+    let text = BASE
+        .replace("@TEMPLATES@", templates)
+        .replace("@REPLY_TO_CLOSED@", "reopen")
+        .replace("@SENT@", "true")
+        .replace("@REPLIED@", "true")
+        .replace("@REENROLL@", "false")
+        + workflows;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("postdesk.toml");
+    std::fs::write(&path, text).unwrap();
+    match crate::config::load(&path) {
+        Ok(c) => c,
+        Err(p) => panic!("{p}"),
+    }
+}
+
 fn default_config() -> Config {
     config("reopen", true, true, false)
 }
@@ -114,6 +133,11 @@ fn show(effects: &[Effect]) -> String {
             }
             Effect::NotifySkipped { reason, action, .. } => {
                 format!("  [{action}] skipped: {reason}")
+            }
+            Effect::SetStatusSkipped {
+                reason, action, to, ..
+            } => {
+                format!("  [{action}] not set to {to}: {reason}")
             }
         })
         .collect::<Vec<_>>()
@@ -351,5 +375,133 @@ fn source_rules() {
             to: "waiting_on_us",
         },
         "status new->waiting_on_us (admin)",
+    );
+}
+
+#[test]
+fn set_status_runs_after_the_status_workflows_and_chains_on() {
+    let c = config_with(
+        r#"
+[[workflow]]
+id = "triage"
+pipeline = "support"
+enroll = { status = "new" }
+actions = [ { set_status = "waiting_on_us" }, { set_status = "closed" } ]
+
+[[workflow]]
+id = "note-new"
+pipeline = "support"
+enroll = { status = "new" }
+actions = [ { notify = { user = "alice" } } ]
+
+[[workflow]]
+id = "escalate"
+pipeline = "support"
+enroll = { status = "waiting_on_us" }
+actions = [ { set_status = "waiting_on_us" }, { set_status = "closed" } ]
+"#,
+    );
+    check(
+        &c,
+        "new",
+        Source::Email,
+        None,
+        &[],
+        Event::Created,
+        "
+status -->new (created)
+workflow ack-new
+  [0] send ticket_received
+  [1] notify alice,bob
+workflow triage
+  [1] not set to closed: another workflow of status new already set status waiting_on_us
+workflow note-new
+  [0] notify alice
+status new->waiting_on_us (workflow)
+workflow escalate
+  [0] not set to waiting_on_us: the ticket is already at status waiting_on_us
+status waiting_on_us->closed (workflow)
+workflow closed-mail
+  [0] send ticket_closed
+  [1] skipped: the ticket has no owner",
+    );
+}
+
+#[test]
+fn a_set_status_ping_pong_stops_after_eight_changes() {
+    let c = config_with(
+        r#"
+[[workflow]]
+id = "ping"
+pipeline = "support"
+enroll = { status = "waiting_on_us" }
+reenroll = true
+actions = [ { set_status = "waiting_on_contact" } ]
+
+[[workflow]]
+id = "pong"
+pipeline = "support"
+enroll = { status = "waiting_on_contact" }
+reenroll = true
+actions = [ { set_status = "waiting_on_us" } ]
+"#,
+    );
+    let facts = TicketFacts {
+        pipeline: "support",
+        status: "new",
+        source: Source::Email,
+        owner: None,
+        workflows_ran: &["ack-new".to_string()],
+    };
+    let effects = decide(
+        &c,
+        &facts,
+        &Event::SetStatus {
+            to: "waiting_on_us",
+        },
+    );
+    let changes = effects
+        .iter()
+        .filter(|e| matches!(e, Effect::StatusChanged { .. }))
+        .count();
+    assert_eq!(changes, MAX_STATUS_CHANGES);
+    let last = show(&effects[effects.len() - 3..]);
+    assert_eq!(
+        last,
+        "status waiting_on_us->waiting_on_contact (workflow)\nworkflow pong\n  [0] not set to \
+         waiting_on_us: this event already changed the status 8 times (workflows setting each \
+         other's status?): the chain stops here"
+    );
+    // Without reenroll each runs once, and the chain ends by itself.
+    let once = config_with(
+        r#"
+[[workflow]]
+id = "ping"
+pipeline = "support"
+enroll = { status = "waiting_on_us" }
+actions = [ { set_status = "waiting_on_contact" } ]
+
+[[workflow]]
+id = "pong"
+pipeline = "support"
+enroll = { status = "waiting_on_contact" }
+actions = [ { set_status = "waiting_on_us" } ]
+"#,
+    );
+    check(
+        &once,
+        "new",
+        Source::Email,
+        None,
+        &["ack-new"],
+        Event::SetStatus {
+            to: "waiting_on_us",
+        },
+        "
+status new->waiting_on_us (admin)
+workflow ping
+status waiting_on_us->waiting_on_contact (workflow)
+workflow pong
+status waiting_on_contact->waiting_on_us (workflow)",
     );
 }

@@ -142,6 +142,7 @@ fn read_sections(mut root: DeTable<'_>, cx: &mut Ctx<'_>) -> RawConfig {
     let limits = take("limits");
     let security = take("security");
     let storage = take("storage");
+    let business_hours = take("business_hours");
     let users = take("user");
     let teams = take("team");
     let channels = take("channel");
@@ -154,6 +155,7 @@ fn read_sections(mut root: DeTable<'_>, cx: &mut Ctx<'_>) -> RawConfig {
         limits: section(limits, "limits", cx),
         security: section(security, "security", cx),
         storage: section(storage, "storage", cx),
+        business_hours: section(business_hours, "business_hours", cx),
         users: items(users, "user", cx),
         teams: items(teams, "team", cx),
         channels: items(channels, "channel", cx),

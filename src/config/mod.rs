@@ -37,6 +37,8 @@ pub struct Config {
     pub limits: Limits,
     pub security: Security,
     pub storage: Storage,
+    /// `[business_hours]`, if the file has it (SPEC §9).
+    pub business_hours: Option<crate::business_hours::BusinessHours>,
     pub users: Vec<User>,
     pub teams: Vec<Team>,
     pub channels: Vec<Channel>,
@@ -232,6 +234,10 @@ pub enum ActionKind {
     /// A template name (templates/NAME.subject.hbs, NAME.text.hbs).
     SendEmail(String),
     Notify(NotifyTarget),
+    /// A status id of the workflow's pipeline: moves the ticket like the
+    /// admin command, after every workflow of the status it entered has
+    /// run (SPEC §9).
+    SetStatus(String),
 }
 
 #[derive(Debug, Clone)]

@@ -84,6 +84,15 @@ pub(super) struct RawStorage {
     pub writers: Option<Spanned<usize>>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(expecting = "a table: [business_hours]")]
+pub(super) struct RawBusinessHours {
+    pub timezone: Option<Str>,
+    pub days: Option<Spanned<Vec<Str>>>,
+    pub hours: Option<Str>,
+    pub holidays: Option<Vec<Str>>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(expecting = "a table: [[user]]")]
 pub(super) struct RawUser {
@@ -161,11 +170,12 @@ pub(super) struct RawEnroll {
 
 #[derive(Debug, Deserialize)]
 #[serde(
-    expecting = "an action like { send_email = \"ticket_received\" } or { notify = { team = \"tier1\" } }"
+    expecting = "an action like { send_email = \"ticket_received\" }, { notify = { team = \"tier1\" } } or { set_status = \"closed\" }"
 )]
 pub(super) struct RawAction {
     pub send_email: Option<Str>,
     pub notify: Option<Spanned<RawNotify>>,
+    pub set_status: Option<Str>,
     pub comment: Option<String>,
 }
 
@@ -214,8 +224,18 @@ impl<'de> Deserialize<'de> for RawSize {
 
 /// The top-level keys: the sections of SPEC §2.
 pub(super) const TOP_LEVEL: &[&str] = &[
-    "server", "outbound", "branding", "limits", "security", "storage", "user", "team", "channel",
-    "pipeline", "workflow",
+    "server",
+    "outbound",
+    "branding",
+    "limits",
+    "security",
+    "storage",
+    "business_hours",
+    "user",
+    "team",
+    "channel",
+    "pipeline",
+    "workflow",
 ];
 
 /// The keys serde knows for struct `T`, in declaration order.
@@ -274,6 +294,7 @@ pub(super) fn check_unknown_keys(root: &DeTable<'_>) -> Vec<UnknownKey> {
         ("limits", fields::<RawLimits>()),
         ("security", fields::<RawSecurity>()),
         ("storage", fields::<RawStorage>()),
+        ("business_hours", fields::<RawBusinessHours>()),
     ] {
         if let Some(table) = table_at(root, name) {
             keys(&mut out, table, known, &format!("in [{name}]"));
@@ -471,6 +492,7 @@ pub(super) struct RawConfig {
     pub limits: Section<RawLimits>,
     pub security: Section<RawSecurity>,
     pub storage: Section<RawStorage>,
+    pub business_hours: Section<RawBusinessHours>,
     pub users: Vec<Item<RawUser>>,
     pub teams: Vec<Item<RawTeam>>,
     pub channels: Vec<Item<RawChannel>>,

@@ -476,7 +476,7 @@ fn unknown_keys_in_nested_tables_and_top_level() {
     assert!(keys[5].starts_with(
         "postdesk.toml:14:37: unknown key \"everyone\" in a notify action (known: team, user, owner)"
     ));
-    assert!(keys[6].starts_with("postdesk.toml:14:60: unknown key \"send_mail\" in a workflow action (known: send_email, notify, comment)"));
+    assert!(keys[6].starts_with("postdesk.toml:14:60: unknown key \"send_mail\" in a workflow action (known: send_email, notify, set_status, comment)"));
 }
 
 #[test]
@@ -963,6 +963,7 @@ fn workflow_rules() {
               { send_email = "ticket_received", notify = { owner = true } },
               { comment = "does nothing" },
               { send_email = "../../etc/passwd" },
+              { set_status = "done" },
             ]
             [[workflow]]
             id = "w"
@@ -986,16 +987,19 @@ fn workflow_rules() {
              the action",
             "postdesk.toml:21:14: notify needs exactly one of team, user or owner, e.g. notify = \
              { team = \"tier1\" }",
-            "postdesk.toml:22:3: an action is either send_email or notify, not both: split it in \
-             two",
-            "postdesk.toml:23:3: an action needs send_email = \"TEMPLATE\" or notify = { ... }",
+            "postdesk.toml:22:3: an action is one of send_email, notify or set_status: split it \
+             in two",
+            "postdesk.toml:23:3: an action needs send_email = \"TEMPLATE\", notify = { ... } or \
+             set_status = \"STATUS\"",
             "postdesk.toml:24:18: invalid template name \"../../etc/passwd\": use letters, \
              digits, '-' and '_' (the files are NAME.subject.hbs and NAME.text.hbs)",
-            "postdesk.toml:27:6: duplicate workflow id \"w\" (first defined on line 14)",
-            "postdesk.toml:28:12: unknown pipeline \"sales\" (known: support)",
-            "postdesk.toml:29:10: enroll needs a status, a source, or both, e.g. { status = \
+            "postdesk.toml:25:18: unknown status \"done\" in pipeline \"support\" (known: new, \
+             closed)",
+            "postdesk.toml:28:6: duplicate workflow id \"w\" (first defined on line 14)",
+            "postdesk.toml:29:12: unknown pipeline \"sales\" (known: support)",
+            "postdesk.toml:30:10: enroll needs a status, a source, or both, e.g. { status = \
              \"new\" }",
-            "postdesk.toml:30:1: workflow \"x\" needs enroll, e.g. enroll = { status = \"new\" }",
+            "postdesk.toml:31:1: workflow \"x\" needs enroll, e.g. enroll = { status = \"new\" }",
         ]
     );
 }
@@ -1402,4 +1406,60 @@ fn storage_defaults_to_redb_and_names_the_postgres_keys() {
     // Without `writers`, one a CPU, 2 to 8.
     let auto = p.writers();
     assert!((2..=8).contains(&auto), "{auto}");
+}
+
+#[test]
+fn business_hours_are_read() {
+    let s = Setup::new();
+    let config = s.ok(&format!(
+        "{MINIMAL}\n[business_hours]\ntimezone = \"Europe/Rome\"\ndays = [\"mon\", \"Tue\", \"sat\"]\n\
+         hours = \"09:00-17:30\"\nholidays = [\"2027-01-01\", \"2026-12-25\"]\n"
+    ));
+    let bh = config.business_hours.expect("[business_hours] read");
+    assert_eq!(bh.zone_name, "Europe/Rome");
+    assert_eq!(bh.days, [true, true, false, false, false, true, false]);
+    assert_eq!(bh.open, jiff::civil::time(9, 0, 0, 0));
+    assert_eq!(bh.close, Some(jiff::civil::time(17, 30, 0, 0)));
+    let holidays: Vec<String> = bh.holidays.iter().map(|d| d.to_string()).collect();
+    assert_eq!(holidays, ["2026-12-25", "2027-01-01"]);
+    // Without days: Monday to Friday. Without the section: none.
+    let config = s.ok(&format!(
+        "{MINIMAL}\n[business_hours]\ntimezone = \"UTC\"\nhours = \"00:00-24:00\"\n"
+    ));
+    let bh = config.business_hours.expect("[business_hours] read");
+    assert_eq!(bh.days, [true, true, true, true, true, false, false]);
+    assert_eq!(bh.close, None);
+    assert!(s.ok(MINIMAL).business_hours.is_none());
+}
+
+#[test]
+fn bad_business_hours_are_each_reported_at_their_value() {
+    let s = Setup::new();
+    let problems = s.problems(&format!(
+        "{MINIMAL}\n[business_hours]\ntimezone = \"Europe/Roma\"\ndays = [\"mon\", \"friday\"]\n\
+         hours = \"17:30-09:00\"\nholidays = [\"2026-12-25\", \"25/12/2026\"]\nweekends = true\n"
+    ));
+    let expected = [
+        "postdesk.toml:5:12: unknown time zone \"Europe/Roma\"",
+        "postdesk.toml:6:16: unknown day \"friday\" (known: mon, tue, wed, thu, fri, sat, sun)",
+        "postdesk.toml:7:9: hours \"17:30-09:00\" close before they open",
+        "postdesk.toml:8:27: holiday \"25/12/2026\" is not a date: write it as \"2026-12-25\"",
+        "postdesk.toml:9:1: unknown key \"weekends\" in [business_hours] (known: timezone, days, hours, holidays)",
+    ];
+    assert_eq!(problems.len(), expected.len(), "{problems:#?}");
+    for (got, want) in problems.iter().zip(expected) {
+        assert!(
+            got.starts_with(want),
+            "{got}\n  does not start with\n{want}"
+        );
+    }
+    let problems = s.problems(&format!("{MINIMAL}\n[business_hours]\ndays = []\n"));
+    assert_eq!(
+        problems,
+        [
+            "postdesk.toml:4:1: [business_hours] needs timezone, e.g. timezone = \"Europe/Rome\"",
+            "postdesk.toml:4:1: [business_hours] needs hours, e.g. hours = \"09:00-17:30\"",
+            "postdesk.toml:5:8: days names no working day, e.g. days = [\"mon\", \"tue\", \"wed\", \"thu\", \"fri\"]",
+        ]
+    );
 }

@@ -21,6 +21,7 @@ use super::Config;
 use crate::mail::render::Templates;
 use crate::wording::{io_reason, lowercase_first};
 
+mod calendar;
 mod items;
 mod sections;
 
@@ -58,6 +59,7 @@ pub(super) fn validate(
     let limits = sections::limits(raw.limits);
     let security = v.security(raw.security);
     let storage = v.storage(raw.storage);
+    let business_hours = v.business_hours(raw.business_hours);
 
     let users = v.users(raw.users);
     let teams = v.teams(raw.teams, &users.known);
@@ -97,6 +99,7 @@ pub(super) fn validate(
         limits,
         security,
         storage,
+        business_hours,
         users: users.list,
         teams: teams.list,
         channels,

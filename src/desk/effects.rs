@@ -94,6 +94,23 @@ pub(super) fn apply_effects(
                     notify(tables, config, ticket, &workflow, action, &agent, now)?;
                 }
             }
+            Effect::SetStatusSkipped {
+                workflow,
+                action,
+                to,
+                reason,
+            } => {
+                tables.event(
+                    ticket.id,
+                    now,
+                    &TimelineEvent::SetStatusSkipped {
+                        workflow: &workflow,
+                        action,
+                        to: &to,
+                        reason: &reason,
+                    },
+                )?;
+            }
             Effect::NotifySkipped {
                 workflow,
                 action,

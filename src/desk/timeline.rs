@@ -64,6 +64,13 @@ pub enum TimelineEvent<'a> {
         action: usize,
         reason: &'a str,
     },
+    /// A workflow's `set_status` that did not move the ticket.
+    SetStatusSkipped {
+        workflow: &'a str,
+        action: usize,
+        to: &'a str,
+        reason: &'a str,
+    },
     /// An automatic email that loop protection or the hourly limit kept
     /// back.
     EmailSuppressed {
@@ -246,6 +253,7 @@ pub fn why_words(why: &str) -> String {
         "email_sent_to_customer" => "an agent emailed the customer".into(),
         "reopened" => "a reply reopened the closed ticket".into(),
         "admin" => "set by an operator".into(),
+        "workflow" => "set by a workflow".into(),
         other => other.replace('_', " "),
     }
 }
@@ -261,6 +269,7 @@ impl TimelineEvent<'_> {
             TimelineEvent::StatusChanged { .. } => "status_changed",
             TimelineEvent::WorkflowRan { .. } => "workflow_ran",
             TimelineEvent::NotifySkipped { .. } => "notify_skipped",
+            TimelineEvent::SetStatusSkipped { .. } => "set_status_skipped",
             TimelineEvent::EmailSuppressed { .. }
             | TimelineEvent::NotRelayed { .. }
             | TimelineEvent::NoticeSuppressed { .. } => "suppressed",
@@ -369,6 +378,18 @@ impl TimelineEvent<'_> {
                 "summary": format!("workflow {workflow} ran (status {status})"),
                 "workflow": workflow,
                 "status": status,
+            }),
+            TimelineEvent::SetStatusSkipped {
+                workflow,
+                action,
+                to,
+                reason,
+            } => json!({
+                "summary": format!("workflow {workflow} did not set status {to}: {reason}"),
+                "workflow": workflow,
+                "action": action,
+                "to": to,
+                "reason": reason,
             }),
             TimelineEvent::NotifySkipped {
                 workflow,

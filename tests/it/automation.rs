@@ -857,3 +857,75 @@ fn sighup_reloads_the_config_for_the_next_email() {
         "the reloaded branding"
     );
 }
+
+// ---- set_status actions (SPEC §9) ----
+
+#[test]
+fn a_set_status_action_moves_the_ticket_and_runs_the_next_status_workflows() {
+    let workflows = format!(
+        r#"{CLOSED_MAIL}
+[[workflow]]
+id = "close-on-reply"
+pipeline = "support"
+enroll = {{ status = "waiting_on_us" }}
+actions = [ {{ set_status = "closed" }} ]
+"#
+    );
+    let d = Daemon::start(&config_with(&workflows, &[]));
+    let first = carol("Close me when I answer");
+    let id = d.send_ok(&first);
+    let reply = carol_reply("Close me when I answer", &first.mid());
+    assert_eq!(d.send_ok(&reply), id);
+    let t = d.ticket(id);
+    assert_eq!(t["status"], "closed", "{t:#}");
+    assert_eq!(
+        status_changes(&t),
+        vec![
+            change("new", "waiting_on_us", "customer_replied"),
+            change("waiting_on_us", "closed", "workflow"),
+        ],
+        "{t:#}"
+    );
+    let ran: Vec<String> = timeline_events(&t, "workflow_ran")
+        .iter()
+        .filter_map(|e| e["detail"]["workflow"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(ran, ["close-on-reply", "closed-mail"], "{t:#}");
+    // The closing email went out, rendered at the status it was sent at.
+    let closed = wait_email(&d, id, "carol@example.com", CLOSED);
+    assert!(closed.subject().ends_with(&format!("[#{id}]")));
+}
+
+#[test]
+fn workflows_setting_each_other_s_status_stop_after_eight_changes() {
+    let ping_pong = r#"
+[[workflow]]
+id = "ping"
+pipeline = "support"
+enroll = { status = "waiting_on_us" }
+reenroll = true
+actions = [ { set_status = "waiting_on_contact" } ]
+
+[[workflow]]
+id = "pong"
+pipeline = "support"
+enroll = { status = "waiting_on_contact" }
+reenroll = true
+actions = [ { set_status = "waiting_on_us" } ]
+"#;
+    let d = Daemon::start(&config_with(ping_pong, &[]));
+    let id = d.send_ok(&carol("Ping pong"));
+    let t = d.cmd(json!({"cmd": "set_status", "id": id, "status": "waiting_on_us"}));
+    assert_eq!(t["status"], "waiting_on_contact", "{t:#}");
+    let t = d.ticket(id);
+    assert_eq!(status_changes(&t).len(), 8, "{t:#}");
+    let stopped = timeline_events(&t, "set_status_skipped");
+    assert_eq!(stopped.len(), 1, "{t:#}");
+    let summary = stopped[0]["detail"]["summary"].as_str().unwrap_or_default();
+    assert!(
+        summary.contains("8 times") && summary.contains("pong"),
+        "{summary}"
+    );
+    // The daemon lives on and the ticket still takes commands.
+    set_status(&d, id, "closed");
+}

@@ -557,7 +557,10 @@ impl Validator<'_, '_> {
 
             let mut actions = Vec::new();
             for action in raw.actions.unwrap_or_default() {
-                if let Some(action) = self.action(action, users, teams, uses) {
+                let known_statuses = statuses.flatten();
+                if let Some(action) =
+                    self.action(action, &pipeline, known_statuses, users, teams, uses)
+                {
                     actions.push(action);
                 }
             }
@@ -593,27 +596,45 @@ impl Validator<'_, '_> {
     fn action(
         &mut self,
         action: Spanned<RawAction>,
+        pipeline: &str,
+        statuses: Option<&[String]>,
         users: &[String],
         teams: &[String],
         uses: &mut TemplateUses,
     ) -> Option<Action> {
         let span = action.span();
         let action = action.into_inner();
+        let given = [
+            action.send_email.is_some(),
+            action.notify.is_some(),
+            action.set_status.is_some(),
+        ];
+        match given.iter().filter(|g| **g).count() {
+            0 => {
+                self.cx.at(
+                    span,
+                    "an action needs send_email = \"TEMPLATE\", notify = { ... } or set_status = \"STATUS\"",
+                );
+                return None;
+            }
+            1 => {}
+            _ => {
+                self.cx.at(
+                    span,
+                    "an action is one of send_email, notify or set_status: split it in two",
+                );
+                return None;
+            }
+        }
+        if let Some(status) = action.set_status {
+            self.status_ref(&status, pipeline, statuses);
+            return Some(Action {
+                kind: ActionKind::SetStatus(status.into_inner()),
+                comment: action.comment,
+            });
+        }
         let kind = match (action.send_email, action.notify) {
-            (Some(_), Some(_)) => {
-                self.cx.at(
-                    span,
-                    "an action is either send_email or notify, not both: split it in two",
-                );
-                return None;
-            }
-            (None, None) => {
-                self.cx.at(
-                    span,
-                    "an action needs send_email = \"TEMPLATE\" or notify = { ... }",
-                );
-                return None;
-            }
+            (Some(_), Some(_)) | (None, None) => return None,
             (Some(name), None) => {
                 if is_template_name(name.get_ref()) {
                     uses.emails.push((name.get_ref().clone(), name.span()));
