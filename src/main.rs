@@ -101,6 +101,8 @@ enum Command {
     Store(StoreArgs),
     /// View and edit the workflows in the config file (comments and layout kept)
     Workflow(WorkflowArgs),
+    /// Edit a pipeline's status trigger in the config file (comments and layout kept)
+    Trigger(TriggerArgs),
     /// Print shell completions (bash, zsh, fish, elvish, powershell)
     #[command(hide = true)]
     Completions { shell: clap_complete::Shell },
@@ -115,6 +117,26 @@ struct WorkflowArgs {
     config: ConfigArg,
     #[command(subcommand)]
     cmd: postdesk::workflow_cli::Cmd,
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("change").required(true).args(["status", "enable", "disable"])))]
+struct TriggerArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The pipeline's id
+    pipeline: String,
+    /// email_sent_to_customer or customer_replied
+    trigger: String,
+    /// The status the trigger moves a ticket to
+    #[arg(long, value_name = "ID")]
+    status: Option<String>,
+    /// Turn the trigger on
+    #[arg(long)]
+    enable: bool,
+    /// Turn the trigger off
+    #[arg(long)]
+    disable: bool,
 }
 
 #[derive(Args)]
@@ -230,6 +252,14 @@ fn main() -> ExitCode {
             cmd: StoreCommand::Copy { config, to },
         }) => store_copy(&config.path(), &to),
         Command::Workflow(w) => postdesk::workflow_cli::run(&w.config.path(), w.cmd),
+        Command::Trigger(t) => {
+            use postdesk::workflow_cli::trigger::Change;
+            let change = match t.status {
+                Some(status) => Change::Status(status),
+                None => Change::Enabled(t.enable),
+            };
+            postdesk::workflow_cli::run_trigger(&t.config.path(), &t.pipeline, &t.trigger, change)
+        }
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "postdesk", &mut std::io::stdout());

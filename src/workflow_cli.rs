@@ -70,6 +70,23 @@ pub enum Cmd {
         /// Its index afterwards
         to: usize,
     },
+    /// Turn workflow ID on again
+    Enable {
+        /// The workflow's id
+        id: String,
+    },
+    /// Turn workflow ID off (`enabled = false`): it runs nothing, and stays
+    /// in the file
+    Disable {
+        /// The workflow's id
+        id: String,
+    },
+    /// Delete workflow ID, with the comment lines above it (above the first
+    /// workflow they document the section, and stay)
+    Delete {
+        /// The workflow's id
+        id: String,
+    },
     /// Delete action INDEX (with --and-following: it and every action after
     /// it)
     DeleteAction {
@@ -137,6 +154,11 @@ pub fn run(path: &Path, cmd: Cmd) -> ExitCode {
             |doc| move_action(doc, &id, from, to),
             |c| actions_now(c, &id),
         ),
+        Cmd::Enable { id } => edit_file(path, |doc| set_enabled(doc, &id, true), |_| String::new()),
+        Cmd::Disable { id } => {
+            edit_file(path, |doc| set_enabled(doc, &id, false), |_| String::new())
+        }
+        Cmd::Delete { id } => edit_file(path, |doc| delete_workflow(doc, &id), |_| String::new()),
         Cmd::DeleteAction {
             id,
             index,
@@ -153,6 +175,23 @@ pub fn run(path: &Path, cmd: Cmd) -> ExitCode {
             if !message.is_empty() {
                 eprintln!("postdesk: {message}");
             }
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Runs `postdesk trigger` on the config file at `path`: exit 0 when the
+/// file was written (or nothing needed to change), 1 otherwise.
+pub fn run_trigger(path: &Path, pipeline: &str, name: &str, change: trigger::Change) -> ExitCode {
+    let result = edit_file(
+        path,
+        |doc| trigger::edit_trigger(doc, pipeline, name, &change),
+        |_| String::new(),
+    );
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("postdesk: {message}");
             ExitCode::from(1)
         }
     }
@@ -409,7 +448,7 @@ fn tell_daemon(config: &Config, path: &Path) {
 // ---------------------------------------------------------------------------
 // Views of the validated config (pure).
 
-/// The `list` table: ID, PIPELINE, ENROLL, REENROLL, ACTIONS.
+/// The `list` table: ID, PIPELINE, ENROLL, REENROLL, ENABLED, ACTIONS.
 pub fn list(config: &Config) -> String {
     if config.workflows.is_empty() {
         return "no workflows\n".to_owned();
@@ -430,11 +469,15 @@ pub fn list(config: &Config) -> String {
                 w.pipeline.clone(),
                 enroll.join(" "),
                 if w.reenroll { "yes" } else { "no" }.to_owned(),
+                if w.enabled { "yes" } else { "no" }.to_owned(),
                 w.actions.len().to_string(),
             ]
         })
         .collect();
-    table(&["ID", "PIPELINE", "ENROLL", "REENROLL", "ACTIONS"], rows)
+    table(
+        &["ID", "PIPELINE", "ENROLL", "REENROLL", "ENABLED", "ACTIONS"],
+        rows,
+    )
 }
 
 /// The `show` view of workflow `id`: pipeline, enrollment in words,
@@ -457,9 +500,14 @@ pub fn show(config: &Config, id: &str) -> Result<String, EditError> {
     } else {
         "runs once per ticket (reenroll = false)"
     };
+    let enabled = if w.enabled {
+        "yes"
+    } else {
+        "no: runs nothing (enabled = false; `postdesk workflow enable` turns it on)"
+    };
     Ok(format!(
-        "workflow:      {}\npipeline:      {pipeline}\nenrollment:    {}\n\
-         re-enrollment: {reenroll}\nactions:\n{}",
+        "workflow:      {}\npipeline:      {pipeline}\nenabled:       {enabled}\n\
+         enrollment:    {}\nre-enrollment: {reenroll}\nactions:\n{}",
         w.id,
         enrollment_words(config, w),
         action_lines(w)
@@ -654,6 +702,52 @@ pub fn move_action(
     Ok(format!(
         "workflow \"{id}\": moved action [{from}] ({what}) to [{to}]"
     ))
+}
+
+/// Turns workflow `id` on or off. Off writes `enabled = false` (after the
+/// workflow's last key); on sets an `enabled` key that is there to `true`
+/// and writes nothing when there is none (a workflow is on by default).
+pub fn set_enabled(doc: &mut DocumentMut, id: &str, on: bool) -> Result<String, EditError> {
+    let workflow = workflow_mut(doc, id)?;
+    let now = workflow.get("enabled").and_then(Item::as_bool);
+    let word = if on { "enabled" } else { "disabled" };
+    if now.unwrap_or(true) == on {
+        return Ok(format!("workflow \"{id}\" is already {word}"));
+    }
+    match workflow.get_mut("enabled") {
+        Some(Item::Value(v)) => replace_keeping_decor(v, Value::from(on)),
+        _ => {
+            workflow.insert("enabled", toml_edit::value(on));
+        }
+    }
+    let note = if on {
+        ""
+    } else {
+        " (it runs nothing until `postdesk workflow enable`)"
+    };
+    Ok(format!("workflow \"{id}\" {word}{note}"))
+}
+
+/// Deletes workflow `id`: its table, the tables nested in it and the
+/// comment lines above its header — except above the first workflow,
+/// where they are the documentation of the whole section and pass to the
+/// workflow that is first now.
+pub fn delete_workflow(doc: &mut DocumentMut, id: &str) -> Result<String, EditError> {
+    let workflows = workflows_mut(doc)?;
+    let i = find(workflows, id)?;
+    let count = workflows.get(i).map(action_count).unwrap_or_default();
+    let section_doc = match workflows.get(i).and_then(|t| t.decor().prefix()) {
+        Some(prefix) if i == 0 => prefix.as_str().map(str::to_owned),
+        _ => None,
+    };
+    workflows.remove(i);
+    if let (Some(prefix), Some(next)) = (section_doc, workflows.get_mut(0)) {
+        next.decor_mut().set_prefix(prefix);
+    }
+    if workflows.is_empty() {
+        doc.remove("workflow");
+    }
+    Ok(format!("deleted workflow \"{id}\" ({count})"))
 }
 
 /// Deletes action `index` of workflow `id` — and, with `and_following`,
@@ -1085,6 +1179,8 @@ fn visit_tables(t: &mut Table, f: &mut dyn FnMut(&mut Table)) {
         }
     }
 }
+
+pub mod trigger;
 
 #[cfg(test)]
 mod tests;

@@ -14,7 +14,8 @@
 //! - Workflows run, in config order, each time a ticket's status changes
 //!   (creation included) and the enrollment matches *anew*: a workflow runs
 //!   once per ticket unless `reenroll = true`. A workflow whose `enroll`
-//!   names no source applies to email tickets only.
+//!   names no source applies to email tickets only. One with
+//!   `enabled = false` runs nothing.
 //! - A workflow's `set_status` moves the ticket once every workflow of
 //!   the status it entered has run (the first one to ask wins; a later one
 //!   is noted, not run); that change runs the new status's workflows in
@@ -216,7 +217,7 @@ pub fn decide(config: &Config, t: &TicketFacts<'_>, event: &Event<'_>) -> Vec<Ef
         for w in config
             .workflows
             .iter()
-            .filter(|w| w.pipeline == pipeline.id)
+            .filter(|w| w.pipeline == pipeline.id && w.enabled)
         {
             let now = enrolls(w, t.source, &to);
             let before = from.as_deref().is_some_and(|f| enrolls(w, t.source, f));

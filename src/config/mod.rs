@@ -252,6 +252,8 @@ pub struct Workflow {
     pub pipeline: String,
     pub enroll: Enroll,
     pub reenroll: bool,
+    /// `enabled = false`: runs nothing (SPEC §10); kept in the file.
+    pub enabled: bool,
     pub actions: Vec<Action>,
 }
 

@@ -158,6 +158,7 @@ pub(super) struct RawWorkflow {
     pub pipeline: Option<Str>,
     pub enroll: Option<Spanned<RawEnroll>>,
     pub reenroll: Option<bool>,
+    pub enabled: Option<bool>,
     pub actions: Option<Vec<Spanned<RawAction>>>,
 }
 

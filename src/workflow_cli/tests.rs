@@ -1071,10 +1071,10 @@ actions = [ { notify = { owner = true } } ]
 #[test]
 fn list_is_a_table() {
     expect![[r#"
-        ID       PIPELINE  ENROLL                      REENROLL  ACTIONS
-        ack-new  support   status=new                  no        2
-        chat-in  support   source=chat                 yes       1
-        closed   support   status=closed source=email  no        1
+        ID       PIPELINE  ENROLL                      REENROLL  ENABLED  ACTIONS
+        ack-new  support   status=new                  no        yes      2
+        chat-in  support   source=chat                 yes       yes      1
+        closed   support   status=closed source=email  no        yes      1
     "#]]
     .assert_eq(&list(&config(VIEW_WORKFLOWS)));
     expect![[r#"
@@ -1089,6 +1089,7 @@ fn show_says_enrollment_reenrollment_and_actions() {
     expect![[r#"
         workflow:      ack-new
         pipeline:      support (Support Pipeline)
+        enabled:       yes
         enrollment:    when a ticket of source email reaches status new (New)
         re-enrollment: runs once per ticket (reenroll = false)
         actions:
@@ -1099,6 +1100,7 @@ fn show_says_enrollment_reenrollment_and_actions() {
     expect![[r#"
         workflow:      chat-in
         pipeline:      support (Support Pipeline)
+        enabled:       yes
         enrollment:    when a ticket of source chat is created (at any status)
         re-enrollment: runs each time the condition is met anew (reenroll = true)
         actions:
@@ -1108,6 +1110,7 @@ fn show_says_enrollment_reenrollment_and_actions() {
     expect![[r#"
         workflow:      closed
         pipeline:      support (Support Pipeline)
+        enabled:       yes
         enrollment:    when a ticket of source email reaches status closed (Closed)
         re-enrollment: runs once per ticket (reenroll = false)
         actions:
@@ -1126,6 +1129,7 @@ fn show_of_a_workflow_without_actions() {
     expect![[r#"
         workflow:      empty
         pipeline:      support (Support Pipeline)
+        enabled:       yes
         enrollment:    when a ticket of source email reaches status new (New)
         re-enrollment: runs once per ticket (reenroll = false)
         actions:
@@ -1161,4 +1165,429 @@ fn the_shipped_config_is_edited_in_place() {
         assert_ne!(out, shipped);
         assert_only_in_workflow(shipped, &out, id);
     }
+}
+
+// ---- enable, disable, delete ----
+
+#[test]
+fn disable_writes_enabled_false_and_enable_turns_it_back() {
+    check(
+        SAMPLE,
+        "ack-new",
+        |d| set_enabled(d, "ack-new", false),
+        expect![[r#"
+            workflow "ack-new" disabled (it runs nothing until `postdesk workflow enable`)
+            ---
+            # postdesk config (a comment at the top)
+
+            [server]
+            hostname = "desk.acme.example"   # HELO name
+
+            [[pipeline]]
+            id = "support"
+            statuses = [ { id = "new", name = "New" }, { id = "closed", name = "Closed", closed = true } ]
+
+            # Workflows: the documentation of the whole section.
+            [[workflow]]
+            id = "ack-new"
+            pipeline = "support"
+            # when a ticket arrives
+            enroll = { status = "new" }
+            reenroll = false   # once per ticket
+            actions = [  # in order
+              # first, tell the customer
+              { send_email = "ticket_received", comment = "acknowledge" },
+              { notify = { team = "tier1" } },     # or { user = "alice" }
+              { notify = { owner = true }, comment = "the owner" },
+            ]
+            enabled = false
+
+            [[workflow]]
+            id = "closed-mail"
+            pipeline = "support"
+            enroll = { status = "closed" }
+            actions = [ { send_email = "ticket_closed" }, { notify = { owner = true } } ]
+
+            # a comment at the end of the file
+        "#]],
+    );
+    let mut d = doc(SAMPLE);
+    set_enabled(&mut d, "ack-new", false).unwrap();
+    let disabled = d.to_string();
+    check(
+        &disabled,
+        "ack-new",
+        |d| set_enabled(d, "ack-new", true),
+        expect![[r#"
+            workflow "ack-new" enabled
+            ---
+            # postdesk config (a comment at the top)
+
+            [server]
+            hostname = "desk.acme.example"   # HELO name
+
+            [[pipeline]]
+            id = "support"
+            statuses = [ { id = "new", name = "New" }, { id = "closed", name = "Closed", closed = true } ]
+
+            # Workflows: the documentation of the whole section.
+            [[workflow]]
+            id = "ack-new"
+            pipeline = "support"
+            # when a ticket arrives
+            enroll = { status = "new" }
+            reenroll = false   # once per ticket
+            actions = [  # in order
+              # first, tell the customer
+              { send_email = "ticket_received", comment = "acknowledge" },
+              { notify = { team = "tier1" } },     # or { user = "alice" }
+              { notify = { owner = true }, comment = "the owner" },
+            ]
+            enabled = true
+
+            [[workflow]]
+            id = "closed-mail"
+            pipeline = "support"
+            enroll = { status = "closed" }
+            actions = [ { send_email = "ticket_closed" }, { notify = { owner = true } } ]
+
+            # a comment at the end of the file
+        "#]],
+    );
+    // Nothing to do: said so, and the document is unchanged.
+    let mut d = doc(SAMPLE);
+    let said = set_enabled(&mut d, "closed-mail", true).unwrap();
+    assert_eq!(said, "workflow \"closed-mail\" is already enabled");
+    assert_eq!(d.to_string(), SAMPLE);
+    let mut d = doc(&disabled);
+    let said = set_enabled(&mut d, "ack-new", false).unwrap();
+    assert_eq!(said, "workflow \"ack-new\" is already disabled");
+    assert_eq!(d.to_string(), disabled);
+}
+
+#[test]
+fn disable_in_a_workflow_of_tables() {
+    check(
+        TABLES,
+        "t",
+        |d| set_enabled(d, "t", false),
+        expect![[r#"
+        workflow "t" disabled (it runs nothing until `postdesk workflow enable`)
+        ---
+        [[workflow]]
+        id = "t"
+        pipeline = "support"
+        enabled = false
+
+        [workflow.enroll]
+        status = "new"
+
+        # the acknowledgement
+        [[workflow.actions]]
+        send_email = "ticket_received"
+        comment = "ack"
+
+        # then the team
+        [[workflow.actions]]
+        notify = { team = "tier1" }
+
+        [[workflow.actions]]
+        notify = { owner = true }   # the owner
+
+        [[workflow]]
+        id = "after"
+        pipeline = "support"
+        enroll = { status = "closed" }
+    "#]],
+    );
+}
+
+#[test]
+fn delete_takes_the_workflow_its_tables_and_its_comments() {
+    // The whole result is compared (`check`'s byte-range test does not fit
+    // a deletion, which joins what was before and after the workflow).
+    let deleted = |input: &str, id: &str, expect: Expect| {
+        let mut d = doc(input);
+        let said = delete_workflow(&mut d, id).unwrap();
+        let out = d.to_string();
+        let _: toml::Table = toml::from_str(&out).unwrap();
+        expect.assert_eq(&format!("{said}\n---\n{out}"));
+    };
+    deleted(
+        SAMPLE,
+        "ack-new",
+        expect![[r#"
+        deleted workflow "ack-new" (3 actions)
+        ---
+        # postdesk config (a comment at the top)
+
+        [server]
+        hostname = "desk.acme.example"   # HELO name
+
+        [[pipeline]]
+        id = "support"
+        statuses = [ { id = "new", name = "New" }, { id = "closed", name = "Closed", closed = true } ]
+
+        # Workflows: the documentation of the whole section.
+        [[workflow]]
+        id = "closed-mail"
+        pipeline = "support"
+        enroll = { status = "closed" }
+        actions = [ { send_email = "ticket_closed" }, { notify = { owner = true } } ]
+
+        # a comment at the end of the file
+    "#]],
+    );
+    deleted(
+        SAMPLE,
+        "closed-mail",
+        expect![[r#"
+        deleted workflow "closed-mail" (2 actions)
+        ---
+        # postdesk config (a comment at the top)
+
+        [server]
+        hostname = "desk.acme.example"   # HELO name
+
+        [[pipeline]]
+        id = "support"
+        statuses = [ { id = "new", name = "New" }, { id = "closed", name = "Closed", closed = true } ]
+
+        # Workflows: the documentation of the whole section.
+        [[workflow]]
+        id = "ack-new"
+        pipeline = "support"
+        # when a ticket arrives
+        enroll = { status = "new" }
+        reenroll = false   # once per ticket
+        actions = [  # in order
+          # first, tell the customer
+          { send_email = "ticket_received", comment = "acknowledge" },
+          { notify = { team = "tier1" } },     # or { user = "alice" }
+          { notify = { owner = true }, comment = "the owner" },
+        ]
+
+        # a comment at the end of the file
+    "#]],
+    );
+    deleted(
+        TABLES,
+        "t",
+        expect![[r#"
+        deleted workflow "t" (3 actions)
+        ---
+        [[workflow]]
+        id = "after"
+        pipeline = "support"
+        enroll = { status = "closed" }
+    "#]],
+    );
+    expect![[r#"unknown workflow "nope" (known: ack-new, closed-mail)"#]]
+        .assert_eq(&err(SAMPLE, |d| delete_workflow(d, "nope")));
+}
+
+// ---- postdesk trigger ----
+
+const TRIGGERS_SAMPLE: &str = r#"[[pipeline]]
+id = "support"
+statuses = [ { id = "new" }, { id = "waiting" }, { id = "closed", closed = true } ]
+
+# when does a ticket move by itself
+[pipeline.triggers]
+email_sent_to_customer = { enabled = true, set_status = "waiting" }   # agent wrote
+# customer_replied is off for now
+
+[[pipeline]]
+id = "sales"
+statuses = [ { id = "open" } ]
+triggers = { customer_replied = { enabled = false, set_status = "open" } }
+
+[[pipeline]]
+id = "billing"
+statuses = [ { id = "open" } ]
+
+[pipeline.triggers.customer_replied]
+enabled = true # on
+set_status = "open"
+"#;
+
+fn trigger_edit(pipeline: &str, name: &str, change: trigger::Change) -> String {
+    let mut d = doc(TRIGGERS_SAMPLE);
+    let said = trigger::edit_trigger(&mut d, pipeline, name, &change)
+        .unwrap_or_else(|e| panic!("edit failed: {e}"));
+    format!("{said}\n---\n{d}")
+}
+
+#[test]
+fn trigger_edits_keep_comments_in_each_layout() {
+    use trigger::Change;
+    expect![[r#"
+        pipeline "support": trigger email_sent_to_customer: enabled = false
+        ---
+        [[pipeline]]
+        id = "support"
+        statuses = [ { id = "new" }, { id = "waiting" }, { id = "closed", closed = true } ]
+
+        # when does a ticket move by itself
+        [pipeline.triggers]
+        email_sent_to_customer = { enabled = false, set_status = "waiting" }   # agent wrote
+        # customer_replied is off for now
+
+        [[pipeline]]
+        id = "sales"
+        statuses = [ { id = "open" } ]
+        triggers = { customer_replied = { enabled = false, set_status = "open" } }
+
+        [[pipeline]]
+        id = "billing"
+        statuses = [ { id = "open" } ]
+
+        [pipeline.triggers.customer_replied]
+        enabled = true # on
+        set_status = "open"
+    "#]]
+    .assert_eq(&trigger_edit(
+        "support",
+        "email_sent_to_customer",
+        Change::Enabled(false),
+    ));
+    expect![[r#"
+        pipeline "support": trigger customer_replied: set_status = "new"
+        ---
+        [[pipeline]]
+        id = "support"
+        statuses = [ { id = "new" }, { id = "waiting" }, { id = "closed", closed = true } ]
+
+        # when does a ticket move by itself
+        [pipeline.triggers]
+        email_sent_to_customer = { enabled = true, set_status = "waiting" }   # agent wrote
+        customer_replied = { enabled = true, set_status = "new" }
+        # customer_replied is off for now
+
+        [[pipeline]]
+        id = "sales"
+        statuses = [ { id = "open" } ]
+        triggers = { customer_replied = { enabled = false, set_status = "open" } }
+
+        [[pipeline]]
+        id = "billing"
+        statuses = [ { id = "open" } ]
+
+        [pipeline.triggers.customer_replied]
+        enabled = true # on
+        set_status = "open"
+    "#]]
+    .assert_eq(&trigger_edit(
+        "support",
+        "customer_replied",
+        Change::Status("new".into()),
+    ));
+    expect![[r#"
+        pipeline "sales": trigger customer_replied: set_status = "open" (the trigger stays disabled: --enable turns it on)
+        ---
+        [[pipeline]]
+        id = "support"
+        statuses = [ { id = "new" }, { id = "waiting" }, { id = "closed", closed = true } ]
+
+        # when does a ticket move by itself
+        [pipeline.triggers]
+        email_sent_to_customer = { enabled = true, set_status = "waiting" }   # agent wrote
+        # customer_replied is off for now
+
+        [[pipeline]]
+        id = "sales"
+        statuses = [ { id = "open" } ]
+        triggers = { customer_replied = { enabled = false, set_status = "open" } }
+
+        [[pipeline]]
+        id = "billing"
+        statuses = [ { id = "open" } ]
+
+        [pipeline.triggers.customer_replied]
+        enabled = true # on
+        set_status = "open"
+    "#]].assert_eq(&trigger_edit(
+        "sales",
+        "customer_replied",
+        Change::Status("open".into()),
+    ));
+    expect![[r#"
+        pipeline "billing": trigger customer_replied: enabled = false
+        ---
+        [[pipeline]]
+        id = "support"
+        statuses = [ { id = "new" }, { id = "waiting" }, { id = "closed", closed = true } ]
+
+        # when does a ticket move by itself
+        [pipeline.triggers]
+        email_sent_to_customer = { enabled = true, set_status = "waiting" }   # agent wrote
+        # customer_replied is off for now
+
+        [[pipeline]]
+        id = "sales"
+        statuses = [ { id = "open" } ]
+        triggers = { customer_replied = { enabled = false, set_status = "open" } }
+
+        [[pipeline]]
+        id = "billing"
+        statuses = [ { id = "open" } ]
+
+        [pipeline.triggers.customer_replied]
+        enabled = false # on
+        set_status = "open"
+    "#]]
+    .assert_eq(&trigger_edit(
+        "billing",
+        "customer_replied",
+        Change::Enabled(false),
+    ));
+    expect![[r#"
+        pipeline "billing": trigger email_sent_to_customer: set_status = "open"
+        ---
+        [[pipeline]]
+        id = "support"
+        statuses = [ { id = "new" }, { id = "waiting" }, { id = "closed", closed = true } ]
+
+        # when does a ticket move by itself
+        [pipeline.triggers]
+        email_sent_to_customer = { enabled = true, set_status = "waiting" }   # agent wrote
+        # customer_replied is off for now
+
+        [[pipeline]]
+        id = "sales"
+        statuses = [ { id = "open" } ]
+        triggers = { customer_replied = { enabled = false, set_status = "open" } }
+
+        [[pipeline]]
+        id = "billing"
+        statuses = [ { id = "open" } ]
+
+        [pipeline.triggers]
+        email_sent_to_customer = { enabled = true, set_status = "open" }
+
+        [pipeline.triggers.customer_replied]
+        enabled = true # on
+        set_status = "open"
+    "#]]
+    .assert_eq(&trigger_edit(
+        "billing",
+        "email_sent_to_customer",
+        Change::Status("open".into()),
+    ));
+}
+
+#[test]
+fn trigger_edits_refuse_unknown_names() {
+    use trigger::Change;
+    let e = |p: &str, t: &str| {
+        err(TRIGGERS_SAMPLE, |d| {
+            trigger::edit_trigger(d, p, t, &Change::Enabled(true))
+        })
+    };
+    expect![[
+        r#"unknown trigger "customer_wrote" (known: email_sent_to_customer, customer_replied)"#
+    ]]
+    .assert_eq(&e("support", "customer_wrote"));
+    expect![[r#"unknown pipeline "nope" (known: support, sales, billing)"#]]
+        .assert_eq(&e("nope", "customer_replied"));
 }

@@ -929,3 +929,47 @@ actions = [ { set_status = "waiting_on_us" } ]
     // The daemon lives on and the ticket still takes commands.
     set_status(&d, id, "closed");
 }
+
+// ---- postdesk trigger (SPEC §10) ----
+
+#[test]
+fn the_trigger_command_turns_a_trigger_off_and_on_in_a_running_daemon() {
+    use crate::support::daemon::run_cli;
+    let d = Daemon::start(&config_with("", &[]));
+    let trigger = |args: &[&str]| {
+        let mut all = vec!["trigger", "-c"];
+        let path = d.config_path().to_str().unwrap().to_string();
+        all.push(&path);
+        all.extend_from_slice(args);
+        run_cli(&all, d.dir())
+    };
+    let out = trigger(&["support", "customer_replied", "--disable"]);
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert!(out.stdout.ends_with("daemon reloaded\n"), "{out}");
+    let text = std::fs::read_to_string(d.config_path()).unwrap();
+    assert!(text.contains(TRIGGER_CUSTOMER_REPLIED_OFF), "{text}");
+
+    let first = carol("Triggers off");
+    let id = d.send_ok(&first);
+    let reply = carol_reply("Triggers off", &first.mid());
+    assert_eq!(d.send_ok(&reply), id);
+    assert_eq!(d.ticket(id)["status"], "new");
+
+    assert_eq!(
+        trigger(&["support", "customer_replied", "--enable"]).code(),
+        Some(0)
+    );
+    let again = carol_reply("Triggers off", &reply.mid());
+    assert_eq!(d.send_ok(&again), id);
+    assert_eq!(d.ticket(id)["status"], "waiting_on_us");
+
+    // A status the pipeline does not have: refused, the file unchanged.
+    let before = std::fs::read_to_string(d.config_path()).unwrap();
+    let out = trigger(&["support", "customer_replied", "--status", "nowhere"]);
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert!(out.stderr.contains("unknown status \"nowhere\""), "{out}");
+    assert_eq!(before, std::fs::read_to_string(d.config_path()).unwrap());
+    // One change at a time.
+    let out = trigger(&["support", "customer_replied", "--enable", "--disable"]);
+    assert_eq!(out.code(), Some(2), "{out}");
+}

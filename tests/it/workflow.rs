@@ -150,9 +150,9 @@ fn list_prints_a_table_of_the_workflows() {
     assert_ok(&out);
     assert_eq!(
         out.stdout,
-        "ID           PIPELINE  ENROLL         REENROLL  ACTIONS\n\
-         ack-new      support   status=new     no        2\n\
-         closed-mail  support   status=closed  yes       1\n",
+        "ID           PIPELINE  ENROLL         REENROLL  ENABLED  ACTIONS\n\
+         ack-new      support   status=new     no        yes      2\n\
+         closed-mail  support   status=closed  yes       yes      1\n",
         "{out}"
     );
 }
@@ -177,6 +177,7 @@ fn show_prints_enrollment_reenrollment_and_each_action() {
         out.stdout,
         "workflow:      ack-new\n\
          pipeline:      support (Support Pipeline)\n\
+         enabled:       yes\n\
          enrollment:    when a ticket of source email reaches status new (New)\n\
          re-enrollment: runs once per ticket (reenroll = false)\n\
          actions:\n  \
@@ -550,4 +551,56 @@ fn a_running_daemon_reloads_the_edited_config() {
     let third = d.send_ok(&msg().from("c@example.com").subject("After the delete"));
     assert_eq!(ran(third), ["ack-new", "ack-copy"]);
     assert_eq!(received(third), 0, "{:#?}", d.outbox_all());
+}
+
+#[test]
+fn disable_enable_and_delete_reach_a_running_daemon() {
+    let d = Daemon::start(CONFIG);
+    let run = |args: &[&str]| workflow(d.config_path(), args, d.dir());
+    let ran = |id: u64| -> Vec<String> {
+        timeline_events(&d.ticket(id), "workflow_ran")
+            .iter()
+            .filter_map(|e| e["detail"]["workflow"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let original = std::fs::read_to_string(d.config_path()).unwrap();
+
+    let out = run(&["disable", "ack-new"]);
+    assert_ok(&out);
+    assert!(out.stdout.ends_with("daemon reloaded\n"), "{out}");
+    let text = std::fs::read_to_string(d.config_path()).unwrap();
+    assert!(text.contains("enabled = false"), "{text}");
+    assert!(
+        text.contains("# A test config with the operator's comments"),
+        "{text}"
+    );
+    let show = run(&["show", "ack-new"]);
+    assert!(
+        show.stdout.contains("enabled:       no: runs nothing"),
+        "{show}"
+    );
+    let off = d.send_ok(&msg().from("a@example.com").subject("While disabled"));
+    assert!(ran(off).is_empty(), "{:#}", d.ticket(off));
+    assert!(
+        d.outbox_all().iter().all(|o| o["ticket"] != off),
+        "{:#?}",
+        d.outbox_all()
+    );
+
+    assert_ok(&run(&["enable", "ack-new"]));
+    let on = d.send_ok(&msg().from("b@example.com").subject("Enabled again"));
+    assert_eq!(ran(on), ["ack-new"]);
+
+    let out = run(&["delete", "ack-new"]);
+    assert_ok(&out);
+    assert!(out.stdout.ends_with("daemon reloaded\n"), "{out}");
+    assert!(!std::fs::read_to_string(d.config_path())
+        .unwrap()
+        .contains("id = \"ack-new\""));
+    let gone = d.send_ok(&msg().from("c@example.com").subject("Deleted"));
+    assert!(ran(gone).is_empty(), "{:#}", d.ticket(gone));
+    let out = run(&["delete", "ack-new"]);
+    assert_fails(&out);
+    assert!(out.stderr.contains("unknown workflow \"ack-new\""), "{out}");
+    assert_ne!(original, std::fs::read_to_string(d.config_path()).unwrap());
 }

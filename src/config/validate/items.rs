@@ -571,6 +571,7 @@ impl Validator<'_, '_> {
                     pipeline,
                     enroll,
                     reenroll: raw.reenroll.unwrap_or(false),
+                    enabled: raw.enabled.unwrap_or(true),
                     actions,
                 });
             }
