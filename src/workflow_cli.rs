@@ -70,6 +70,26 @@ pub enum Cmd {
         /// Its index afterwards
         to: usize,
     },
+    /// Replace action INDEX with TOML, e.g. '{ set_status = "closed" }'
+    SetAction {
+        /// The workflow's id
+        id: String,
+        /// The action's index (from 0)
+        index: usize,
+        /// The new action, an inline table
+        toml: String,
+    },
+    /// Add the action TOML, e.g. '{ notify = { team = "tier1" } }', at the
+    /// end (or at --at INDEX)
+    AddAction {
+        /// The workflow's id
+        id: String,
+        /// The new action, an inline table
+        toml: String,
+        /// Its index afterwards (from 0; default: after the last)
+        #[arg(long, value_name = "INDEX")]
+        at: Option<usize>,
+    },
     /// Turn workflow ID on again
     Enable {
         /// The workflow's id
@@ -152,6 +172,16 @@ pub fn run(path: &Path, cmd: Cmd) -> ExitCode {
         Cmd::MoveAction { id, from, to } => edit_file(
             path,
             |doc| move_action(doc, &id, from, to),
+            |c| actions_now(c, &id),
+        ),
+        Cmd::SetAction { id, index, toml } => edit_file(
+            path,
+            |doc| set_action(doc, &id, index, &toml),
+            |c| actions_now(c, &id),
+        ),
+        Cmd::AddAction { id, toml, at } => edit_file(
+            path,
+            |doc| add_action(doc, &id, &toml, at),
             |c| actions_now(c, &id),
         ),
         Cmd::Enable { id } => edit_file(path, |doc| set_enabled(doc, &id, true), |_| String::new()),
@@ -704,6 +734,150 @@ pub fn move_action(
     ))
 }
 
+/// An action as the operator typed it: one inline table,
+/// `{ send_email = "ticket_received" }`. What it holds is the loader's to
+/// check.
+fn parse_action(text: &str) -> Result<InlineTable, EditError> {
+    let bad = || {
+        EditError::Unsupported(format!(
+            "{text:?} is not an action: write one inline table, e.g. \
+             '{{ set_status = \"closed\" }}' or '{{ notify = {{ team = \"tier1\" }} }}'"
+        ))
+    };
+    let doc: DocumentMut = format!("action = {}\n", text.trim())
+        .parse()
+        .map_err(|_| bad())?;
+    let mut table = doc
+        .get("action")
+        .and_then(Item::as_value)
+        .and_then(Value::as_inline_table)
+        .cloned()
+        .ok_or_else(bad)?;
+    if doc.len() != 1 {
+        return Err(bad());
+    }
+    table.decor_mut().clear();
+    Ok(table)
+}
+
+/// Replaces action `index` of workflow `id` with `text` (an inline
+/// table), keeping the comments around it and, for `[[workflow.actions]]`,
+/// its place among the tables.
+pub fn set_action(
+    doc: &mut DocumentMut,
+    id: &str,
+    index: usize,
+    text: &str,
+) -> Result<String, EditError> {
+    let new = parse_action(text)?;
+    let workflow = workflow_mut(doc, id)?;
+    let mut actions = actions_mut(workflow, id)?;
+    check_index(id, index, actions.len())?;
+    let old = actions.describe(index);
+    match &mut actions {
+        Actions::Inline(a) => {
+            if let Some(v) = a.get_mut(index) {
+                replace_keeping_decor(v, Value::InlineTable(new));
+            }
+        }
+        Actions::Tables(a) => {
+            if let Some(t) = a.get_mut(index) {
+                let mut table = new.into_table();
+                *table.decor_mut() = t.decor().clone();
+                table.set_position(t.position());
+                *t = table;
+            }
+        }
+        Actions::None => {}
+    }
+    let now = actions.describe(index);
+    Ok(format!(
+        "workflow \"{id}\": action [{index}] was {old}, is now {now}"
+    ))
+}
+
+/// Adds the action `text` (an inline table) to workflow `id`, at index `at`
+/// (default: after the last), written like its neighbours.
+pub fn add_action(
+    doc: &mut DocumentMut,
+    id: &str,
+    text: &str,
+    at: Option<usize>,
+) -> Result<String, EditError> {
+    let new = parse_action(text)?;
+    let workflow = workflow_mut(doc, id)?;
+    let len = actions_mut(workflow, id)?.len();
+    let at = at.unwrap_or(len);
+    if at > len {
+        return Err(EditError::Unsupported(format!(
+            "workflow \"{id}\" has {len} actions: --at is 0 to {len}"
+        )));
+    }
+    let mut tables_at = None;
+    match actions_mut(workflow, id)? {
+        Actions::None => {
+            let mut v = Value::InlineTable(new);
+            v.decor_mut().set_prefix(" ");
+            v.decor_mut().set_suffix(" ");
+            let list = Value::Array(Array::from_iter([v]));
+            workflow.insert("actions", toml_edit::value(list));
+        }
+        Actions::Inline(a) => {
+            // The indentation of a neighbour, without its comment lines.
+            let neighbour = a.get(at.min(len.saturating_sub(1)));
+            let prefix = neighbour.map_or_else(String::new, |v| prefix_of(v, ""));
+            let indent = match prefix.rsplit_once('\n') {
+                Some((_, indent)) => format!("\n{indent}"),
+                None if len == 0 => String::new(),
+                None => " ".to_owned(),
+            };
+            let mut v = Value::InlineTable(new);
+            v.decor_mut().set_prefix(indent);
+            if at == len && len > 0 {
+                // The space before `]` of a one-line array is the last
+                // value's suffix: it moves to the new last value.
+                if let Some(last) = a.get_mut(len - 1) {
+                    let suffix = suffix_of(last, "");
+                    last.decor_mut().set_suffix("");
+                    v.decor_mut().set_suffix(suffix);
+                }
+            }
+            a.insert_formatted(at, v);
+        }
+        Actions::Tables(a) => {
+            // The place of the table it goes before (or right after the
+            // last one).
+            tables_at = match a.get(at) {
+                Some(t) => header_position(t),
+                None => a
+                    .get(at.wrapping_sub(1))
+                    .and_then(header_position)
+                    .map(|p| p + 1),
+            };
+            let mut table = new.into_table();
+            table.decor_mut().set_prefix("\n");
+            a.insert(at, table);
+        }
+    }
+    if let Some(target) = tables_at {
+        // Move every table from there along, then give the new one the
+        // place.
+        visit_tables(doc.as_table_mut(), &mut |t| {
+            if let Some(p) = header_position(t).filter(|p| *p >= target) {
+                t.set_position(Some(p + 1));
+            }
+        });
+        if let Ok(Actions::Tables(a)) = actions_mut(workflow_mut(doc, id)?, id) {
+            if let Some(t) = a.get_mut(at) {
+                t.set_position(Some(target));
+            }
+        }
+    }
+    let workflow = workflow_mut(doc, id)?;
+    let what = actions_mut(workflow, id)?.describe(at);
+    Ok(format!("workflow \"{id}\": added action [{at}] {what}"))
+}
+
 /// Turns workflow `id` on or off. Off writes `enabled = false` (after the
 /// workflow's last key); on sets an `enabled` key that is there to `true`
 /// and writes nothing when there is none (a workflow is on by default).
@@ -930,6 +1104,9 @@ fn describe(action: &dyn TableLike) -> String {
         if notify.get("owner").is_some() {
             return "notify owner".to_owned();
         }
+    }
+    if let Some(status) = action.get("set_status").and_then(Item::as_str) {
+        return format!("set status {status}");
     }
     "an action".to_owned()
 }

@@ -1591,3 +1591,315 @@ fn trigger_edits_refuse_unknown_names() {
     expect![[r#"unknown pipeline "nope" (known: support, sales, billing)"#]]
         .assert_eq(&e("nope", "customer_replied"));
 }
+
+// ---- set-action, add-action ----
+
+#[test]
+fn set_action_replaces_one_keeping_its_comments() {
+    check(
+        SAMPLE,
+        "ack-new",
+        |d| set_action(d, "ack-new", 1, r#"{ set_status = "closed" }"#),
+        expect![[r#"
+            workflow "ack-new": action [1] was notify team tier1, is now set status closed
+            ---
+            # postdesk config (a comment at the top)
+
+            [server]
+            hostname = "desk.acme.example"   # HELO name
+
+            [[pipeline]]
+            id = "support"
+            statuses = [ { id = "new", name = "New" }, { id = "closed", name = "Closed", closed = true } ]
+
+            # Workflows: the documentation of the whole section.
+            [[workflow]]
+            id = "ack-new"
+            pipeline = "support"
+            # when a ticket arrives
+            enroll = { status = "new" }
+            reenroll = false   # once per ticket
+            actions = [  # in order
+              # first, tell the customer
+              { send_email = "ticket_received", comment = "acknowledge" },
+              { set_status = "closed" },     # or { user = "alice" }
+              { notify = { owner = true }, comment = "the owner" },
+            ]
+
+            [[workflow]]
+            id = "closed-mail"
+            pipeline = "support"
+            enroll = { status = "closed" }
+            actions = [ { send_email = "ticket_closed" }, { notify = { owner = true } } ]
+
+            # a comment at the end of the file
+        "#]],
+    );
+    check(
+        TABLES,
+        "t",
+        |d| set_action(d, "t", 0, r#"{ notify = { user = "alice" } }"#),
+        expect![[r#"
+            workflow "t": action [0] was send email "ticket_received", is now notify user alice
+            ---
+            [[workflow]]
+            id = "t"
+            pipeline = "support"
+
+            [workflow.enroll]
+            status = "new"
+
+            # the acknowledgement
+            [[workflow.actions]]
+            notify = { user = "alice" }
+
+            # then the team
+            [[workflow.actions]]
+            notify = { team = "tier1" }
+
+            [[workflow.actions]]
+            notify = { owner = true }   # the owner
+
+            [[workflow]]
+            id = "after"
+            pipeline = "support"
+            enroll = { status = "closed" }
+        "#]],
+    );
+}
+
+#[test]
+fn add_action_writes_like_the_neighbours() {
+    check(
+        SAMPLE,
+        "ack-new",
+        |d| add_action(d, "ack-new", r#"{ set_status = "closed" }"#, None),
+        expect![[r#"
+            workflow "ack-new": added action [3] set status closed
+            ---
+            # postdesk config (a comment at the top)
+
+            [server]
+            hostname = "desk.acme.example"   # HELO name
+
+            [[pipeline]]
+            id = "support"
+            statuses = [ { id = "new", name = "New" }, { id = "closed", name = "Closed", closed = true } ]
+
+            # Workflows: the documentation of the whole section.
+            [[workflow]]
+            id = "ack-new"
+            pipeline = "support"
+            # when a ticket arrives
+            enroll = { status = "new" }
+            reenroll = false   # once per ticket
+            actions = [  # in order
+              # first, tell the customer
+              { send_email = "ticket_received", comment = "acknowledge" },
+              { notify = { team = "tier1" } },     # or { user = "alice" }
+              { notify = { owner = true }, comment = "the owner" },
+              { set_status = "closed" },
+            ]
+
+            [[workflow]]
+            id = "closed-mail"
+            pipeline = "support"
+            enroll = { status = "closed" }
+            actions = [ { send_email = "ticket_closed" }, { notify = { owner = true } } ]
+
+            # a comment at the end of the file
+        "#]],
+    );
+    check(
+        SAMPLE,
+        "closed-mail",
+        |d| add_action(d, "closed-mail", r#"{ set_status = "new" }"#, None),
+        expect![[r#"
+            workflow "closed-mail": added action [2] set status new
+            ---
+            # postdesk config (a comment at the top)
+
+            [server]
+            hostname = "desk.acme.example"   # HELO name
+
+            [[pipeline]]
+            id = "support"
+            statuses = [ { id = "new", name = "New" }, { id = "closed", name = "Closed", closed = true } ]
+
+            # Workflows: the documentation of the whole section.
+            [[workflow]]
+            id = "ack-new"
+            pipeline = "support"
+            # when a ticket arrives
+            enroll = { status = "new" }
+            reenroll = false   # once per ticket
+            actions = [  # in order
+              # first, tell the customer
+              { send_email = "ticket_received", comment = "acknowledge" },
+              { notify = { team = "tier1" } },     # or { user = "alice" }
+              { notify = { owner = true }, comment = "the owner" },
+            ]
+
+            [[workflow]]
+            id = "closed-mail"
+            pipeline = "support"
+            enroll = { status = "closed" }
+            actions = [ { send_email = "ticket_closed" }, { notify = { owner = true } }, { set_status = "new" } ]
+
+            # a comment at the end of the file
+        "#]],
+    );
+    check(
+        SAMPLE,
+        "closed-mail",
+        |d| add_action(d, "closed-mail", r#"{ set_status = "new" }"#, Some(0)),
+        expect![[r#"
+            workflow "closed-mail": added action [0] set status new
+            ---
+            # postdesk config (a comment at the top)
+
+            [server]
+            hostname = "desk.acme.example"   # HELO name
+
+            [[pipeline]]
+            id = "support"
+            statuses = [ { id = "new", name = "New" }, { id = "closed", name = "Closed", closed = true } ]
+
+            # Workflows: the documentation of the whole section.
+            [[workflow]]
+            id = "ack-new"
+            pipeline = "support"
+            # when a ticket arrives
+            enroll = { status = "new" }
+            reenroll = false   # once per ticket
+            actions = [  # in order
+              # first, tell the customer
+              { send_email = "ticket_received", comment = "acknowledge" },
+              { notify = { team = "tier1" } },     # or { user = "alice" }
+              { notify = { owner = true }, comment = "the owner" },
+            ]
+
+            [[workflow]]
+            id = "closed-mail"
+            pipeline = "support"
+            enroll = { status = "closed" }
+            actions = [ { set_status = "new" }, { send_email = "ticket_closed" }, { notify = { owner = true } } ]
+
+            # a comment at the end of the file
+        "#]],
+    );
+    check(
+        TABLES,
+        "t",
+        |d| add_action(d, "t", r#"{ set_status = "closed" }"#, Some(1)),
+        expect![[r#"
+            workflow "t": added action [1] set status closed
+            ---
+            [[workflow]]
+            id = "t"
+            pipeline = "support"
+
+            [workflow.enroll]
+            status = "new"
+
+            # the acknowledgement
+            [[workflow.actions]]
+            send_email = "ticket_received"
+            comment = "ack"
+
+            [[workflow.actions]]
+            set_status = "closed"
+
+            # then the team
+            [[workflow.actions]]
+            notify = { team = "tier1" }
+
+            [[workflow.actions]]
+            notify = { owner = true }   # the owner
+
+            [[workflow]]
+            id = "after"
+            pipeline = "support"
+            enroll = { status = "closed" }
+        "#]],
+    );
+    check(
+        TABLES,
+        "t",
+        |d| add_action(d, "t", r#"{ set_status = "closed" }"#, None),
+        expect![[r#"
+            workflow "t": added action [3] set status closed
+            ---
+            [[workflow]]
+            id = "t"
+            pipeline = "support"
+
+            [workflow.enroll]
+            status = "new"
+
+            # the acknowledgement
+            [[workflow.actions]]
+            send_email = "ticket_received"
+            comment = "ack"
+
+            # then the team
+            [[workflow.actions]]
+            notify = { team = "tier1" }
+
+            [[workflow.actions]]
+            notify = { owner = true }   # the owner
+
+            [[workflow.actions]]
+            set_status = "closed"
+
+            [[workflow]]
+            id = "after"
+            pipeline = "support"
+            enroll = { status = "closed" }
+        "#]],
+    );
+    check(
+        TABLES,
+        "after",
+        |d| add_action(d, "after", r#"{ send_email = "ticket_closed" }"#, None),
+        expect![[r#"
+            workflow "after": added action [0] send email "ticket_closed"
+            ---
+            [[workflow]]
+            id = "t"
+            pipeline = "support"
+
+            [workflow.enroll]
+            status = "new"
+
+            # the acknowledgement
+            [[workflow.actions]]
+            send_email = "ticket_received"
+            comment = "ack"
+
+            # then the team
+            [[workflow.actions]]
+            notify = { team = "tier1" }
+
+            [[workflow.actions]]
+            notify = { owner = true }   # the owner
+
+            [[workflow]]
+            id = "after"
+            pipeline = "support"
+            enroll = { status = "closed" }
+            actions = [ { send_email = "ticket_closed" } ]
+        "#]],
+    );
+}
+
+#[test]
+fn set_and_add_action_refuse_what_is_not_one_table() {
+    expect![[r#""send_email = \"x\"" is not an action: write one inline table, e.g. '{ set_status = "closed" }' or '{ notify = { team = "tier1" } }'"#]].assert_eq(&err(SAMPLE, |d| set_action(d, "ack-new", 0, "send_email = \"x\"")));
+    expect![[r#""{ broken" is not an action: write one inline table, e.g. '{ set_status = "closed" }' or '{ notify = { team = "tier1" } }'"#]].assert_eq(&err(SAMPLE, |d| add_action(d, "ack-new", "{ broken", None)));
+    expect![[r#"workflow "ack-new" has 3 actions: --at is 0 to 3"#]].assert_eq(&err(SAMPLE, |d| {
+        add_action(d, "ack-new", "{ a = 1 }", Some(9))
+    }));
+    expect![[r#"no action 7 in workflow "ack-new" (it has 3 actions: indexes 0 to 2)"#]]
+        .assert_eq(&err(SAMPLE, |d| set_action(d, "ack-new", 7, "{ a = 1 }")));
+}

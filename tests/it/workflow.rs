@@ -604,3 +604,50 @@ fn disable_enable_and_delete_reach_a_running_daemon() {
     assert!(out.stderr.contains("unknown workflow \"ack-new\""), "{out}");
     assert_ne!(original, std::fs::read_to_string(d.config_path()).unwrap());
 }
+
+#[test]
+fn set_action_and_add_action_reach_a_running_daemon() {
+    let d = Daemon::start(CONFIG);
+    let run = |args: &[&str]| workflow(d.config_path(), args, d.dir());
+    let out = run(&["add-action", "ack-new", r#"{ set_status = "closed" }"#]);
+    assert_ok(&out);
+    assert!(
+        out.stdout.contains("added action [2] set status closed"),
+        "{out}"
+    );
+    assert!(out.stdout.ends_with("daemon reloaded\n"), "{out}");
+    let id = d.send_ok(&msg().from("a@example.com").subject("Closed at once"));
+    let t = d.ticket(id);
+    assert_eq!(t["status"], "closed", "{t:#}");
+    let ran: Vec<String> = timeline_events(&t, "workflow_ran")
+        .iter()
+        .filter_map(|e| e["detail"]["workflow"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(ran, ["ack-new", "closed-mail"], "{t:#}");
+
+    let before = std::fs::read_to_string(d.config_path()).unwrap();
+    let out = run(&[
+        "set-action",
+        "ack-new",
+        "2",
+        r#"{ set_status = "nowhere" }"#,
+    ]);
+    assert_fails(&out);
+    assert!(out.stderr.contains("unknown status \"nowhere\""), "{out}");
+    assert_eq!(before, std::fs::read_to_string(d.config_path()).unwrap());
+
+    let out = run(&[
+        "set-action",
+        "ack-new",
+        "2",
+        r#"{ notify = { owner = true } }"#,
+    ]);
+    assert_ok(&out);
+    assert!(
+        out.stdout
+            .contains("was set status closed, is now notify owner"),
+        "{out}"
+    );
+    let id = d.send_ok(&msg().from("b@example.com").subject("Stays new"));
+    assert_eq!(d.ticket(id)["status"], "new");
+}
