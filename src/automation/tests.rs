@@ -68,13 +68,21 @@ actions = [ { notify = { user = "bob" } }, { notify = { team = "empty" } } ]
 "#;
 
 fn config(reply_to_closed: &str, sent: bool, replied: bool, reenroll: bool) -> Config {
+    load(&base(reply_to_closed, sent, replied, reenroll))
+}
+
+/// BASE with its placeholders filled in.
+fn base(reply_to_closed: &str, sent: bool, replied: bool, reenroll: bool) -> String {
     let templates = concat!(env!("CARGO_MANIFEST_DIR"), "/templates");
-    let text = BASE
-        .replace("@TEMPLATES@", templates)
+    BASE.replace("@TEMPLATES@", templates)
         .replace("@REPLY_TO_CLOSED@", reply_to_closed)
         .replace("@SENT@", &sent.to_string())
         .replace("@REPLIED@", &replied.to_string())
-        .replace("@REENROLL@", &reenroll.to_string());
+        .replace("@REENROLL@", &reenroll.to_string())
+}
+
+/// The config `text`, loaded by the real loader.
+fn load(text: &str) -> Config {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("postdesk.toml");
     std::fs::write(&path, text).unwrap();
@@ -86,21 +94,7 @@ fn config(reply_to_closed: &str, sent: bool, replied: bool, reenroll: bool) -> C
 
 /// The default config with more workflows appended.
 fn config_with(workflows: &str) -> Config {
-    let templates = concat!(env!("CARGO_MANIFEST_DIR"), "/templates");
-    let text = BASE
-        .replace("@TEMPLATES@", templates)
-        .replace("@REPLY_TO_CLOSED@", "reopen")
-        .replace("@SENT@", "true")
-        .replace("@REPLIED@", "true")
-        .replace("@REENROLL@", "false")
-        + workflows;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("postdesk.toml");
-    std::fs::write(&path, text).unwrap();
-    match crate::config::load(&path) {
-        Ok(c) => c,
-        Err(p) => panic!("{p}"),
-    }
+    load(&(base("reopen", true, true, false) + workflows))
 }
 
 fn default_config() -> Config {
