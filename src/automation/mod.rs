@@ -241,7 +241,7 @@ pub fn decide(config: &Config, t: &TicketFacts<'_>, event: &Event<'_>) -> Vec<Ef
                 };
                 let reason = if let Some((_, taken, _)) = &next {
                     Some(format!(
-                        "another workflow of status {to} already set status {taken}"
+                        "an earlier set_status at status {to} already set status {taken}"
                     ))
                 } else if wanted == to {
                     Some(format!("the ticket is already at status {to}"))

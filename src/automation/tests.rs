@@ -408,7 +408,7 @@ workflow ack-new
   [0] send ticket_received
   [1] notify alice,bob
 workflow triage
-  [1] not set to closed: another workflow of status new already set status waiting_on_us
+  [1] not set to closed: an earlier set_status at status new already set status waiting_on_us
 workflow note-new
   [0] notify alice
 status new->waiting_on_us (workflow)
